@@ -1,0 +1,1 @@
+"""declarem: Expectation-Maximization derived from a declared model."""

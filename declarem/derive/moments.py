@@ -1,0 +1,57 @@
+"""Expected sufficient statistics of a scalar family at given parameters, by quadrature.
+
+These are the checks' ground truth: at t = E_theta0[T], the M-step must return
+theta0 (moment matching), whatever route solved it.
+"""
+
+import numpy as np
+import scipy.integrate
+import sympy
+
+from .lambdify import to_numpy
+
+_INTERVALS = {"real": (-np.inf, np.inf), "positive": (0.0, np.inf), "nonnegative": (0.0, np.inf),
+              "unit": (0.0, 1.0)}
+_FIRST_INTEGER = {"integer": None, "nonnegative-integer": 0, "positive-integer": 1, "binary": 0}
+MAX_TERMS = 20000
+
+
+def expected_statistics(form, support, values, upper=None):
+    """E[T(x)] under the family at the given parameter values.
+
+    Parameters
+    ----------
+    form : ExpFamForm
+    support : str
+    values : mapping of sympy.Symbol to float
+        The parameter values.
+    upper : int or None
+        The largest value of a bounded discrete support.
+
+    Returns
+    -------
+    ndarray of shape (n_statistics,)
+    """
+    density = form.logpdf.subs(values)
+    log_density = to_numpy([form.x], density)
+    stats = [to_numpy([form.x], t) for t in form.statistics]
+    if support in _INTERVALS:
+        low, high = _INTERVALS[support]
+        mass = scipy.integrate.quad(lambda v: np.exp(log_density(v)), low, high, limit=200)[0]
+        return np.array([scipy.integrate.quad(lambda v, s=s: s(v) * np.exp(log_density(v)),
+                                              low, high, limit=200)[0] / mass for s in stats])
+    first = _FIRST_INTEGER.get(support)
+    if first is None:
+        raise ValueError(f"no moment check for support {support}")
+    last = 1 if support == "binary" else (upper if upper is not None else first + MAX_TERMS)
+    grid = np.arange(first, last + 1, dtype=float)
+    with np.errstate(all="ignore"):
+        weights = np.exp(np.broadcast_to(log_density(grid), grid.shape))
+    weights = np.where(np.isfinite(weights), weights, 0.0)
+    return np.array([np.sum(np.broadcast_to(s(grid), grid.shape) * weights) for s in stats]) / weights.sum()
+
+
+def is_positive_statistic(form, statistic):
+    """Whether a statistic is positive on the whole support (so its mean is too)."""
+    return bool(statistic.subs(form.x, sympy.Symbol("xpos", positive=True)).is_positive) and \
+        bool(statistic.is_positive)

@@ -1,0 +1,340 @@
+"""The M-step of a scalar family, solved from its stationarity equations.
+
+With t_j the weighted mean of T_j(x) over the rows a parameter set serves, the
+expected complete-data log-likelihood per unit weight is
+    f(theta; t) = sum_j eta_j(theta) t_j - A(theta),
+and the M-step solves d f / d theta = 0 (moment matching, grad A = t).
+
+Three outcomes, tried in order:
+- closed: sympy solves all equations at once (denominators cleared, roots
+  outside the domain dropped, each candidate checked at known moments);
+- partial: some parameters solve from their own equation in terms of the others
+  (gamma: rate = shape / E[x]); the rest is a small numeric problem on the
+  profile objective;
+- numeric: every parameter is found by Newton's method on f, with sympy's
+  gradient and Hessian in unconstrained coordinates.
+Every closed form is checked against its numeric twin at two parameter points.
+"""
+
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+
+from ..numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
+from .lambdify import to_numpy
+from .moments import expected_statistics, is_positive_statistic
+
+SOLVE_SECONDS = 4.0
+CHECK_POINTS = {"real": (0.7, -1.3), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
+CHECK_RTOL = 1e-6
+
+
+@dataclass
+class ScalarSolution:
+    """How one scalar family's M-step is solved.
+
+    Attributes
+    ----------
+    form : ExpFamForm
+    means : tuple of sympy.Symbol
+        t_j, the weighted means of the statistics.
+    objective : sympy.Expr
+        f(theta; t).
+    closed : dict of sympy.Symbol to sympy.Expr
+        Parameters in closed form, in terms of the means and of the numeric parameters.
+    numeric : tuple of sympy.Symbol
+        Parameters found numerically.
+    unconstrained : tuple of sympy.Symbol
+        u_i with theta_i = map(u_i) for each numeric parameter.
+    profile : sympy.Expr
+        The objective in the unconstrained variables, closed parameters substituted.
+    gradient, hessian : list of sympy.Expr
+        Of the profile in the unconstrained variables.
+    poolable : dict of sympy.Symbol to sympy.Expr
+        Parameters that may be tied across sets, with phi(t): the tied value is
+        the weighted mean of phi over the sets.
+    notes : list of str
+    """
+
+    form: object
+    domains: dict
+    means: tuple
+    objective: sympy.Expr
+    closed: dict
+    numeric: tuple
+    unconstrained: tuple = ()
+    profile: sympy.Expr = None
+    gradient: list = field(default_factory=list)
+    hessian: list = field(default_factory=list)
+    poolable: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    @property
+    def status(self):
+        if not self.numeric:
+            return "closed"
+        return "partial" if self.closed else "numeric"
+
+
+def mean_symbols(form):
+    """Symbols for the weighted means of the statistics, positive where the statistic is."""
+    names = []
+    for statistic in form.statistics:
+        positive = is_positive_statistic(form, statistic)
+        names.append(sympy.Symbol(f"E[{statistic}]", positive=True) if positive
+                     else sympy.Symbol(f"E[{statistic}]", real=True))
+    return tuple(names)
+
+
+@contextmanager
+def time_budget(seconds):
+    """Raise TimeoutError inside the block after ``seconds`` (main thread only; else no budget)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _cleared(equation):
+    numerator, _ = sympy.together(equation).as_numer_denom()
+    return numerator
+
+
+def _attempt_solve(equations, unknowns):
+    try:
+        with time_budget(SOLVE_SECONDS):
+            return sympy.solve(equations, unknowns, dict=True)
+    except (NotImplementedError, TimeoutError, ValueError, TypeError, ZeroDivisionError):
+        return []
+
+
+class _Checker:
+    """Check candidate closed forms at parameter points whose moments are known by quadrature."""
+
+    def __init__(self, form, support, domains, means, upper):
+        self.points = []
+        for index in range(2):
+            values = {p: CHECK_POINTS[domains[p]][(index + position) % 2]
+                      for position, p in enumerate(form.params)}
+            moments = expected_statistics(form, support, values, upper=upper)
+            self.points.append((values, dict(zip(means, moments))))
+
+    def holds(self, parameter, expression, given=()):
+        """Whether ``parameter = expression`` returns the true value at every check point."""
+        for values, moments in self.points:
+            substituted = expression.subs(moments).subs({p: values[p] for p in given})
+            if substituted.free_symbols:
+                return False
+            try:
+                number = complex(substituted.evalf())
+            except (TypeError, ValueError):
+                return False
+            truth = values[parameter]
+            if abs(number.imag) > 1e-9 * (1 + abs(truth)) or \
+                    abs(number.real - truth) > CHECK_RTOL * (1 + abs(truth)):
+                return False
+        return True
+
+
+def _in_domain(expression, domain):
+    if domain == "positive" and (expression.is_positive is False or expression.is_nonpositive):
+        return False
+    if domain == "real" and expression.is_real is False:
+        return False
+    if domain == "unit" and (expression.is_positive is False):
+        return False
+    return True
+
+
+def solve_scalar(form, support, domains, upper=None):
+    """Derive the M-step of a scalar family.
+
+    Parameters
+    ----------
+    form : ExpFamForm
+    support : str
+    domains : mapping of parameter name to domain
+    upper : int or None
+        Upper bound of a bounded discrete support (binomial trials), for the checks.
+
+    Returns
+    -------
+    ScalarSolution
+    """
+    domains = {p: domains[p.name] for p in form.params}
+    means = mean_symbols(form)
+    objective = sum((eta * t for eta, t in zip(form.natural, means)), sympy.Integer(0)) - form.log_partition
+    equations = [sympy.diff(objective, p) for p in form.params]
+    checker = _Checker(form, support, domains, means, upper)
+    notes = []
+
+    closed = {}
+    candidates = _attempt_solve([_cleared(e) for e in equations], list(form.params)) or \
+        _attempt_solve(equations, list(form.params))
+    for solution in candidates:
+        if set(solution) != set(form.params) or any(solution[p].has(*form.params) for p in form.params):
+            continue
+        if all(_in_domain(solution[p], domains[p]) and checker.holds(p, solution[p]) for p in form.params):
+            closed = {p: solution[p] for p in form.params}
+            break
+    if not closed:
+        notes.append("sympy found no closed form for all parameters together")
+        closed = _partial(form, equations, domains, checker)
+        if closed:
+            names = ", ".join(p.name for p in closed)
+            notes.append(f"closed form for {names} given the others")
+
+    numeric = tuple(p for p in form.params if p not in closed)
+    solution = ScalarSolution(form=form, domains=domains, means=means, objective=objective,
+                              closed=closed, numeric=numeric, notes=notes)
+    _add_numeric_problem(solution)
+    solution.poolable = _poolable(solution)
+    _check_numeric_twin(solution, checker)
+    return solution
+
+
+def _partial(form, equations, domains, checker):
+    """Parameters that solve from their own equation given the others, substituted to a fixed point."""
+    closed = {}
+    for parameter, equation in zip(form.params, equations):
+        candidates = _attempt_solve([_cleared(equation)], [parameter]) or \
+            _attempt_solve([equation], [parameter])
+        others = [p for p in form.params if p != parameter]
+        for candidate in candidates:
+            expression = candidate.get(parameter)
+            if expression is None or any(expression.has(p) for p in closed):
+                continue
+            if _in_domain(expression, domains[parameter]) and checker.holds(parameter, expression, others):
+                closed = {p: e.subs(parameter, expression) for p, e in closed.items()}
+                closed[parameter] = expression
+                break
+    if len(closed) == len(form.params):
+        return {}
+    return closed
+
+
+def _add_numeric_problem(solution):
+    if not solution.numeric:
+        return
+    unconstrained = tuple(sympy.Symbol(f"u_{p.name}", real=True) for p in solution.numeric)
+    to_domain = {"real": lambda u: u, "positive": sympy.exp, "unit": lambda u: 1 / (1 + sympy.exp(-u))}
+    substitution = {p: to_domain[solution.domains[p]](u) for p, u in zip(solution.numeric, unconstrained)}
+    profile = solution.objective.subs(solution.closed).subs(substitution)
+    solution.unconstrained = unconstrained
+    solution.profile = profile
+    solution.gradient = [sympy.diff(profile, u) for u in unconstrained]
+    solution.hessian = [[sympy.diff(g, v) for v in unconstrained] for g in solution.gradient]
+
+
+def _poolable(solution):
+    """Closed parameters that may be tied: f's derivative is c(theta) * (phi(t) - theta)."""
+    poolable = {}
+    for parameter, expression in solution.closed.items():
+        if expression.has(*solution.numeric) or any(
+                e.has(parameter) for p, e in solution.closed.items() if p != parameter):
+            continue
+        others = {p: e for p, e in solution.closed.items() if p != parameter}
+        derivative = sympy.diff(solution.objective, parameter).subs(others)
+        ratio = sympy.simplify(derivative / (expression - parameter))
+        if not ratio.has(*solution.means):
+            poolable[parameter] = expression
+    return poolable
+
+
+def _check_numeric_twin(solution, checker):
+    """The numeric route must reach the same parameters as the closed route, at known moments."""
+    compiled = NumericSolver(solution, solve_all=True)
+    for values, moments in checker.points:
+        means = np.array([[moments[t] for t in solution.means]])
+        start = {p.name: np.array([1.0 if solution.domains[p] != "real" else 0.0])
+                 if solution.domains[p] != "unit" else np.array([0.5]) for p in solution.form.params}
+        found = compiled.solve(means, start)
+        for p in solution.form.params:
+            if abs(found[p.name][0] - values[p]) > 1e-5 * (1 + abs(values[p])):
+                solution.notes.append(
+                    f"numeric check: {p.name} = {found[p.name][0]:.8g}, expected {values[p]:.8g}")
+
+
+class NumericSolver:
+    """Newton's method on a scalar family's objective, vectorised over parameter sets.
+
+    ``solve_all=True`` treats every parameter as numeric (the closed forms'
+    numeric twin); otherwise only the solution's numeric parameters are.
+    """
+
+    def __init__(self, solution, solve_all=False):
+        self.solution = solution
+        if solve_all and solution.closed:
+            twin = ScalarSolution(form=solution.form, domains=solution.domains, means=solution.means,
+                                  objective=solution.objective, closed={}, numeric=solution.form.params)
+            _add_numeric_problem(twin)
+            solution = twin
+        self.numeric = solution.numeric
+        self.closed = solution.closed
+        self.domains = solution.domains
+        arguments = list(solution.unconstrained) + list(solution.means)
+        self._objective = to_numpy(arguments, solution.profile) if solution.numeric else None
+        self._gradient = [to_numpy(arguments, g) for g in solution.gradient]
+        self._hessian = [[to_numpy(arguments, h) for h in row] for row in solution.hessian]
+        means_and_numeric = list(solution.means) + list(self.numeric)
+        self._closed = {p: to_numpy(means_and_numeric, e) for p, e in self.closed.items()}
+
+    def solve(self, means, start):
+        """Parameters maximising the objective for each set.
+
+        Parameters
+        ----------
+        means : ndarray of shape (n_sets, n_statistics)
+        start : mapping of name to ndarray of shape (n_sets,)
+            Where the numeric search starts (the previous parameters).
+
+        Returns
+        -------
+        dict of name to ndarray of shape (n_sets,)
+        """
+        columns = [means[:, j] for j in range(means.shape[1])]
+        found = {}
+        if self.numeric:
+            u0 = np.column_stack([FROM_DOMAIN[self.domains[p]](
+                np.broadcast_to(np.asarray(start[p.name], dtype=float), (len(means),)))
+                for p in self.numeric])
+            u0 = np.where(np.isfinite(u0), u0, 0.0)
+
+            def arguments(u, rows):
+                return [u[:, i] for i in range(u.shape[1])] + [c[rows] for c in columns]
+
+            def objective(u, rows):
+                with np.errstate(all="ignore"):
+                    return self._objective(*arguments(u, rows))
+
+            def gradient(u, rows):
+                with np.errstate(all="ignore"):
+                    return np.column_stack([g(*arguments(u, rows)) for g in self._gradient])
+
+            def hessian(u, rows):
+                with np.errstate(all="ignore"):
+                    return np.stack([np.column_stack([h(*arguments(u, rows)) for h in row])
+                                     for row in self._hessian], axis=1)
+
+            u, _ = maximize_rows(objective, gradient, hessian, u0)
+            for i, p in enumerate(self.numeric):
+                found[p.name] = TO_DOMAIN[self.domains[p]](u[:, i])
+        numeric_values = [found[p.name] for p in self.numeric]
+        for p, function in self._closed.items():
+            with np.errstate(all="ignore"):
+                found[p.name] = function(*columns, *numeric_values)
+        return found

@@ -1,0 +1,167 @@
+"""The whitelist parser: spec text -> sympy expression, and nothing else.
+
+A spec file is untrusted text. Expressions are parsed with Python's ``ast``
+module (which only builds a tree; it runs nothing) and every node of the tree is
+checked against a short whitelist before a sympy expression is built from it.
+Raw text never reaches ``eval``, ``exec`` or ``sympy.sympify``.
+"""
+
+import ast
+import math
+
+import sympy
+
+from .errors import ExpressionError
+
+MAX_LENGTH = 2000
+MAX_DEPTH = 60  # brackets and calls; chains such as a + b + c may be longer
+MAX_TREE_DEPTH = 400
+MAX_CONSTANT_DIGITS = 400
+
+FUNCTIONS = {
+    "log": sympy.log,
+    "exp": sympy.exp,
+    "sqrt": sympy.sqrt,
+    "lgamma": sympy.loggamma,
+    "gamma": sympy.gamma,
+    "digamma": sympy.digamma,
+    "abs": sympy.Abs,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
+    "tanh": sympy.tanh,
+}
+CONSTANTS = {"pi": sympy.pi, "e": sympy.E}
+
+_BINARY = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+}
+
+
+def parse_expression(text, symbols, where="expression"):
+    """Parse untrusted text into a sympy expression.
+
+    Parameters
+    ----------
+    text : str or int or float
+        The expression, e.g. ``"x*log(l) - l - lgamma(x + 1)"``.
+    symbols : mapping of str to sympy.Symbol
+        The names the expression may use besides the whitelisted functions and
+        the constants ``pi`` and ``e``.
+    where : str
+        Where the text came from, for error messages (file, node, key).
+
+    Returns
+    -------
+    sympy.Expr
+    """
+    if isinstance(text, bool):
+        raise ExpressionError(f"{where}: expected an expression, found the boolean {text}")
+    if isinstance(text, (int, float)):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ExpressionError(f"{where}: the number {text} is not finite")
+        return sympy.nsimplify(text) if isinstance(text, float) else sympy.Integer(text)
+    if not isinstance(text, str):
+        raise ExpressionError(f"{where}: expected an expression string, found {type(text).__name__}")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"{where}: expression is {len(text)} characters long; the limit is {MAX_LENGTH}")
+    if _bracket_depth(text) > MAX_DEPTH:
+        raise ExpressionError(f"{where}: expression nests deeper than {MAX_DEPTH} levels")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise ExpressionError(f"{where}: cannot parse {text!r}: {exc}") from None
+    try:
+        return _Builder(symbols, where, text).build(tree.body, 0)
+    except RecursionError:
+        raise ExpressionError(f"{where}: expression is too deeply nested") from None
+
+
+def _bracket_depth(text):
+    depth = deepest = 0
+    for char in text:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
+
+
+class _Builder:
+    """Walk a parsed tree, allowing only numbers, names, arithmetic and whitelisted calls."""
+
+    def __init__(self, symbols, where, text):
+        self.symbols = symbols
+        self.where = where
+        self.text = text
+
+    def fail(self, what):
+        raise ExpressionError(f"{self.where}: {what} in {self.text!r}; allowed are numbers, "
+                              f"names ({', '.join(sorted(self.symbols)) or 'none'}), + - * / **, "
+                              f"and the functions {', '.join(sorted(FUNCTIONS))}")
+
+    def build(self, node, depth):
+        if depth > MAX_TREE_DEPTH:
+            raise ExpressionError(f"{self.where}: expression is deeper than {MAX_TREE_DEPTH} operations")
+        if isinstance(node, ast.Constant):
+            return self.constant(node.value)
+        if isinstance(node, ast.Name):
+            return self.name(node.id)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            operand = self.build(node.operand, depth + 1)
+            return -operand if isinstance(node.op, ast.USub) else operand
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left = self.build(node.left, depth + 1)
+            right = self.build(node.right, depth + 1)
+            if isinstance(node.op, ast.Pow):
+                self.check_power(left, right)
+            return _BINARY[type(node.op)](left, right)
+        if isinstance(node, ast.Call):
+            return self.call(node, depth)
+        self.fail(f"'{type(node).__name__}' is not allowed")
+
+    def constant(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(f"the constant {value!r} is not a number")
+        if isinstance(value, int):
+            if len(str(abs(value))) > MAX_CONSTANT_DIGITS:
+                self.fail("an integer constant is too long")
+            return sympy.Integer(value)
+        if not math.isfinite(value):
+            self.fail(f"the number {value} is not finite")
+        return sympy.Rational(repr(value)) if value != int(value) else sympy.Integer(int(value))
+
+    def name(self, identifier):
+        if identifier.startswith("_"):
+            self.fail(f"the name '{identifier}' is not allowed")
+        if identifier in self.symbols:
+            return self.symbols[identifier]
+        if identifier in CONSTANTS:
+            return CONSTANTS[identifier]
+        if identifier in FUNCTIONS:
+            self.fail(f"the function '{identifier}' is used without arguments")
+        self.fail(f"unknown name '{identifier}'")
+
+    def call(self, node, depth):
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            called = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
+            self.fail(f"the call '{called}(...)' is not allowed")
+        if node.keywords or len(node.args) != 1:
+            self.fail(f"'{node.func.id}' takes exactly one positional argument")
+        return FUNCTIONS[node.func.id](self.build(node.args[0], depth + 1))
+
+    def check_power(self, base, exponent):
+        # Constant powers are evaluated eagerly by sympy; refuse ones too large to represent.
+        if base.is_number and exponent.is_number:
+            try:
+                magnitude = abs(float(exponent)) * math.log10(max(abs(float(base)), 2.0))
+            except (TypeError, OverflowError):
+                self.fail("a constant power is too large")
+            if magnitude > 300:
+                self.fail("a constant power is too large")
+        elif exponent.is_number and abs(exponent) > 1000:
+            self.fail("an exponent is too large")

@@ -1,0 +1,75 @@
+"""Family declarations as data: the built-ins and the user's, in one registry."""
+
+import difflib
+
+from ..errors import FamilyError
+from .builtin import INTERNAL, builtin_families
+from .family import DOMAINS, SUPPORTS, CovarianceForm, Family
+
+__all__ = ["Family", "CovarianceForm", "FamilyRegistry", "family_from_table", "SUPPORTS", "DOMAINS"]
+
+USER_KEYS = ("logpdf", "support", "params", "description")
+
+
+def family_from_table(name, table, where):
+    """Build a user family from a ``[families.NAME]`` table.
+
+    Parameters
+    ----------
+    name : str
+    table : mapping
+        Keys ``logpdf`` (text), ``support`` (one of SUPPORTS) and ``params``
+        (mapping of parameter name to domain), optionally ``description``.
+    where : str
+        The file (or graph) the table came from, for error messages.
+    """
+    if not isinstance(table, dict):
+        raise FamilyError(f"{where}: family '{name}' must be a table with logpdf, support and params")
+    unknown = sorted(set(table) - set(USER_KEYS))
+    if unknown:
+        raise FamilyError(f"{where}: family '{name}' has unknown key(s) {', '.join(unknown)}; "
+                          f"allowed are {', '.join(USER_KEYS)}")
+    for key in ("logpdf", "support", "params"):
+        if key not in table:
+            raise FamilyError(f"{where}: family '{name}' is missing '{key}'")
+    if not isinstance(table["logpdf"], str):
+        raise FamilyError(f"{where}: family '{name}': logpdf must be a string expression in x")
+    if table["support"] not in SUPPORTS:
+        raise FamilyError(f"{where}: family '{name}': support '{table['support']}' is not one of "
+                          f"{', '.join(SUPPORTS)}")
+    params = table["params"]
+    if not isinstance(params, dict) or not params:
+        raise FamilyError(f"{where}: family '{name}': params must be a table of name = domain")
+    for param, domain in params.items():
+        if domain not in DOMAINS:
+            raise FamilyError(f"{where}: family '{name}': parameter '{param}' has domain {domain!r}; "
+                              f"use one of {', '.join(DOMAINS)}")
+        if param == "x" or not param.isidentifier() or param.startswith("_"):
+            raise FamilyError(f"{where}: family '{name}': '{param}' cannot name a parameter")
+    return Family(name=name, kind="scalar", logpdf=table["logpdf"], support=table["support"],
+                  params=tuple(params.items()), description=str(table.get("description", "")))
+
+
+class FamilyRegistry:
+    """The families a model can use: the built-ins plus the model's own declarations.
+
+    A user family may not reuse a built-in name; the registry refuses duplicates.
+    """
+
+    def __init__(self, user_tables=None, where="graph"):
+        self.families = builtin_families()
+        for name, table in (user_tables or {}).items():
+            if name in self.families:
+                raise FamilyError(f"{where}: family '{name}' is built in; give yours another name")
+            self.families[name] = family_from_table(name, table, where)
+
+    def get(self, name, where):
+        if name in self.families and name not in INTERNAL:
+            return self.families[name]
+        choices = [n for n in self.families if n not in INTERNAL]
+        near = difflib.get_close_matches(str(name), choices, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else f"; known families: {', '.join(sorted(choices))}"
+        raise FamilyError(f"{where}: unknown family '{name}'{hint}")
+
+    def internal(self, name):
+        return self.families[name]

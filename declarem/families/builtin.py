@@ -1,0 +1,67 @@
+"""The built-in families, declared exactly as a user declares one: a table of data.
+
+Each entry has the keys of a ``[families.NAME]`` table in a spec file, plus the
+few declarations a user family has no need of (constants such as binomial's
+``trials``, the location and covariance roles of the normal).
+"""
+
+from .family import CovarianceForm, Family
+from .gaussian import GaussianParts
+
+BUILTIN_TABLE = {
+    "categorical": dict(
+        kind="indicator", logpdf="log(p)", support="category", params=(("probs", "unit"),),
+        description="One of k categories with probabilities `probs` on the simplex."),
+    "bernoulli": dict(
+        logpdf="x*log(p) + (1 - x)*log(1 - p)", support="binary", params=(("p", "unit"),),
+        description="A 0/1 outcome with success probability `p`."),
+    "binomial": dict(
+        logpdf="x*log(p) + (trials - x)*log(1 - p) + lgamma(trials + 1) - lgamma(x + 1)"
+               " - lgamma(trials - x + 1)",
+        support="nonnegative-integer", params=(("p", "unit"),), constants=("trials",),
+        upper_bound="trials",
+        description="Successes in `trials` independent trials with success probability `p`."),
+    "poisson": dict(
+        logpdf="x*log(rate) - rate - lgamma(x + 1)", support="nonnegative-integer",
+        params=(("rate", "positive"),), description="Counts with mean `rate`."),
+    "exponential": dict(
+        logpdf="log(rate) - rate*x", support="positive", params=(("rate", "positive"),),
+        description="Waiting times with rate `rate` (mean 1/rate)."),
+    "geometric": dict(
+        logpdf="log(p) + (x - 1)*log(1 - p)", support="positive-integer", params=(("p", "unit"),),
+        description="Trials up to and including the first success (1, 2, ...), as numpy's `geometric`."),
+    "normal": dict(
+        logpdf="-(x - mean)**2/(2*var) - log(2*pi*var)/2", support="real",
+        params=(("mean", "real"), ("var", "positive")), location="mean", regularized=("var",),
+        covariance=(
+            ("diag", CovarianceForm("normal")),
+            ("spherical", CovarianceForm("normal", tie_across_columns=("var",))),
+            ("full", CovarianceForm("multivariate_normal")),
+            ("tied", CovarianceForm("multivariate_normal", tie_across_parents=("cov",))),
+        ),
+        description="Univariate normal with `mean` and variance `var`; with `dim`, a multivariate "
+                    "normal whose `covariance` is full, diag, tied or spherical."),
+    "multivariate_normal": dict(
+        kind="gaussian", logpdf="", support="real", params=(("mean", "real"), ("cov", "positive")),
+        location="mean", regularized=("cov",), symmetric=("cov",), parts=GaussianParts,
+        description="Multivariate normal with `mean` and covariance matrix `cov` (reached through "
+                    "`normal` with `covariance = \"full\"` or `\"tied\"`)."),
+    "gamma": dict(
+        logpdf="shape*log(rate) - lgamma(shape) + (shape - 1)*log(x) - rate*x", support="positive",
+        params=(("shape", "positive"), ("rate", "positive")),
+        description="Gamma with `shape` and `rate` (mean shape/rate)."),
+    "beta": dict(
+        logpdf="(a - 1)*log(x) + (b - 1)*log(1 - x) + lgamma(a + b) - lgamma(a) - lgamma(b)",
+        support="unit", params=(("a", "positive"), ("b", "positive")),
+        description="Beta on (0, 1) with shapes `a` and `b`."),
+}
+
+#: Families a node cannot name directly (reached through another family's options).
+INTERNAL = ("multivariate_normal",)
+
+
+def builtin_families():
+    """Return the built-in families, by name."""
+    return {name: Family(name=name, kind=entry.get("kind", "scalar"),
+                         **{key: value for key, value in entry.items() if key != "kind"})
+            for name, entry in BUILTIN_TABLE.items()}

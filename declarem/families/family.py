@@ -1,0 +1,115 @@
+"""The Family type: a distribution declared as data.
+
+Built-in families and the ones a user writes in ``[families.NAME]`` are the same
+kind of object. A family says what a node's log-density is; the derivation
+(``declarem.derive``) works out the sufficient statistics, the natural
+parameters and the M-step from that declaration alone.
+
+Three forms of declaration exist, because three shapes of sufficient statistic
+exist:
+
+``"scalar"``
+    A log-density expression in ``x`` and the named parameters, e.g. Poisson's
+    ``"x*log(rate) - rate - lgamma(x + 1)"``. Vector nodes of a scalar family
+    are independent columns sharing the declaration.
+``"indicator"``
+    A log-density that is ``log(p)`` of the observed category's probability,
+    with the probabilities on a simplex (the categorical family). Its
+    statistic is the indicator of the category.
+``"gaussian"``
+    The multivariate normal in exponential-family parts, with its
+    moment-to-parameter map, since sympy cannot solve for a general dimension.
+"""
+
+from dataclasses import dataclass, field
+
+SUPPORTS = ("real", "positive", "nonnegative", "unit", "integer", "nonnegative-integer",
+            "positive-integer", "binary", "category")
+DOMAINS = ("real", "positive", "unit")
+KINDS = ("scalar", "indicator", "gaussian")
+
+
+@dataclass(frozen=True)
+class CovarianceForm:
+    """How one covariance type of a vector normal node is built from declared families.
+
+    Attributes
+    ----------
+    family : str
+        The family whose factor is used: ``"normal"`` (independent columns) or
+        ``"multivariate_normal"``.
+    tie_across_columns : tuple of str
+        Parameters shared by all columns of the node (spherical: ``var``).
+    tie_across_parents : tuple of str
+        Parameters shared by all parent configurations (tied: ``cov``).
+    """
+
+    family: str
+    tie_across_columns: tuple = ()
+    tie_across_parents: tuple = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """A declared distribution.
+
+    Attributes
+    ----------
+    name : str
+    kind : str
+        One of ``KINDS``.
+    logpdf : str
+        The log-density (or log-mass) in ``x`` and the parameter names, as text
+        for the whitelist parser. For ``"indicator"`` families, the log of the
+        observed category's probability ``p``.
+    support : str
+        One of ``SUPPORTS``.
+    params : tuple of (str, str)
+        Parameter names with their domains (``real``, ``positive``, ``unit``),
+        in declaration order.
+    constants : tuple of str
+        Node attributes that enter the log-density as known constants
+        (binomial: ``trials``).
+    upper_bound : str or None
+        A constant bounding the support from above (binomial: ``trials``).
+    location : str or None
+        A parameter that shifts with the data (``x - c`` has ``location - c``).
+        The engine centres such nodes' data before forming statistics, for
+        accuracy; it never changes the fit.
+    regularized : tuple of str
+        Parameters whose diagonal ``reg_covar`` is added to in the M-step.
+    symmetric : tuple of str
+        Matrix parameters that are symmetric (counted once per pair in BIC).
+    covariance : tuple of (str, CovarianceForm)
+        For families with vector variants selected by ``covariance = ...``.
+    parts : object or None
+        For ``"gaussian"`` families, the declared exponential-family parts (an
+        object with ``statistics``, ``natural``, ``log_partition``,
+        ``moment_map`` and ``base`` callables).
+    description : str
+    """
+
+    name: str
+    kind: str
+    logpdf: str
+    support: str
+    params: tuple
+    constants: tuple = ()
+    upper_bound: str | None = None
+    location: str | None = None
+    regularized: tuple = ()
+    symmetric: tuple = ()
+    covariance: tuple = ()
+    parts: object = field(default=None, compare=False)
+    description: str = ""
+
+    @property
+    def param_names(self):
+        return tuple(name for name, _ in self.params)
+
+    @property
+    def domains(self):
+        return dict(self.params)
+
+    def covariance_form(self, name):
+        return dict(self.covariance).get(name)

@@ -1,0 +1,94 @@
+"""Small numeric routines shared by the derivation's checks and the EM loop (numpy only)."""
+
+import numpy as np
+
+#: Maps from an unconstrained value u to a parameter in each domain, and back.
+TO_DOMAIN = {
+    "real": lambda u: u,
+    "positive": np.exp,
+    "unit": lambda u: 1.0 / (1.0 + np.exp(-u)),
+}
+FROM_DOMAIN = {
+    "real": lambda v: v,
+    "positive": np.log,
+    "unit": lambda v: np.log(v) - np.log1p(-v),
+}
+
+
+def maximize_rows(objective, gradient, hessian, start, max_iter=100, tol=1e-12):
+    """Maximise many independent smooth objectives at once by damped Newton steps.
+
+    Each row is its own problem in a few unconstrained variables. A Newton step
+    is taken where the Hessian is negative definite, a gradient step otherwise,
+    and each step is halved until the objective does not fall, so every row
+    ends at least as high as it started (EM stays monotone).
+
+    Parameters
+    ----------
+    objective : callable
+        ``objective(u, rows)`` with ``u`` of shape (m, n_vars), the values of
+        the rows whose indices are ``rows`` (shape (m,)), returns (m,).
+    gradient : callable
+        ``gradient(u, rows)`` returns (m, n_vars).
+    hessian : callable
+        ``hessian(u, rows)`` returns (m, n_vars, n_vars).
+    start : ndarray of shape (n_rows, n_vars)
+    max_iter : int
+    tol : float
+        Stop when every row's step is below ``tol`` times (1 + |u|).
+
+    Returns
+    -------
+    u : ndarray of shape (n_rows, n_vars)
+    converged : ndarray of bool, shape (n_rows,)
+    """
+    u = np.array(start, dtype=float, copy=True)
+    n_rows, n_vars = u.shape
+    value = objective(u, np.arange(n_rows))
+    active = np.isfinite(value)
+    converged = np.zeros(n_rows, dtype=bool)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        rows = np.flatnonzero(active)
+        g = gradient(u[rows], rows)
+        h = hessian(u[rows], rows)
+        step = _ascent_direction(g, h)
+        current = value[rows]
+        scale = np.ones(len(rows))
+        accepted = np.zeros(len(rows), dtype=bool)
+        for _ in range(60):
+            trial = u[rows] + scale[:, None] * step
+            trial_value = objective(trial, rows)
+            ok = np.isfinite(trial_value) & (trial_value >= current - 1e-13 * np.abs(current)) & ~accepted
+            u[rows[ok]] = trial[ok]
+            value[rows[ok]] = trial_value[ok]
+            accepted |= ok
+            if accepted.all():
+                break
+            scale = np.where(accepted, scale, scale * 0.5)
+        size = np.max(np.abs(scale[:, None] * step), axis=1)
+        done = (size <= tol * (1.0 + np.max(np.abs(u[rows]), axis=1))) | ~accepted
+        converged[rows[done & accepted]] = True
+        converged[rows[~accepted]] = np.max(np.abs(g[~accepted]), axis=1) < 1e-8
+        active[rows[done]] = False
+    return u, converged
+
+
+def _ascent_direction(gradient, hessian):
+    """Newton direction where -H is positive definite, else the gradient."""
+    n_rows, n_vars = gradient.shape
+    direction = gradient.copy()
+    try:
+        chol = np.linalg.cholesky(-hessian)
+    except np.linalg.LinAlgError:
+        chol = None
+    if chol is not None:
+        return np.linalg.solve(-hessian, gradient[..., None])[..., 0]
+    for row in range(n_rows):
+        try:
+            np.linalg.cholesky(-hessian[row])
+        except np.linalg.LinAlgError:
+            continue
+        direction[row] = np.linalg.solve(-hessian[row], gradient[row])
+    return direction
