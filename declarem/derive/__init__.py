@@ -1,0 +1,45 @@
+"""sympy only: from family declarations to solved M-steps, computed once and cached.
+
+Derivations depend only on a family's declaration (and constants such as
+binomial's ``trials``), so they are cached per declaration: a second model, or
+a second fit, using the same family does no sympy work.
+"""
+
+import functools
+
+from .expfam import decompose
+from .scalar import NumericSolver, solve_scalar
+from .simplex import solve_simplex
+
+__all__ = ["scalar_solution", "simplex_solution", "NumericSolver", "cache_info"]
+
+
+@functools.lru_cache(maxsize=None)
+def scalar_solution(family, constants=()):
+    """The derived M-step of a scalar family.
+
+    Parameters
+    ----------
+    family : Family
+    constants : tuple of (str, number)
+        Values of the family's constants, e.g. ``(("trials", 10),)``.
+
+    Returns
+    -------
+    ScalarSolution
+    """
+    constant_values = dict(constants)
+    form = decompose(family, constant_values, where=f"family '{family.name}'")
+    upper = constant_values.get(family.upper_bound) if family.upper_bound else None
+    return solve_scalar(form, family.support, family.domains, upper=upper)
+
+
+@functools.lru_cache(maxsize=None)
+def simplex_solution(family, with_prior=False):
+    """The derived update of an indicator family's probability vector."""
+    return solve_simplex(family, with_prior, where=f"family '{family.name}'")
+
+
+def cache_info():
+    """How many derivations were computed and reused in this process."""
+    return {"scalar": scalar_solution.cache_info(), "simplex": simplex_solution.cache_info()}

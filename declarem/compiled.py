@@ -1,0 +1,386 @@
+"""CompiledModel: each node's derivation turned into numpy callables, built once per model.
+
+Every factor offers the same few operations to the E-step and the EM loop:
+statistics of the data (computed once per fit), natural parameters and
+log-partition of the current parameters, and the M-step from weighted sums of
+statistics. There are three statistic layouts, and they are the only thing
+the E-step distinguishes:
+
+``"dense"``   T(x) is a (n_rows, n_statistics) array (scalar families, the normal);
+``"index"``   T(x) is the indicator of an observed category, kept as its index;
+``"latent"``  the indicator of a latent category, which the posterior itself supplies.
+
+Parameters are held internally as arrays of shape (n_sets, *own), one row per
+configuration of the node's parents (flattened in ``parents`` order), with tied
+parameters repeated; the user sees (K1, ..., Km, *own), tied ones as (*own).
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .derive import NumericSolver, scalar_solution, simplex_solution
+from .derive.lambdify import to_numpy
+from .errors import FamilyError, InitError
+
+DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter of a factor: its own shape, domain and roles."""
+
+    name: str
+    own_shape: tuple
+    domain: str
+    tied_across_parents: bool = False
+    symmetric: bool = False
+    simplex: bool = False
+
+
+class Factor:
+    """What every compiled factor shares: parents, parameter shapes and conversions."""
+
+    layout = "dense"
+
+    def __init__(self, model, node):
+        self.node = node
+        self.name = node.name
+        self.parents = node.parents
+        self.parent_sizes = tuple(model.nodes[p].k for p in node.parents)
+        self.n_sets = int(np.prod(self.parent_sizes, dtype=int)) if self.parent_sizes else 1
+        self.location = None
+        self.regularized = ()
+        self.params = {}
+
+    # -- shapes ---------------------------------------------------------------------------
+    def external_shape(self, spec):
+        return spec.own_shape if spec.tied_across_parents else self.parent_sizes + spec.own_shape
+
+    def to_external(self, internal, shift=None):
+        """Internal (n_sets, *own) arrays -> the user's shapes, in the data's coordinates."""
+        out = {}
+        for name, spec in self.params.items():
+            value = np.array(internal[name], dtype=float)
+            if name == self.location and shift is not None:
+                value = value + shift
+            if spec.tied_across_parents:
+                value = value[0]
+            out[name] = value.reshape(self.external_shape(spec))
+        return out
+
+    def to_internal(self, external, shift=None):
+        """The user's shapes -> internal (n_sets, *own) arrays, in centred coordinates."""
+        out = {}
+        for name, spec in self.params.items():
+            value = np.asarray(external[name], dtype=float)
+            if spec.tied_across_parents:
+                value = np.broadcast_to(value, (self.n_sets,) + spec.own_shape)
+            value = np.array(value.reshape((self.n_sets,) + spec.own_shape))
+            if name == self.location and shift is not None:
+                value = value - shift
+            out[name] = value
+        return out
+
+    def check_param(self, name, value, where):
+        """Validate a user-given parameter's shape and domain; return it as a float array."""
+        spec = self.params.get(name)
+        if spec is None:
+            raise InitError(f"{where}: node '{self.name}' has no parameter '{name}'; "
+                            f"its parameters are {', '.join(self.params)}")
+        try:
+            array = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise InitError(f"{where}: '{self.name}.{name}' is not numeric") from None
+        expected = self.external_shape(spec)
+        if array.shape != expected:
+            raise InitError(f"{where}: '{self.name}.{name}' has shape {array.shape}; expected {expected}"
+                            f" ({self._shape_story(spec)})")
+        if not np.all(np.isfinite(array)):
+            raise InitError(f"{where}: '{self.name}.{name}' has non-finite values")
+        if spec.domain == "positive" and not spec.symmetric and np.any(array <= 0):
+            raise InitError(f"{where}: '{self.name}.{name}' must be positive")
+        if spec.domain == "unit" and np.any((array <= 0) | (array >= 1)) and not spec.simplex:
+            raise InitError(f"{where}: '{self.name}.{name}' must lie strictly between 0 and 1")
+        if spec.simplex:
+            if np.any(array < 0) or not np.allclose(array.sum(axis=-1), 1.0, atol=1e-8):
+                raise InitError(f"{where}: '{self.name}.{name}' rows must be probabilities summing to 1")
+        if spec.symmetric:
+            if not np.allclose(array, np.swapaxes(array, -1, -2)):
+                raise InitError(f"{where}: '{self.name}.{name}' must be symmetric")
+            if np.any(np.linalg.eigvalsh(array) <= 0):
+                raise InitError(f"{where}: '{self.name}.{name}' must be positive definite")
+        return array
+
+    def _shape_story(self, spec):
+        parts = [f"{p} has {k} values" for p, k in zip(self.parents, self.parent_sizes)]
+        lead = "one set per parent value: " + ", ".join(parts) if parts and not spec.tied_across_parents \
+            else "shared by all parent values" if spec.tied_across_parents else "no parents"
+        return f"{lead}; own shape {spec.own_shape}"
+
+    def n_free(self):
+        """Number of free parameters, for BIC and AIC."""
+        total = 0
+        for spec in self.params.values():
+            size = math.prod(spec.own_shape)
+            if spec.symmetric:
+                d = spec.own_shape[-1]
+                size = d * (d + 1) // 2
+            if spec.simplex:
+                size -= 1
+            total += size * (1 if spec.tied_across_parents else self.n_sets)
+        return total
+
+    # -- data -----------------------------------------------------------------------------
+    def shift_for(self, values, weights):
+        """The centring shift of a location family's data (weighted column means), else None."""
+        if self.location is None:
+            return None
+        return np.average(values.reshape(len(values), -1), axis=0, weights=weights).reshape(values.shape[1:])
+
+    def _keep_empty_sets(self, new, old, set_weights):
+        """Sets that received no weight keep their previous parameters (reported, never guessed)."""
+        empty = set_weights <= 0
+        if not empty.any():
+            return new
+        if old is None:
+            warnings.warn(f"node '{self.name}': {int(empty.sum())} parameter set(s) received no weight "
+                          "at initialisation; they start at default values", RuntimeWarning, stacklevel=4)
+            for name, spec in self.params.items():
+                new[name][empty] = self.default_value(spec)
+            return new
+        for name in self.params:
+            new[name][empty] = old[name][empty]
+        return new
+
+    def default_value(self, spec):
+        if spec.simplex:
+            return np.full(spec.own_shape, 1.0 / spec.own_shape[-1])
+        if spec.symmetric:
+            return np.eye(spec.own_shape[-1])
+        return np.full(spec.own_shape, DEFAULT_START[spec.domain])
+
+    def _regularize(self, params, reg_covar):
+        for name in self.regularized:
+            value = params[name]
+            if self.params[name].symmetric:
+                d = value.shape[-1]
+                value[..., np.arange(d), np.arange(d)] += reg_covar
+            else:
+                value += reg_covar
+        return params
+
+
+class ScalarFactor(Factor):
+    """A scalar family on one or more independent columns, from its derived solution."""
+
+    def __init__(self, model, node, form):
+        super().__init__(model, node)
+        family = node.family
+        try:
+            self.solution = scalar_solution(family, node.constants)
+        except FamilyError as exc:
+            raise FamilyError(f"{model.source}: node '{node.name}': {exc}") from None
+        solution = self.solution
+        self.dim = node.dim
+        self.vector = node.columns is not None or node.dim > 1
+        self.location = family.location
+        self.regularized = family.regularized
+        self.param_names = [p.name for p in solution.form.params]
+        tie_columns = set(form.tie_across_columns) if form else set()
+        tie_parents = set(form.tie_across_parents) if form else set()
+        for name in tie_columns | tie_parents:
+            symbol = next(p for p in solution.form.params if p.name == name)
+            if symbol not in solution.poolable:
+                raise FamilyError(f"{model.source}: node '{node.name}': parameter '{name}' of "
+                                  f"'{family.name}' cannot be tied (its update is not a weighted mean)")
+        self.tie_columns = tie_columns
+        for name in self.param_names:
+            own = () if (not self.vector or name in tie_columns) else (self.dim,)
+            self.params[name] = ParamSpec(name, own, family.domains[name],
+                                          tied_across_parents=name in tie_parents)
+        form_ = solution.form
+        self.statistic_count = len(form_.statistics)
+        self._statistics = [to_numpy([form_.x], t) for t in form_.statistics]
+        self._base = to_numpy([form_.x], form_.base)
+        arguments = list(form_.params)
+        self._natural = [to_numpy(arguments, eta) for eta in form_.natural]
+        self._log_partition = to_numpy(arguments, form_.log_partition)
+        self._solver = NumericSolver(solution)
+        self._pooled = {p.name: to_numpy(list(solution.means), e) for p, e in solution.poolable.items()}
+
+    def _columns(self, params):
+        """Parameters as (n_sets, dim) arrays, tied ones broadcast."""
+        return [np.broadcast_to(params[name].reshape(self.n_sets, -1), (self.n_sets, self.dim))
+                for name in self.param_names]
+
+    def statistics(self, values):
+        """T of each column: (n_rows, dim * n_statistics), column-major in (column, statistic)."""
+        values = values.reshape(len(values), self.dim)
+        stacked = np.stack([t(values) for t in self._statistics], axis=-1)
+        return stacked.reshape(len(values), self.dim * self.statistic_count)
+
+    def base(self, values):
+        """Log base measure of each row, summed over columns: (n_rows,)."""
+        with np.errstate(all="ignore"):
+            return self._base(values.reshape(len(values), self.dim)).sum(axis=1)
+
+    def natural(self, params):
+        """eta of shape (n_sets, dim * n_statistics) and A of shape (n_sets,)."""
+        columns = self._columns(params)
+        with np.errstate(all="ignore"):
+            eta = np.stack([f(*columns) for f in self._natural], axis=-1)
+            log_partition = self._log_partition(*columns).sum(axis=1)
+        return eta.reshape(self.n_sets, -1), log_partition
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        """New parameters from weighted sums of the statistics.
+
+        Parameters
+        ----------
+        sums : ndarray of shape (n_sets, dim * n_statistics)
+        set_weights : ndarray of shape (n_sets,)
+        old : dict or None
+            The previous internal parameters (start of any numeric search).
+        reg_covar : float
+        """
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums.reshape(self.n_sets, self.dim, self.statistic_count) / set_weights[:, None, None]
+        flat = means.reshape(-1, self.statistic_count)
+        flat = np.where(np.isfinite(flat), flat, 1.0)
+        if old is None:
+            start = {n: np.full(len(flat), DEFAULT_START[s.domain]) for n, s in self.params.items()}
+        else:
+            start = {n: np.broadcast_to(old[n].reshape(self.n_sets, -1), (self.n_sets, self.dim)).ravel()
+                     for n in self.param_names}
+        solved = self._solver.solve(flat, start)
+        new = {}
+        for name, spec in self.params.items():
+            value = np.asarray(solved[name], dtype=float).reshape(self.n_sets, self.dim)
+            if name in self._pooled and (name in self.tie_columns or spec.tied_across_parents):
+                value = self._pool(name, means, set_weights, spec)
+            new[name] = value.reshape((self.n_sets,) + spec.own_shape).copy()
+        new = self._keep_empty_sets(new, old, set_weights)
+        return self._regularize(new, reg_covar)
+
+    def _pool(self, name, means, set_weights, spec):
+        with np.errstate(invalid="ignore"):
+            phi = self._pooled[name](*[means[..., j] for j in range(self.statistic_count)])
+        if name in self.tie_columns:
+            phi = phi.mean(axis=1, keepdims=True)
+        if spec.tied_across_parents:
+            used = set_weights > 0
+            phi = np.broadcast_to(np.average(phi[used], axis=0, weights=set_weights[used]), phi.shape)
+        return np.broadcast_to(phi, (self.n_sets, phi.shape[1]))
+
+
+class GaussianFactor(Factor):
+    """A multivariate normal (full or tied covariance), from its declared parts."""
+
+    def __init__(self, model, node, form):
+        super().__init__(model, node)
+        family = model.registry.internal(form.family)
+        self.parts = family.parts
+        self.dim = node.dim
+        self.location = family.location
+        self.regularized = family.regularized
+        tie_parents = set(form.tie_across_parents)
+        self.params["mean"] = ParamSpec("mean", (self.dim,), "real", "mean" in tie_parents)
+        self.params["cov"] = ParamSpec("cov", (self.dim, self.dim), "positive", "cov" in tie_parents,
+                                       symmetric=True)
+        self.statistic_count = self.parts.statistic_size(self.dim)
+
+    def statistics(self, values):
+        return self.parts.statistics(values.reshape(len(values), self.dim))
+
+    def base(self, values):
+        return np.full(len(values), self.parts.base(self.dim))
+
+    def natural(self, params):
+        return self.parts.natural(params["mean"], params["cov"])
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / set_weights[:, None]
+        means = np.where(np.isfinite(means), means, 0.0)
+        new = self.parts.moment_map(means, self.dim)
+        for name, spec in self.params.items():
+            if spec.tied_across_parents:
+                used = set_weights > 0
+                pooled = np.average(new[name][used], axis=0, weights=set_weights[used])
+                new[name] = np.broadcast_to(pooled, new[name].shape).copy()
+        new = self._keep_empty_sets(new, old, set_weights)
+        return self._regularize(new, reg_covar)
+
+
+class CategoricalFactor(Factor):
+    """A categorical node, observed (index layout) or latent, from its derived simplex update."""
+
+    def __init__(self, model, node):
+        super().__init__(model, node)
+        self.layout = "latent" if node.latent else "index"
+        self.k = node.k
+        self.solution = simplex_solution(node.family)
+        self.params["probs"] = ParamSpec("probs", (self.k,), "unit", simplex=True)
+        self._numerator = to_numpy([self.solution.count], self.solution.numerator)
+        self.statistic_count = self.k
+
+    def statistics(self, values):
+        return values
+
+    def base(self, values):
+        return np.zeros(len(values))
+
+    def natural(self, params):
+        with np.errstate(divide="ignore"):
+            return np.log(params["probs"]), None
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        numerator = self._numerator(sums)
+        total = numerator.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            probs = numerator / total
+        new = self._keep_empty_sets({"probs": probs}, old, total[:, 0])
+        return new
+
+
+def build_factor(model, node):
+    """The compiled factor for a node, chosen by its family's kind and covariance form."""
+    family = node.family
+    if family.kind == "indicator":
+        return CategoricalFactor(model, node)
+    form = family.covariance_form(node.covariance) if node.covariance else None
+    if form is not None and model.registry.internal(form.family).kind == "gaussian":
+        return GaussianFactor(model, node, form)
+    return ScalarFactor(model, node, form)
+
+
+class CompiledModel:
+    """The model's factors, ready for the E-step and the EM loop.
+
+    Attributes
+    ----------
+    factors : dict of str to Factor
+        In topological order.
+    latent : list of str
+        Latent nodes in topological order: the axes of the joint posterior.
+    latent_sizes : tuple of int
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.factors = {name: build_factor(model, node) for name, node in model.nodes.items()}
+        self.latent = list(model.latent)
+        self.latent_sizes = tuple(model.nodes[name].k for name in self.latent)
+        self.n_configurations = int(np.prod(self.latent_sizes, dtype=int)) if self.latent else 1
+
+    def n_free(self):
+        return sum(f.n_free() for f in self.factors.values())
+
+    def to_external(self, params, shifts):
+        return {name: f.to_external(params[name], shifts.get(name)) for name, f in self.factors.items()}
+
+    def to_internal(self, params, shifts):
+        return {name: f.to_internal(params[name], shifts.get(name)) for name, f in self.factors.items()}

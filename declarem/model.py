@@ -1,0 +1,322 @@
+"""Model: the validated DAG, each node's role, family and parameter shapes.
+
+A model is built from a networkx DiGraph whose node attributes follow the
+contract (``family``, ``latent``, ``k``, ``parents``, ``columns``, ``dim``,
+``covariance``, ``trials``). A TOML spec becomes such a graph first
+(``declarem.spec``), so both routes meet here and are validated once.
+"""
+
+import difflib
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .errors import SpecError
+from .families import FamilyRegistry
+
+NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
+             "probs", "table", "prior", "description")
+GRAPH_KEYS = ("families", "params", "model", "data")
+COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
+#: Keys of the contract that later versions implement; refused clearly until then.
+NOT_YET = {"probs": "free-parameter expressions in `probs`", "table": "deterministic tables",
+           "prior": "priors"}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One validated variable of the model.
+
+    Attributes
+    ----------
+    name : str
+    family : Family
+        The family the node names (for a vector normal, still ``normal``).
+    latent : bool
+    k : int or None
+        Number of categories (categorical nodes).
+    parents : tuple of str
+        In the order that indexes the parameters.
+    columns : tuple of str or None
+        Data columns of a vector node, when declared.
+    dim : int
+        Number of columns (1 for a scalar node).
+    covariance : str or None
+        For a normal node with dim > 1.
+    constants : tuple of (str, number)
+        Values of the family's constants (binomial ``trials``).
+    """
+
+    name: str
+    family: object
+    latent: bool
+    k: int | None
+    parents: tuple
+    columns: tuple | None
+    dim: int
+    covariance: str | None
+    constants: tuple
+
+    @property
+    def is_discrete(self):
+        return self.family.kind == "indicator"
+
+
+class Model:
+    """A declared model, validated.
+
+    Parameters
+    ----------
+    graph : networkx.DiGraph
+        Nodes carry the contract's attributes; graph attributes may carry
+        ``families`` (user family tables), ``model`` (name, description) and
+        ``data`` (path, weights).
+    source : str
+        Where the declaration came from, named in every error message.
+    base_dir : str or None
+        Directory that a spec's ``[data] path`` is relative to.
+    """
+
+    def __init__(self, graph, source="graph", base_dir=None):
+        if not isinstance(graph, nx.DiGraph):
+            raise SpecError(f"{source}: expected a networkx.DiGraph, found {type(graph).__name__}")
+        self.source = source
+        self.base_dir = base_dir
+        self.graph = graph.copy()
+        unknown = sorted(set(graph.graph) - set(GRAPH_KEYS))
+        if unknown:
+            raise SpecError(f"{source}: unknown graph attribute(s) {', '.join(unknown)}; "
+                            f"allowed are {', '.join(GRAPH_KEYS)}")
+        info = graph.graph.get("model", {}) or {}
+        self.name = str(info.get("name", "model"))
+        self.description = str(info.get("description", ""))
+        self.data_info = dict(graph.graph.get("data", {}) or {})
+        if graph.graph.get("params"):
+            raise SpecError(f"{source}: free parameters ([params]) are not supported in this version")
+        self.registry = FamilyRegistry(graph.graph.get("families"), where=source)
+        self._check_acyclic()
+        order = list(nx.lexicographical_topological_sort(graph, key=str))
+        self.nodes = {}
+        for name in order:
+            self.nodes[name] = self._validate_node(name)
+        self.latent = [name for name, node in self.nodes.items() if node.latent]
+        self.observed = [name for name, node in self.nodes.items() if not node.latent]
+        if not self.observed:
+            raise SpecError(f"{source}: every node is latent; at least one node must be observed")
+        self._compiled = None
+
+    def _check_acyclic(self):
+        try:
+            cycle = nx.find_cycle(self.graph)
+        except nx.NetworkXNoCycle:
+            return
+        path = " -> ".join(str(edge[0]) for edge in cycle) + f" -> {cycle[0][0]}"
+        raise SpecError(f"{self.source}: the graph has a cycle {path}; a model must be a DAG")
+
+    def _where(self, name):
+        return f"{self.source}: node '{name}'"
+
+    def _validate_node(self, name):
+        attrs = dict(self.graph.nodes[name])
+        where = self._where(name)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise SpecError(f"{self.source}: node name {name!r} must be an identifier")
+        for key in attrs:
+            if key not in NODE_KEYS:
+                near = difflib.get_close_matches(key, NODE_KEYS, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else f"; allowed are {', '.join(NODE_KEYS)}"
+                raise SpecError(f"{where}: unknown attribute '{key}'{hint}")
+            if key in NOT_YET:
+                raise SpecError(f"{where}: {NOT_YET[key]} ('{key}') are not supported in this version")
+        if "family" not in attrs:
+            raise SpecError(f"{where}: missing 'family'")
+        family = self.registry.get(attrs["family"], where)
+        latent = attrs.get("latent", False)
+        if not isinstance(latent, bool):
+            raise SpecError(f"{where}: 'latent' must be true or false, found {latent!r}")
+        if latent and family.kind != "indicator":
+            raise SpecError(f"{where}: latent nodes must be categorical (discrete); "
+                            f"'{family.name}' is not. Declare the node categorical with k values")
+        k = self._validate_k(attrs, family, where)
+        parents = self._validate_parents(name, attrs, where)
+        columns, dim = self._validate_columns(attrs, family, latent, where)
+        covariance = self._validate_covariance(attrs, family, dim, where)
+        constants = self._validate_constants(attrs, family, where)
+        return Node(name=name, family=family, latent=latent, k=k, parents=parents, columns=columns,
+                    dim=dim, covariance=covariance, constants=constants)
+
+    def _validate_k(self, attrs, family, where):
+        if family.kind != "indicator":
+            if "k" in attrs:
+                raise SpecError(f"{where}: 'k' applies to categorical nodes only, not '{family.name}'")
+            return None
+        if "k" not in attrs:
+            raise SpecError(f"{where}: categorical node needs 'k', its number of categories")
+        k = attrs["k"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise SpecError(f"{where}: 'k' must be an integer >= 2, found {k!r}")
+        return k
+
+    def _validate_parents(self, name, attrs, where):
+        predecessors = list(self.graph.predecessors(name))
+        declared = attrs.get("parents")
+        if declared is None:
+            parents = predecessors
+        else:
+            if not isinstance(declared, (list, tuple)) or not all(isinstance(p, str) for p in declared):
+                raise SpecError(f"{where}: 'parents' must be a list of node names")
+            if len(set(declared)) != len(declared):
+                raise SpecError(f"{where}: 'parents' lists a node twice")
+            missing = [p for p in declared if p not in self.graph]
+            if missing:
+                raise SpecError(f"{where}: parent '{missing[0]}' is not a node of the model")
+            if set(declared) != set(predecessors):
+                raise SpecError(f"{where}: 'parents' {declared} does not match the graph's edges "
+                                f"into the node {predecessors}")
+            parents = list(declared)
+        for parent in parents:
+            parent_family = self.registry.get(self.graph.nodes[parent].get("family"), self._where(parent))
+            if parent_family.kind != "indicator":
+                raise SpecError(f"{where}: parent '{parent}' is a '{parent_family.name}' node; parents "
+                                "must be categorical (their values index the child's parameters)")
+        return tuple(parents)
+
+    def _validate_columns(self, attrs, family, latent, where):
+        columns = attrs.get("columns")
+        dim = attrs.get("dim")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise SpecError(f"{where}: 'dim' must be a positive integer, found {dim!r}")
+        if columns is not None:
+            if isinstance(columns, str) or not isinstance(columns, (list, tuple)) or not columns or \
+                    not all(isinstance(c, str) for c in columns):
+                raise SpecError(f"{where}: 'columns' must be a non-empty list of column names")
+            if len(set(columns)) != len(columns):
+                raise SpecError(f"{where}: 'columns' names a column twice")
+            if dim is not None and dim != len(columns):
+                raise SpecError(f"{where}: 'dim' is {dim} but 'columns' lists {len(columns)} columns")
+            dim = len(columns)
+            columns = tuple(columns)
+        if (dim or 1) > 1 and (latent or family.kind == "indicator"):
+            raise SpecError(f"{where}: a categorical node is one column; declare one node per column")
+        return columns, dim or 1
+
+    def _validate_covariance(self, attrs, family, dim, where):
+        covariance = attrs.get("covariance")
+        if not family.covariance:
+            if covariance is not None:
+                raise SpecError(f"{where}: 'covariance' applies to normal nodes only")
+            return None
+        if dim == 1:
+            if covariance not in (None, "full", "diag", "spherical"):
+                raise SpecError(f"{where}: 'covariance' = {covariance!r} needs dim > 1")
+            return None
+        covariance = "full" if covariance is None else covariance
+        if covariance not in COVARIANCE_TYPES:
+            raise SpecError(f"{where}: 'covariance' must be one of {', '.join(COVARIANCE_TYPES)}, "
+                            f"found {covariance!r}")
+        return covariance
+
+    def _validate_constants(self, attrs, family, where):
+        values = []
+        for constant in family.constants:
+            if constant not in attrs:
+                raise SpecError(f"{where}: a {family.name} node needs '{constant}'")
+            value = attrs[constant]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(f"{where}: '{constant}' must be a positive integer, found {value!r}")
+            values.append((constant, value))
+        for key in ("trials",):
+            if key in attrs and key not in family.constants:
+                raise SpecError(f"{where}: '{key}' does not apply to a {family.name} node")
+        return tuple(values)
+
+    # -- what later stages use ------------------------------------------------------------
+
+    def data_columns(self, name):
+        """The data columns a node reads: its declared columns, or its own name."""
+        node = self.nodes[name]
+        return node.columns if node.columns else (name,)
+
+    @property
+    def compiled(self):
+        """The compiled model (derivations turned into numpy callables), built once."""
+        if self._compiled is None:
+            from .compiled import CompiledModel
+            self._compiled = CompiledModel(self)
+        return self._compiled
+
+    def fit(self, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
+            reg_covar=1e-6, hard=False, progress=None):
+        """Fit the model by EM.
+
+        Parameters
+        ----------
+        data : mapping of str to array-like, or pandas.DataFrame
+            One entry per observed column, each of length n_rows.
+        weights : array-like of shape (n_rows,) or str, optional
+            Non-negative row weights (counts), or the name of a data column holding them.
+        init : mapping, optional
+            ``{node: {param: array}}``; may name only some parameters.
+        max_iter : int
+            Number of EM iterations at most.
+        tol : float
+            Stop when the objective's relative change falls below ``tol``; 0 never stops early.
+        seed : int
+            Seeds the initialisation; equal inputs and seed give equal fits.
+        restarts : int
+            Independent initialisations; the fit with the highest objective is kept.
+        reg_covar : float
+            Added to the diagonal of every normal node's covariance (or variance) in the M-step.
+        hard : bool
+            Classification EM: each row takes its most probable latent configuration.
+        progress : callable, optional
+            Called as ``progress(iteration, objective, change)`` after each iteration.
+
+        Returns
+        -------
+        Fit
+        """
+        from .em import fit_model
+        return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
+                         restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress)
+
+    def derive(self):
+        """The derivation of every factor: expected statistics and M-step, as text and LaTeX."""
+        from .report import Derivation
+        return Derivation(self)
+
+    def sample(self, n_rows, params, seed=0):
+        """Draw rows from the model at given parameters.
+
+        Parameters
+        ----------
+        n_rows : int
+        params : mapping
+            ``{node: {param: array}}`` for every node.
+        seed : int
+
+        Returns
+        -------
+        dict of str to ndarray
+            One column per data column, latent nodes included.
+        """
+        from .sampling import sample_rows
+        return sample_rows(self, n_rows, params, seed)
+
+    def to_spec(self):
+        """The declaration as a plain dict (the TOML spec's structure), for saving with a fit."""
+        nodes = {}
+        for name in self.nodes:
+            attrs = dict(self.graph.nodes[name])
+            attrs.setdefault("parents", list(self.nodes[name].parents))
+            attrs["parents"] = list(attrs["parents"])
+            if "columns" in attrs:
+                attrs["columns"] = list(attrs["columns"])
+            nodes[name] = attrs
+        spec = {"model": {"name": self.name, "description": self.description}, "nodes": nodes}
+        if self.graph.graph.get("families"):
+            spec["families"] = {name: dict(table) for name, table in self.graph.graph["families"].items()}
+        return spec
+
+    def __repr__(self):
+        return f"Model({self.name!r}, nodes={list(self.nodes)}, latent={self.latent})"
