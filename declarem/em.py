@@ -1,0 +1,220 @@
+"""The one EM loop: initialisation, restarts, the convergence monitor, the objective-fell warning.
+
+Numpy only: every update the loop applies comes from the compiled model.
+"""
+
+import math
+import warnings
+
+import numpy as np
+
+from .data import node_data
+from .errors import InitError, OptionError
+from .fit import Fit
+from .inference import expected_statistics, prepare_rows, statistics_from_posterior
+
+KMEANS_ITERATIONS = 10
+FALL_TOLERANCE = 1e-10
+
+
+class ConvergenceMonitor:
+    """Records the objective, decides convergence, and warns when the objective falls.
+
+    Parameters
+    ----------
+    tol : float
+        Converged when |change| < tol * |objective|; with tol = 0 never.
+    """
+
+    def __init__(self, tol):
+        self.tol = tol
+        self.history = []
+
+    def record(self, objective):
+        """Add the objective after an iteration; return its change from the previous one."""
+        previous = self.history[-1] if self.history else None
+        self.history.append(float(objective))
+        if previous is None:
+            return math.nan
+        change = objective - previous
+        if change < -FALL_TOLERANCE * max(abs(previous), 1.0):
+            warnings.warn(f"EM objective fell from {previous!r} to {objective!r} at iteration "
+                          f"{len(self.history) - 1}: a bug or numerical inaccuracy (with reg_covar > 0 "
+                          "small falls can occur)", RuntimeWarning, stacklevel=3)
+        return change
+
+    @property
+    def converged(self):
+        if len(self.history) < 2:
+            return False
+        change = self.history[-1] - self.history[-2]
+        return abs(change) < self.tol * abs(self.history[-1])
+
+
+def _check_options(max_iter, tol, restarts, reg_covar, seed):
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise OptionError(f"max_iter must be a non-negative integer, found {max_iter!r}")
+    if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise OptionError(f"tol must be a finite number >= 0, found {tol!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise OptionError(f"restarts must be a positive integer, found {restarts!r}")
+    if not isinstance(reg_covar, (int, float)) or not math.isfinite(reg_covar) or reg_covar < 0:
+        raise OptionError(f"reg_covar must be a finite number >= 0, found {reg_covar!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError(f"seed must be a non-negative integer, found {seed!r}")
+
+
+def check_init(compiled, init, where="init"):
+    """Validate a user ``init`` mapping; return ``{node: {param: array}}`` in the user's shapes."""
+    if init is None:
+        return {}
+    if not hasattr(init, "items"):
+        raise InitError(f"{where}: expected a mapping of node to parameters, found {type(init).__name__}")
+    checked = {}
+    for node, params in init.items():
+        if node not in compiled.factors:
+            raise InitError(f"{where}: '{node}' is not a node of the model; nodes are "
+                            f"{', '.join(compiled.factors)}")
+        if not hasattr(params, "items"):
+            raise InitError(f"{where}: '{node}' must map parameter names to arrays")
+        factor = compiled.factors[node]
+        checked[node] = {name: factor.check_param(name, value, where) for name, value in params.items()}
+    return checked
+
+
+def mstep(compiled, stats, old, reg_covar):
+    """New internal parameters of every factor from expected statistics."""
+    return {name: factor.mstep(stats.sums[name], stats.set_weights[name],
+                               None if old is None else old[name], reg_covar)
+            for name, factor in compiled.factors.items()}
+
+
+def initial_params(compiled, rows, rng, given, reg_covar):
+    """Starting parameters: an M-step from a seeded posterior, then the user's ``init`` on top.
+
+    The seeded posterior is k-means++ seeding refined by a few Lloyd steps on the
+    dense observed children when there is one latent node, and random
+    responsibilities otherwise.
+    """
+    posterior = _initial_posterior(compiled, rows, rng)
+    params = mstep(compiled, statistics_from_posterior(compiled, rows, posterior), None, reg_covar)
+    for node, values in given.items():
+        factor = compiled.factors[node]
+        shift = rows.factors[node].shift
+        external = factor.to_external(params[node], shift)
+        external.update(values)
+        params[node] = factor.to_internal(external, shift)
+    return params
+
+
+def _initial_posterior(compiled, rows, rng):
+    n_configurations = compiled.n_configurations
+    if n_configurations == 1:
+        return np.ones((rows.n_rows, 1))
+    features = _clustering_features(compiled, rows)
+    if features is not None:
+        labels = _kmeans(features, rows.weights, n_configurations, rng)
+        posterior = np.zeros((rows.n_rows, n_configurations))
+        posterior[np.arange(rows.n_rows), labels] = 1.0
+        return posterior
+    posterior = rng.random((rows.n_rows, n_configurations))
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def _clustering_features(compiled, rows):
+    """Standardised columns of the dense observed children of a single latent node, if any."""
+    if len(compiled.latent) != 1:
+        return None
+    columns = []
+    for name, factor in compiled.factors.items():
+        view = rows.factors[name]
+        if factor.layout != "dense" or view.observed_offset is not None or not view.latent_axes:
+            continue
+        columns.append(view.values.reshape(rows.n_rows, -1))
+    if not columns:
+        return None
+    features = np.column_stack(columns)
+    scale = features.std(axis=0)
+    return (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+
+
+def _kmeans(features, weights, k, rng):
+    """k-means++ seeding and a few weighted Lloyd steps; returns labels of shape (n_rows,)."""
+    n_rows = len(features)
+    squared = np.einsum("ij,ij->i", features, features)
+    probabilities = weights / weights.sum()
+    centres = [features[rng.choice(n_rows, p=probabilities)]]
+    closest = np.full(n_rows, np.inf)
+    for _ in range(1, k):
+        centre = centres[-1]
+        distance = squared - 2.0 * features @ centre + centre @ centre
+        np.minimum(closest, np.maximum(distance, 0.0), out=closest)
+        mass = closest * weights
+        total = mass.sum()
+        index = rng.choice(n_rows, p=mass / total) if total > 0 else rng.choice(n_rows, p=probabilities)
+        centres.append(features[index])
+    centres = np.array(centres)
+    labels = np.zeros(n_rows, dtype=np.intp)
+    for _ in range(KMEANS_ITERATIONS):
+        distance = squared[:, None] - 2.0 * features @ centres.T + np.einsum("ij,ij->i", centres, centres)
+        labels = np.argmin(distance, axis=1)
+        for j in range(k):
+            members = labels == j
+            if weights[members].sum() > 0:
+                centres[j] = np.average(features[members], axis=0, weights=weights[members])
+    return labels
+
+
+def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None):
+    """Iterate E- and M-steps from ``params``.
+
+    Returns
+    -------
+    params : dict
+        Internal parameters after the last M-step.
+    history : list of float
+        The objective at the parameters after 0, 1, ..., n_iter iterations.
+    converged : bool
+    n_iter : int
+    """
+    monitor = ConvergenceMonitor(tol)
+    stats, objective = expected_statistics(compiled, rows, params, hard=hard)
+    monitor.record(objective)
+    n_iter = 0
+    converged = False
+    while n_iter < max_iter:
+        params = mstep(compiled, stats, params, reg_covar)
+        n_iter += 1
+        stats, objective = expected_statistics(compiled, rows, params, hard=hard)
+        change = monitor.record(objective)
+        if progress is not None:
+            progress(n_iter, objective, change)
+        if monitor.converged:
+            converged = True
+            break
+    return params, monitor.history, converged, n_iter
+
+
+def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
+              reg_covar=1e-6, hard=False, progress=None, source="data"):
+    """Fit a model by EM; see ``Model.fit``."""
+    _check_options(max_iter, tol, restarts, reg_covar, seed)
+    compiled = model.compiled
+    prepared = node_data(model, data, weights, source=source)
+    rows = prepare_rows(compiled, prepared)
+    given = check_init(compiled, init)
+    best = None
+    for child in np.random.SeedSequence(int(seed)).spawn(restarts):
+        rng = np.random.default_rng(child)
+        start = initial_params(compiled, rows, rng, given, reg_covar)
+        result = run_em(compiled, rows, start, max_iter, tol, hard, reg_covar, progress)
+        if best is None or result[1][-1] > best[1][-1]:
+            best = result
+    params, history, converged, n_iter = best
+    if hard:
+        _, loglik = expected_statistics(compiled, rows, params, hard=False)
+    else:
+        loglik = history[-1]
+    return Fit(model=model, params=compiled.to_external(params, rows.shifts), loglik=float(loglik),
+               history=history, converged=converged, n_iter=n_iter,
+               n_observations=float(rows.weights.sum()), hard=hard)

@@ -1,0 +1,245 @@
+"""Exact E-step by enumerating the joint configurations of the latent nodes, per row.
+
+The joint log-probability of a row and a latent configuration is the sum of
+every factor's log-density, each factor touching only the latent axes in its
+scope. For an observed node with dense statistics the log-densities of all
+parameter sets are one matrix product, T(X) @ eta^T - A; its expected
+statistics are one product the other way, R^T @ T(X). Rows are processed in
+chunks, so each chunk's posterior is normalised and consumed while in cache,
+and nothing of size (n_rows, configurations) outlives its chunk.
+"""
+
+import numpy as np
+import scipy.sparse
+
+from ..errors import FitError
+
+CHUNK_ROWS = 8192
+
+
+class ExpectedStatistics:
+    """Weighted sums of sufficient statistics per factor: a pure value keyed by node.
+
+    Attributes
+    ----------
+    sums : dict of str to ndarray
+        (n_sets, n_statistics) per factor (for categorical factors, expected counts (n_sets, k)).
+    set_weights : dict of str to ndarray
+        (n_sets,) total posterior weight per parameter set.
+    """
+
+    def __init__(self, compiled):
+        self.sums = {}
+        self.set_weights = {}
+        for name, factor in compiled.factors.items():
+            self.sums[name] = np.zeros((factor.n_sets, factor.statistic_count))
+            self.set_weights[name] = np.zeros(factor.n_sets)
+
+
+def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROWS):
+    """One E-step: expected statistics at ``params`` and the objective there.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+    rows : Rows
+    params : dict
+        Internal parameters, ``{node: {param: (n_sets, *own)}}``.
+    hard : bool
+        Classification EM: the posterior puts all mass on each row's best configuration.
+    chunk_rows : int
+
+    Returns
+    -------
+    stats : ExpectedStatistics
+    objective : float
+        The observed-data log-likelihood (sum of row weight times log p(row)),
+        or with ``hard`` the complete-data log-likelihood at the chosen configurations.
+    """
+    tables = _natural_tables(compiled, params)
+    stats = ExpectedStatistics(compiled)
+    objective = rows.base_total
+    for start in range(0, rows.n_rows, chunk_rows):
+        chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+        joint = _joint(compiled, rows, tables, chunk)
+        weights = rows.weights[chunk]
+        if hard:
+            best = np.argmax(joint, axis=1)
+            best_value = joint[np.arange(len(joint)), best]
+            _check_rows(best_value, start)
+            objective += float(np.dot(weights, best_value))
+            joint.fill(0.0)
+            joint[np.arange(len(joint)), best] = 1.0
+        else:
+            row_loglik = _normalise(joint, start)
+            objective += float(np.dot(weights, row_loglik))
+        joint *= weights[:, None]
+        _accumulate(compiled, rows, joint, chunk, stats)
+    return stats, objective
+
+
+def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
+    """Expected statistics for a given posterior over latent configurations (initialisation).
+
+    Parameters
+    ----------
+    posterior : ndarray of shape (n_rows, n_configurations)
+        Rows sum to one.
+    """
+    stats = ExpectedStatistics(compiled)
+    for start in range(0, rows.n_rows, chunk_rows):
+        chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+        weighted = posterior[chunk] * rows.weights[chunk][:, None]
+        _accumulate(compiled, rows, weighted, chunk, stats)
+    return stats
+
+
+def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
+    """Posterior marginal of every latent node, and each row's log-likelihood.
+
+    Returns
+    -------
+    marginals : dict of str to ndarray of shape (n_rows, k)
+    row_loglik : ndarray of shape (n_rows,)
+        Excluding the weights, including the log base measure.
+    """
+    tables = _natural_tables(compiled, params)
+    marginals = {name: np.empty((rows.n_rows, k)) for name, k in zip(compiled.latent, compiled.latent_sizes)}
+    row_loglik = np.empty(rows.n_rows)
+    for start in range(0, rows.n_rows, chunk_rows):
+        chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+        joint = _joint(compiled, rows, tables, chunk)
+        row_loglik[chunk] = _normalise(joint, start)
+        shaped = joint.reshape((len(joint),) + compiled.latent_sizes)
+        for axis, name in enumerate(compiled.latent):
+            others = tuple(a + 1 for a in range(len(compiled.latent)) if a != axis)
+            marginals[name][chunk] = shaped.sum(axis=others)
+    return marginals, row_loglik
+
+
+def _natural_tables(compiled, params):
+    tables = {}
+    for name, factor in compiled.factors.items():
+        eta, log_partition = factor.natural(params[name])
+        tables[name] = (eta, log_partition)
+    return tables
+
+
+def _scope_shape(compiled, axes, own_axis=None):
+    shape = [1] * len(compiled.latent)
+    for axis in axes:
+        shape[axis] = compiled.latent_sizes[axis]
+    if own_axis is not None:
+        shape[own_axis] = compiled.latent_sizes[own_axis]
+    return shape
+
+
+def _joint(compiled, rows, tables, chunk):
+    """Joint log-probability of each row in the chunk and each latent configuration.
+
+    Returns
+    -------
+    ndarray of shape (chunk rows, n_configurations)
+    """
+    n = chunk.stop - chunk.start
+    joint = np.zeros((n, compiled.n_configurations))
+    shaped = joint.reshape((n,) + compiled.latent_sizes)
+    axis_of = {name: i for i, name in enumerate(compiled.latent)}
+    for name, factor in compiled.factors.items():
+        view = rows.factors[name]
+        eta, log_partition = tables[name]
+        set_index = view.latent_set_index
+        own_axis = axis_of.get(name)
+        if view.observed_offset is not None:
+            set_index = view.observed_offset[chunk].reshape((n,) + (1,) * set_index.ndim) + set_index
+        if factor.layout == "dense":
+            statistics = view.statistics[chunk]
+            if view.observed_offset is None:
+                contribution = statistics @ eta.T
+                contribution -= log_partition
+                contribution = contribution[:, set_index.reshape(-1)].reshape((n,) + set_index.shape)
+            else:
+                flat = set_index.reshape(n, -1)
+                contribution = np.einsum("ns,nls->nl", statistics, eta[flat]) - log_partition[flat]
+                contribution = contribution.reshape(set_index.shape)
+        elif factor.layout == "index":
+            categories = view.statistics[chunk]
+            if view.observed_offset is None:
+                contribution = eta[:, categories].T[:, set_index.reshape(-1)].reshape((n,) + set_index.shape)
+            else:
+                flat = set_index.reshape(n, -1)
+                contribution = eta[flat, categories[:, None]].reshape(set_index.shape)
+        else:
+            contribution = eta[set_index]
+            if view.observed_offset is None:
+                contribution = contribution[None]
+        shape = _scope_shape(compiled, view.latent_axes, own_axis)
+        shaped += contribution.reshape((contribution.shape[0],) + tuple(shape))
+    return joint
+
+
+def _normalise(joint, start):
+    """Turn each row's joint log-probabilities into its posterior, in place; return log p(row)."""
+    peak = joint.max(axis=1)
+    _check_rows(peak, start)
+    joint -= peak[:, None]
+    np.exp(joint, out=joint)
+    total = joint.sum(axis=1)
+    joint /= total[:, None]
+    return peak + np.log(total)
+
+
+def _check_rows(peak, start):
+    bad = np.flatnonzero(~np.isfinite(peak))
+    if len(bad):
+        row = start + int(bad[0])
+        raise FitError(f"row {row} has zero probability under the current parameters (every latent "
+                       "configuration is impossible); check the data row or the initial parameters")
+
+
+def _accumulate(compiled, rows, weighted, chunk, stats):
+    """Add a chunk's expected statistics, given its weighted posterior (n, n_configurations)."""
+    n = chunk.stop - chunk.start
+    shaped = weighted.reshape((n,) + compiled.latent_sizes)
+    axis_of = {name: i for i, name in enumerate(compiled.latent)}
+    for name, factor in compiled.factors.items():
+        view = rows.factors[name]
+        own_axis = axis_of.get(name)
+        scope = sorted(view.latent_axes + ((own_axis,) if own_axis is not None else ()))
+        others = tuple(a + 1 for a in range(len(compiled.latent)) if a not in scope)
+        marginal = shaped.sum(axis=others) if others else shaped
+        sums = stats.sums[name]
+        set_weights = stats.set_weights[name]
+        set_index = view.latent_set_index.reshape(-1)
+        n_latent = set_index.size
+        if factor.layout == "latent":
+            marginal = marginal.reshape(n, n_latent, factor.k)
+            if view.observed_offset is None:
+                counts = marginal.sum(axis=0)
+                sums[set_index] += counts
+                set_weights[set_index] += counts.sum(axis=1)
+            else:
+                sets = view.observed_offset[chunk][:, None] + set_index[None, :]
+                flat = (sets[:, :, None] * factor.k + np.arange(factor.k)).reshape(-1)
+                sums += np.bincount(flat, weights=marginal.reshape(-1),
+                                    minlength=sums.size).reshape(sums.shape)
+                set_weights += np.bincount(sets.reshape(-1), weights=marginal.sum(axis=2).reshape(-1),
+                                           minlength=factor.n_sets)
+            continue
+        marginal = marginal.reshape(n, n_latent)
+        if view.observed_offset is None:
+            sets = np.broadcast_to(set_index, (n, n_latent))
+        else:
+            sets = view.observed_offset[chunk][:, None] + set_index[None, :]
+        if factor.layout == "index":
+            categories = view.statistics[chunk]
+            flat = (sets * factor.k + categories[:, None]).reshape(-1)
+            sums += np.bincount(flat, weights=marginal.reshape(-1), minlength=sums.size).reshape(sums.shape)
+        elif view.observed_offset is None:
+            sums[set_index] += marginal.T @ view.statistics[chunk]
+        else:
+            rows_of = np.repeat(np.arange(n), n_latent)
+            scatter = scipy.sparse.csr_matrix((marginal.reshape(-1), (sets.reshape(-1), rows_of)),
+                                              shape=(factor.n_sets, n))
+            sums += scatter @ view.statistics[chunk]
+        set_weights += np.bincount(sets.reshape(-1), weights=marginal.reshape(-1), minlength=factor.n_sets)

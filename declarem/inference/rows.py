@@ -1,0 +1,116 @@
+"""Per-fit row data in the form the E-step consumes: statistics computed once."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class FactorRows:
+    """One factor's fixed view of the rows.
+
+    Attributes
+    ----------
+    statistics : ndarray or None
+        (n_rows, n_statistics) for the dense layout, (n_rows,) category indices
+        for the index layout, None for a latent node.
+    observed_offset : ndarray of shape (n_rows,) or None
+        The part of each row's parameter-set index fixed by observed parents.
+    latent_axes : tuple of int
+        Positions, among the model's latent nodes, of the latent parents.
+    latent_set_index : ndarray of int
+        Shape (sizes of the latent parents, in axis order): the parameter-set
+        index contributed by each latent-parent configuration.
+    shift : ndarray or None
+        The centring shift of a location family's columns.
+    values : ndarray or None
+        The node's (centred) data, for initialisation.
+    """
+
+    statistics: object
+    observed_offset: object
+    latent_axes: tuple
+    latent_set_index: np.ndarray
+    shift: object
+    values: object = None
+
+
+@dataclass
+class Rows:
+    """The rows of one data set, prepared for a compiled model.
+
+    Attributes
+    ----------
+    n_rows : int
+    weights : ndarray of shape (n_rows,)
+    factors : dict of str to FactorRows
+    base_total : float
+        Sum over rows of weight times the log base measures (constant in the parameters).
+    """
+
+    n_rows: int
+    weights: np.ndarray
+    factors: dict
+    base_total: float
+
+    @property
+    def shifts(self):
+        return {name: f.shift for name, f in self.factors.items() if f.shift is not None}
+
+
+def prepare_rows(compiled, node_data):
+    """Compute each observed factor's statistics and each factor's parent indexing once.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+    node_data : NodeData
+
+    Returns
+    -------
+    Rows
+    """
+    model = compiled.model
+    axis_of = {name: i for i, name in enumerate(compiled.latent)}
+    factors = {}
+    base_total = 0.0
+    weights = node_data.weights
+    for name, factor in compiled.factors.items():
+        node = model.nodes[name]
+        strides = _strides(factor.parent_sizes)
+        latent_parents = [(axis_of[p], p, s) for p, s in zip(node.parents, strides) if p in axis_of]
+        latent_parents.sort()
+        sizes = [model.nodes[p].k for _, p, _ in latent_parents]
+        latent_set_index = np.zeros(sizes, dtype=np.intp) if sizes else np.zeros((), dtype=np.intp)
+        for position, (_, _, stride) in enumerate(latent_parents):
+            shape = [1] * len(sizes)
+            shape[position] = sizes[position]
+            latent_set_index = latent_set_index + (np.arange(sizes[position]) * stride).reshape(shape)
+        observed_offset = None
+        observed_parents = [(p, s) for p, s in zip(node.parents, strides) if p not in axis_of]
+        if observed_parents:
+            observed_offset = np.zeros(node_data.n_rows, dtype=np.intp)
+            for parent, stride in observed_parents:
+                observed_offset += node_data.values[parent] * stride
+        statistics = shift = centred = None
+        if not node.latent:
+            values = node_data.values[name]
+            shift = factor.shift_for(values, weights)
+            centred = values - shift if shift is not None else values
+            statistics = factor.statistics(centred)
+            base = factor.base(centred)
+            base_total += float(np.dot(weights, base))
+        factors[name] = FactorRows(statistics=statistics, observed_offset=observed_offset,
+                                   latent_axes=tuple(a for a, _, _ in latent_parents),
+                                   latent_set_index=latent_set_index, shift=shift, values=centred)
+    return Rows(n_rows=node_data.n_rows, weights=weights, factors=factors, base_total=base_total)
+
+
+def _strides(sizes):
+    """Row-major strides of a parameter-set index over parents of the given sizes."""
+    strides = []
+    running = 1
+    for size in reversed(sizes):
+        strides.append(running)
+        running *= size
+    return list(reversed(strides))
