@@ -120,6 +120,11 @@ class Factor:
             else "shared by all parent values" if spec.tied_across_parents else "no parents"
         return f"{lead}; own shape {spec.own_shape}"
 
+    @property
+    def width(self):
+        """Number of columns of the statistics array (categories for a categorical factor)."""
+        return self.statistic_count
+
     def n_free(self):
         """Number of free parameters, for BIC and AIC."""
         total = 0
@@ -210,6 +215,10 @@ class ScalarFactor(Factor):
         self._log_partition = to_numpy(arguments, form_.log_partition)
         self._solver = NumericSolver(solution)
         self._pooled = {p.name: to_numpy(list(solution.means), e) for p, e in solution.poolable.items()}
+
+    @property
+    def width(self):
+        return self.dim * self.statistic_count
 
     def _columns(self, params):
         """Parameters as (n_sets, dim) arrays, tied ones broadcast."""

@@ -32,7 +32,7 @@ class ExpectedStatistics:
         self.sums = {}
         self.set_weights = {}
         for name, factor in compiled.factors.items():
-            self.sums[name] = np.zeros((factor.n_sets, factor.statistic_count))
+            self.sums[name] = np.zeros((factor.n_sets, factor.width))
             self.set_weights[name] = np.zeros(factor.n_sets)
 
 
