@@ -13,24 +13,30 @@ BUILTIN_TABLE = {
         kind="indicator", logpdf="log(p)", support="category", params=(("probs", "unit"),),
         description="One of k categories with probabilities `probs` on the simplex."),
     "bernoulli": dict(
+        sampler=("binomial", "1", "p"),
         logpdf="x*log(p) + (1 - x)*log(1 - p)", support="binary", params=(("p", "unit"),),
         description="A 0/1 outcome with success probability `p`."),
     "binomial": dict(
+        sampler=("binomial", "trials", "p"),
         logpdf="x*log(p) + (trials - x)*log(1 - p) + lgamma(trials + 1) - lgamma(x + 1)"
                " - lgamma(trials - x + 1)",
         support="nonnegative-integer", params=(("p", "unit"),), constants=("trials",),
         upper_bound="trials",
         description="Successes in `trials` independent trials with success probability `p`."),
     "poisson": dict(
+        sampler=("poisson", "rate"),
         logpdf="x*log(rate) - rate - lgamma(x + 1)", support="nonnegative-integer",
         params=(("rate", "positive"),), description="Counts with mean `rate`."),
     "exponential": dict(
+        sampler=("exponential", "1/rate"),
         logpdf="log(rate) - rate*x", support="positive", params=(("rate", "positive"),),
         description="Waiting times with rate `rate` (mean 1/rate)."),
     "geometric": dict(
+        sampler=("geometric", "p"),
         logpdf="log(p) + (x - 1)*log(1 - p)", support="positive-integer", params=(("p", "unit"),),
         description="Trials up to and including the first success (1, 2, ...), as numpy's `geometric`."),
     "normal": dict(
+        sampler=("normal", "mean", "sqrt(var)"),
         logpdf="-(x - mean)**2/(2*var) - log(2*pi*var)/2", support="real",
         params=(("mean", "real"), ("var", "positive")), location="mean", regularized=("var",),
         covariance=(
@@ -47,10 +53,12 @@ BUILTIN_TABLE = {
         description="Multivariate normal with `mean` and covariance matrix `cov` (reached through "
                     "`normal` with `covariance = \"full\"` or `\"tied\"`)."),
     "gamma": dict(
+        sampler=("gamma", "shape", "1/rate"),
         logpdf="shape*log(rate) - lgamma(shape) + (shape - 1)*log(x) - rate*x", support="positive",
         params=(("shape", "positive"), ("rate", "positive")),
         description="Gamma with `shape` and `rate` (mean shape/rate)."),
     "beta": dict(
+        sampler=("beta", "a", "b"),
         logpdf="(a - 1)*log(x) + (b - 1)*log(1 - x) + lgamma(a + b) - lgamma(a) - lgamma(b)",
         support="unit", params=(("a", "positive"), ("b", "positive")),
         description="Beta on (0, 1) with shapes `a` and `b`."),

@@ -86,6 +86,11 @@ class Family:
         For ``"gaussian"`` families, the declared exponential-family parts (an
         object with ``statistics``, ``natural``, ``log_partition``,
         ``moment_map`` and ``base`` callables).
+    sampler : tuple of str
+        How to draw from the family with numpy: a ``numpy.random.Generator``
+        method name followed by its arguments as expressions in the parameters
+        and constants (normal: ``("normal", "mean", "sqrt(var)")``). Without
+        one, sampling inverts the distribution function numerically.
     description : str
     """
 
@@ -101,6 +106,7 @@ class Family:
     symmetric: tuple = ()
     covariance: tuple = ()
     parts: object = field(default=None, compare=False)
+    sampler: tuple = ()
     description: str = ""
 
     @property

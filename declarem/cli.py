@@ -1,0 +1,185 @@
+"""The command line: the only module that prints or exits.
+
+Exit status: 0 success; 2 a user error (bad spec, data or option), reported in
+one line that names the file, node or column; 1 anything else.
+"""
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+from .errors import DeclaremError, OptionError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise OptionError(f"{self.prog}: {message}")
+
+
+def _parser():
+    parser = _Parser(prog="declarem", description="EM derived from a declared model.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    fit = commands.add_parser("fit", help="fit a model by EM and write the result as JSON")
+    fit.add_argument("spec")
+    fit.add_argument("--data", help="CSV with a header row (default: the spec's [data] path)")
+    fit.add_argument("--out", help="write the JSON result here (default: standard output)")
+    fit.add_argument("--max-iter", type=int, default=1000)
+    fit.add_argument("--tol", type=float, default=1e-8, help="relative change of the objective")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--restarts", type=int, default=1)
+    fit.add_argument("--reg-covar", type=float, default=1e-6)
+    fit.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
+    fit.add_argument("--init", help="JSON file of initial parameters ({node: {param: list}}) or a fit")
+    fit.add_argument("--hard", action="store_true", help="classification (hard) EM")
+    fit.add_argument("--quiet", action="store_true", help="no progress on standard error")
+
+    derive = commands.add_parser("derive", help="show the derived E-step statistics and M-step updates")
+    derive.add_argument("spec")
+    derive.add_argument("--latex", action="store_true", help="print a LaTeX document instead of text")
+
+    check = commands.add_parser("check", help="validate a spec (and its data) and compile its derivation")
+    check.add_argument("spec")
+    check.add_argument("--data")
+
+    sample = commands.add_parser("sample", help="draw seeded synthetic data from a spec and parameters")
+    sample.add_argument("spec")
+    sample.add_argument("--params", required=True, help="JSON of parameters ({node: {param: list}}) or a fit")
+    sample.add_argument("--n", type=int, required=True, help="number of rows")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", help="CSV path (default: standard output)")
+    sample.add_argument("--observed-only", action="store_true", help="leave out latent columns")
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    try:
+        args = _parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except DeclaremError as exc:
+        print(f"declarem: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("declarem: interrupted", file=sys.stderr)
+        return 1
+
+
+def _load(spec):
+    from .spec import load_model
+    return load_model(spec)
+
+
+def _data_source(model, path):
+    from .spec import data_path
+    source = path or data_path(model)
+    if source is None:
+        raise OptionError(f"{model.source}: no data: give --data PATH or a [data] path in the spec")
+    return source
+
+
+def _read_params(path):
+    try:
+        with open(path) as handle:
+            stored = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OptionError(f"{path}: cannot read parameters: {exc}") from None
+    if isinstance(stored, dict) and "params" in stored and isinstance(stored["params"], dict):
+        stored = stored["params"]
+    if not isinstance(stored, dict):
+        raise OptionError(f"{path}: expected a JSON object of node -> parameter -> array")
+    return stored
+
+
+def _fit(args):
+    from .data import read_csv
+    model = _load(args.spec)
+    source = _data_source(model, args.data)
+    columns = read_csv(source)
+    weights = args.weights or model.data_info.get("weights")
+    init = _read_params(args.init) if args.init else None
+    started = time.perf_counter()
+
+    def progress(iteration, objective, change):
+        print(f"iter {iteration:5d}  objective {objective: .10g}  change {change: .3e}", file=sys.stderr)
+
+    from .em import fit_model
+    fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,
+                    seed=args.seed, restarts=args.restarts, reg_covar=args.reg_covar, hard=args.hard,
+                    progress=None if args.quiet else progress, source=source)
+    elapsed = time.perf_counter() - started
+    if not args.quiet:
+        state = "converged" if fit.converged else "stopped at max-iter"
+        print(f"{state} after {fit.n_iter} iterations in {elapsed:.2f} s; loglik {fit.loglik:.10g}, "
+              f"BIC {fit.bic():.6g}", file=sys.stderr)
+    if args.out:
+        fit.save(args.out)
+    else:
+        json.dump(fit.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    return 0
+
+
+def _derive(args):
+    derivation = _load(args.spec).derive()
+    print(derivation.to_latex() if args.latex else str(derivation))
+    return 0
+
+
+def _check(args):
+    model = _load(args.spec)
+    compiled = model.compiled
+    print(f"{model.source}: model '{model.name}' is valid")
+    for name, factor in compiled.factors.items():
+        node = model.nodes[name]
+        shapes = ", ".join(f"{p} {factor.external_shape(spec)}" for p, spec in factor.params.items())
+        role = "latent" if node.latent else "observed"
+        print(f"  {name}: {node.family.name} ({role}); parameters {shapes}")
+    derivation = model.derive()
+    status = ", ".join(f"{n}: {d.status}" for n, d in derivation.nodes.items())
+    print(f"  M-steps: {status}")
+    source = args.data or (model.data_info.get("path") and _data_source(model, None))
+    if source:
+        from .data import node_data, read_csv
+        checked = node_data(model, read_csv(source), model.data_info.get("weights"), source=source)
+        print(f"  data {source}: {checked.n_rows} rows fit the model")
+    print(f"  {compiled.n_free()} free parameters")
+    return 0
+
+
+def _sample(args):
+    model = _load(args.spec)
+    params = _read_params(args.params)
+    columns = model.sample(args.n, params, seed=args.seed)
+    if args.observed_only:
+        columns = {k: v for k, v in columns.items() if k not in model.latent}
+    names = list(columns)
+    handle = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        table = np.column_stack([columns[n] for n in names])
+        for row in table:
+            writer.writerow([_format(v) for v in row])
+    finally:
+        if args.out:
+            handle.close()
+    return 0
+
+
+def _format(value):
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+_COMMANDS = {"fit": _fit, "derive": _derive, "check": _check, "sample": _sample}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

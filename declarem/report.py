@@ -1,0 +1,184 @@
+"""The derivation, for people: per node, the expected statistics and the M-step, as text and LaTeX."""
+
+from dataclasses import dataclass, field
+
+import sympy
+
+
+@dataclass
+class NodeDerivation:
+    """What declarem derived for one node.
+
+    Attributes
+    ----------
+    node : str
+    family : str
+    role : str
+        ``"latent"`` or ``"observed"``.
+    parents : tuple of str
+    statistics : list of str
+        The expected sufficient statistics the E-step computes, per parameter set.
+    updates : list of str
+        The M-step, one line per parameter (or the equation solved numerically).
+    updates_latex : list of str
+    status : str
+        ``"closed"``, ``"partial"`` (some parameters closed given the others),
+        ``"numeric"`` or ``"declared"`` (a moment map carried by the family).
+    notes : list of str
+    """
+
+    node: str
+    family: str
+    role: str
+    parents: tuple
+    statistics: list
+    statistics_latex: list
+    updates: list
+    updates_latex: list
+    status: str
+    notes: list = field(default_factory=list)
+
+    @property
+    def closed_form(self):
+        return self.status in ("closed", "declared")
+
+
+class Derivation:
+    """The whole model's derivation; ``str()`` for reading, ``to_latex()`` for typesetting."""
+
+    def __init__(self, model):
+        self.model = model
+        compiled = model.compiled
+        self.nodes = {name: _describe(model, name, factor) for name, factor in compiled.factors.items()}
+
+    def __getitem__(self, node):
+        return self.nodes[node]
+
+    def __str__(self):
+        lines = [f"Derivation of model '{self.model.name}'"]
+        for item in self.nodes.values():
+            indexed = f", one parameter set per value of ({', '.join(item.parents)})" if item.parents else ""
+            lines.append("")
+            lines.append(f"node {item.node}: {item.family}, {item.role}{indexed} [{item.status}]")
+            lines.append("  E-step computes, per parameter set, the posterior-weighted means:")
+            lines.extend(f"    {s}" for s in item.statistics)
+            lines.append("  M-step:")
+            lines.extend(f"    {u}" for u in item.updates)
+            lines.extend(f"  note: {n}" for n in item.notes)
+        return "\n".join(lines)
+
+    def to_latex(self, standalone=True):
+        """The derivation as LaTeX; ``standalone`` wraps it in a compilable document."""
+        body = [f"\\section*{{Derivation of model \\texttt{{{_tex_text(self.model.name)}}}}}"]
+        for item in self.nodes.values():
+            parents = f", indexed by ${', '.join(_tex_name(p) for p in item.parents)}$" if item.parents else ""
+            body.append(f"\\subsection*{{Node \\texttt{{{_tex_text(item.node)}}}: "
+                        f"{_tex_text(item.family)}, {item.role}{parents} ({item.status})}}")
+            body.append("Expected sufficient statistics:")
+            body.append("\\begin{align*}")
+            body.append(" \\\\\n".join(item.statistics_latex))
+            body.append("\\end{align*}")
+            body.append("M-step:")
+            body.append("\\begin{align*}")
+            body.append(" \\\\\n".join(item.updates_latex))
+            body.append("\\end{align*}")
+            for note in item.notes:
+                body.append(f"\\noindent\\emph{{Note:}} {_tex_text(note)}\\par")
+        text = "\n".join(body)
+        if not standalone:
+            return text
+        return ("\\documentclass{article}\n\\usepackage{amsmath,amssymb}\n\\begin{document}\n"
+                + text + "\n\\end{document}\n")
+
+
+def _tex_text(text):
+    replacements = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
+                    "$": r"\$", "{": r"\{", "}": r"\}", "^": r"\^{}", "~": r"\~{}"}
+    return "".join(replacements.get(c, c) for c in str(text))
+
+
+def _tex_name(name):
+    return r"\mathrm{" + _tex_text(name) + "}"
+
+
+def _describe(model, name, factor):
+    node = model.nodes[name]
+    role = "latent" if node.latent else "observed"
+    kind = type(factor).__name__
+    if kind == "CategoricalFactor":
+        return _describe_categorical(node, factor, role)
+    if kind == "GaussianFactor":
+        return _describe_gaussian(node, factor, role)
+    return _describe_scalar(node, factor, role)
+
+
+def _describe_categorical(node, factor, role):
+    solution = factor.solution
+    n = sympy.Symbol("n_j")
+    numerator = solution.numerator.subs(solution.count, n)
+    text = f"probs[j] = {numerator} / sum_i ({numerator.subs(n, sympy.Symbol('n_i'))})"
+    numerator_tex = sympy.latex(numerator)
+    latex = (r"\mathrm{probs}_j &= \frac{" + numerator_tex + r"}{\sum_i "
+             + sympy.latex(solution.numerator.subs(solution.count, sympy.Symbol("n_i"))) + "}")
+    of = f"{node.name} = j"
+    return NodeDerivation(
+        node=node.name, family=node.family.name, role=role, parents=node.parents,
+        statistics=[f"n_j = sum over rows of weight * P({of} | row), j = 0..{node.k - 1}"],
+        statistics_latex=[r"n_j &= \textstyle\sum_r w_r\, P(" + _tex_name(node.name) + r" = j \mid r)"],
+        updates=[text], updates_latex=[latex], status="closed",
+        notes=[f"solved by sympy: stationarity of {solution.element_objective} + lambda*p, "
+               "normalised over the simplex"])
+
+
+def _describe_gaussian(node, factor, role):
+    parts = factor.parts
+    notes = ["the multivariate normal's moment map is declared with the family (sympy cannot solve "
+             "for a general dimension); tests hold it equal to a numeric solution of grad A = E[T]"]
+    updates = list(parts.update_text)
+    latex = [u.replace("=", "&=", 1) for u in parts.update_latex]
+    if factor.params["cov"].tied_across_parents:
+        notes.append("cov is tied across parent values: the weighted mean of the per-set covariances")
+    notes.append("reg_covar is added to the diagonal of cov")
+    return NodeDerivation(
+        node=node.name, family=f"normal ({node.covariance} covariance, dim {node.dim})", role=role,
+        parents=node.parents, statistics=["E[x]", "E[x x^T]"],
+        statistics_latex=[r"&\mathbb{E}[x]", r"&\mathbb{E}[x x^\top]"],
+        updates=updates, updates_latex=latex, status="declared", notes=notes)
+
+
+def _describe_scalar(node, factor, role):
+    solution = factor.solution
+    names = {t: sympy.Symbol(f"E[{s}]") for t, s in zip(solution.means, solution.form.statistics)}
+    tex_names = {t: r"\mathbb{E}[" + sympy.latex(s) + "]" for t, s in zip(solution.means, solution.form.statistics)}
+    statistics = [str(t) for t in solution.means]
+    statistics_latex = [f"&{tex_names[t]}" for t in solution.means]
+    updates, updates_latex = [], []
+    for parameter in solution.form.params:
+        if parameter in solution.closed:
+            expression = solution.closed[parameter]
+            updates.append(f"{parameter.name} = {expression}")
+            updates_latex.append(f"{sympy.latex(parameter)} &= {sympy.latex(expression, symbol_names=tex_names)}")
+    if solution.numeric:
+        unknowns = ", ".join(p.name for p in solution.numeric)
+        profile = solution.objective.subs(solution.closed)
+        for parameter in solution.numeric:
+            equation = sympy.diff(profile, parameter)
+            updates.append(f"{parameter.name}: solve 0 = {equation} (Newton's method, sympy gradient and Hessian)")
+            updates_latex.append(f"0 &= {sympy.latex(equation, symbol_names=tex_names)}"
+                                 r" \quad\text{(solved for }" + sympy.latex(parameter) + r"\text{ numerically)}")
+        solution_notes = [f"{unknowns} found numerically, maximising {profile}"]
+    else:
+        solution_notes = []
+    notes = list(solution.notes) + solution_notes
+    if node.dim > 1 or node.columns:
+        notes.append(f"applied to each of the node's {node.dim} columns independently")
+    for name, spec in factor.params.items():
+        if name in factor.tie_columns:
+            notes.append(f"{name} is shared by all columns: the mean over columns of its update")
+        if spec.tied_across_parents:
+            notes.append(f"{name} is tied across parent values: the weighted mean of its update")
+    for name in factor.regularized:
+        notes.append(f"reg_covar is added to {name}")
+    return NodeDerivation(node=node.name, family=node.family.name, role=role, parents=node.parents,
+                          statistics=statistics, statistics_latex=statistics_latex, updates=updates,
+                          updates_latex=updates_latex, status=solution.status, notes=notes)
