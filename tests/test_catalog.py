@@ -225,6 +225,20 @@ def test_loglik_matches_reference_density(name):
 
 
 @pytest.mark.parametrize("name", GENERATED)
+def test_posterior_matches_reference_responsibilities(name):
+    fit = _fit(name)
+    cols = _columns(name)
+    post = np.asarray(fit.posterior(cols)["z"])
+    params = _arrays(fit.params)
+    lp = make_data.component_logpdf(make_data.MODELS[name]["nodes"], params, cols)
+    lp = lp + np.log(params["z"]["probs"])
+    ref = np.exp(lp - lp.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    assert post.shape == ref.shape
+    np.testing.assert_allclose(post, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", GENERATED)
 def test_fit_reaches_the_maximum_likelihood(name):
     fit = _fit(name)
     spec = make_data.MODELS[name]
@@ -248,6 +262,17 @@ def test_fit_recovers_true_parameters(name):
     sd = _sd(name)
     fitted = _best_permutation(_arrays(_fit(name).params), truth, sd)
     _assert_close_in_sd(fitted, truth, sd, SD_TRUTH, "true parameters")
+
+
+@pytest.mark.parametrize("name", GENERATED)
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_fit_from_other_seeds(name, seed):
+    """Any seed gives a converged fit with a non-decreasing history (a local optimum is allowed)."""
+    options = dict(FIT_OPTIONS[name], seed=seed, restarts=1)
+    fit = _model(name).fit(_columns(name), **options)
+    assert fit.converged, f"{name}, seed {seed}: not converged after {fit.n_iter} iterations"
+    _assert_history_nondecreasing(fit.history)
+    assert np.isfinite(fit.loglik)
 
 
 def test_gmm_parameter_shapes_follow_the_contract():
