@@ -275,6 +275,23 @@ def test_fit_from_other_seeds(name, seed):
     assert np.isfinite(fit.loglik)
 
 
+@pytest.mark.parametrize("name", GENERATED + ["two_coins"])
+def test_command_line_fits_the_bundled_data(name, tmp_path, capsys):
+    """`declarem fit SPEC --out FIT.json` reads the spec's [data] path and writes the fit as JSON."""
+    from declarem.cli import main
+
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(MODELS_DIR / f"{name}.toml"), "--out", str(out), "--seed", "0"]) == 0
+    capsys.readouterr()
+    result = json.loads(out.read_text())
+    assert {"loglik", "n_iter", "converged", "history", "params"} <= set(result)
+    assert result["converged"]
+    _assert_history_nondecreasing(result["history"])
+    nodes = COINS_NODES if name == "two_coins" else make_data.MODELS[name]["nodes"]
+    ref = make_data.loglik(nodes, _arrays(result["params"]), _columns(name))
+    assert np.isclose(result["loglik"], ref, rtol=1e-9)
+
+
 def test_gmm_parameter_shapes_follow_the_contract():
     params = _fit("gmm").params
     assert np.shape(params["z"]["probs"]) == (3,)
