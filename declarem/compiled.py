@@ -15,17 +15,67 @@ configuration of the node's parents (flattened in ``parents`` order), with tied
 parameters repeated; the user sees (K1, ..., Km, *own), tied ones as (*own).
 """
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.special
+import sympy
 
 from .derive import NumericSolver, scalar_solution, simplex_solution
 from .derive.lambdify import to_numpy
 from .errors import FamilyError, InitError
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
+
+
+class _xlogy(sympy.Function):
+    """c * log(b) with the convention 0 * log(0) = 0, for densities on the parameter boundary."""
+
+
+def _with_safe_logs(expression):
+    def is_scaled_log(term):
+        return term.is_Mul and sum(isinstance(f, sympy.log) for f in term.args) == 1
+
+    def to_xlogy(term):
+        logarithm = next(f for f in term.args if isinstance(f, sympy.log))
+        return _xlogy(term / logarithm, logarithm.args[0])
+
+    return expression.replace(is_scaled_log, to_xlogy)
+
+
+class ScalarKernels:
+    """A scalar family's derivation as numpy callables; built once per declaration (cached)."""
+
+    def __init__(self, family, constants):
+        try:
+            self.solution = scalar_solution(family, constants)
+        except FamilyError as exc:
+            raise FamilyError(str(exc)) from None
+        form = self.solution.form
+        arguments = list(form.params)
+        self.statistics = [to_numpy([form.x], t) for t in form.statistics]
+        self.base = to_numpy([form.x], form.base)
+        self.natural = [to_numpy(arguments, eta) for eta in form.natural]
+        self.log_partition = to_numpy(arguments, form.log_partition)
+        self.solver = NumericSolver(self.solution)
+        self.pooled = {p.name: to_numpy(list(self.solution.means), e) for p, e in self.solution.poolable.items()}
+        safe = _with_safe_logs(form.logpdf - form.base)
+        self.boundary_log_density = sympy.lambdify([form.x] + arguments, safe,
+                                                   modules=[{"_xlogy": scipy.special.xlogy}, "scipy", "numpy"])
+
+
+@functools.lru_cache(maxsize=None)
+def scalar_kernels(family, constants):
+    return ScalarKernels(family, constants)
+
+
+@functools.lru_cache(maxsize=None)
+def simplex_kernels(family):
+    solution = simplex_solution(family)
+    return solution, to_numpy([solution.count], solution.numerator)
 
 
 @dataclass(frozen=True)
@@ -185,10 +235,11 @@ class ScalarFactor(Factor):
         super().__init__(model, node)
         family = node.family
         try:
-            self.solution = scalar_solution(family, node.constants)
+            kernels = scalar_kernels(family, node.constants)
         except FamilyError as exc:
             raise FamilyError(f"{model.source}: node '{node.name}': {exc}") from None
-        solution = self.solution
+        self.kernels = kernels
+        self.solution = solution = kernels.solution
         self.dim = node.dim
         self.vector = node.columns is not None or node.dim > 1
         self.location = family.location
@@ -206,15 +257,13 @@ class ScalarFactor(Factor):
             own = () if (not self.vector or name in tie_columns) else (self.dim,)
             self.params[name] = ParamSpec(name, own, family.domains[name],
                                           tied_across_parents=name in tie_parents)
-        form_ = solution.form
-        self.statistic_count = len(form_.statistics)
-        self._statistics = [to_numpy([form_.x], t) for t in form_.statistics]
-        self._base = to_numpy([form_.x], form_.base)
-        arguments = list(form_.params)
-        self._natural = [to_numpy(arguments, eta) for eta in form_.natural]
-        self._log_partition = to_numpy(arguments, form_.log_partition)
-        self._solver = NumericSolver(solution)
-        self._pooled = {p.name: to_numpy(list(solution.means), e) for p, e in solution.poolable.items()}
+        self.statistic_count = len(solution.form.statistics)
+        self._statistics = kernels.statistics
+        self._base = kernels.base
+        self._natural = kernels.natural
+        self._log_partition = kernels.log_partition
+        self._solver = kernels.solver
+        self._pooled = kernels.pooled
 
     @property
     def width(self):
@@ -243,6 +292,29 @@ class ScalarFactor(Factor):
             eta = np.stack([f(*columns) for f in self._natural], axis=-1)
             log_partition = self._log_partition(*columns).sum(axis=1)
         return eta.reshape(self.n_sets, -1), log_partition
+
+    def boundary_log_density(self, values, sets, params):
+        """log p(x) - h(x) evaluated directly, for parameters on the boundary of their domain.
+
+        There the natural parameters are infinite (Bernoulli p = 0: eta = -inf)
+        and T . eta - A is undefined; the declared log-density with
+        0 * log(0) = 0 is not.
+
+        Parameters
+        ----------
+        values : ndarray of shape (m, dim)
+        sets : ndarray of int, shape (m,)
+        params : dict
+            Internal parameters.
+
+        Returns
+        -------
+        ndarray of shape (m,)
+        """
+        columns = [c[sets] for c in self._columns(params)]
+        with np.errstate(all="ignore"):
+            density = self.kernels.boundary_log_density(values.reshape(len(values), self.dim), *columns)
+        return np.broadcast_to(density, (len(values), self.dim)).sum(axis=1)
 
     def mstep(self, sums, set_weights, old, reg_covar):
         """New parameters from weighted sums of the statistics.
@@ -331,9 +403,8 @@ class CategoricalFactor(Factor):
         super().__init__(model, node)
         self.layout = "latent" if node.latent else "index"
         self.k = node.k
-        self.solution = simplex_solution(node.family)
+        self.solution, self._numerator = simplex_kernels(node.family)
         self.params["probs"] = ParamSpec("probs", (self.k,), "unit", simplex=True)
-        self._numerator = to_numpy([self.solution.count], self.solution.numerator)
         self.statistic_count = self.k
 
     def statistics(self, values):

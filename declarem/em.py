@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 
 from .data import node_data
-from .errors import InitError, OptionError
+from .errors import FitError, InitError, OptionError
 from .fit import Fit
 from .inference import expected_statistics, prepare_rows, statistics_from_posterior
 
 KMEANS_ITERATIONS = 10
+INITIAL_SOFTENING = 0.1
 FALL_TOLERANCE = 1e-10
 
 
@@ -114,8 +115,10 @@ def _initial_posterior(compiled, rows, rng):
     features = _clustering_features(compiled, rows)
     if features is not None:
         labels = _kmeans(features, rows.weights, n_configurations, rng)
-        posterior = np.zeros((rows.n_rows, n_configurations))
-        posterior[np.arange(rows.n_rows), labels] = 1.0
+        # Softened, so that no parameter starts on its domain's boundary (a Bernoulli p of 0 or 1
+        # can never leave it).
+        posterior = np.full((rows.n_rows, n_configurations), INITIAL_SOFTENING / n_configurations)
+        posterior[np.arange(rows.n_rows), labels] += 1.0 - INITIAL_SOFTENING
         return posterior
     posterior = rng.random((rows.n_rows, n_configurations))
     return posterior / posterior.sum(axis=1, keepdims=True)
@@ -204,12 +207,24 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     rows = prepare_rows(compiled, prepared)
     given = check_init(compiled, init)
     best = None
-    for child in np.random.SeedSequence(int(seed)).spawn(restarts):
+    failures = []
+    for index, child in enumerate(np.random.SeedSequence(int(seed)).spawn(restarts)):
         rng = np.random.default_rng(child)
-        start = initial_params(compiled, rows, rng, given, reg_covar)
-        result = run_em(compiled, rows, start, max_iter, tol, hard, reg_covar, progress)
+        try:
+            start = initial_params(compiled, rows, rng, given, reg_covar)
+            result = run_em(compiled, rows, start, max_iter, tol, hard, reg_covar, progress)
+        except FitError as exc:
+            if restarts == 1:
+                raise
+            failures.append(f"restart {index}: {exc}")
+            continue
         if best is None or result[1][-1] > best[1][-1]:
             best = result
+    if best is None:
+        raise FitError("every restart failed: " + "; ".join(failures))
+    if failures:
+        warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
+                      RuntimeWarning, stacklevel=3)
     params, history, converged, n_iter = best
     if hard:
         _, loglik = expected_statistics(compiled, rows, params, hard=False)

@@ -148,7 +148,6 @@ def _describe_gaussian(node, factor, role):
 
 def _describe_scalar(node, factor, role):
     solution = factor.solution
-    names = {t: sympy.Symbol(f"E[{s}]") for t, s in zip(solution.means, solution.form.statistics)}
     tex_names = {t: r"\mathbb{E}[" + sympy.latex(s) + "]" for t, s in zip(solution.means, solution.form.statistics)}
     statistics = [str(t) for t in solution.means]
     statistics_latex = [f"&{tex_names[t]}" for t in solution.means]

@@ -118,10 +118,16 @@ def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
 
 
 def _natural_tables(compiled, params):
+    """Per factor: natural parameters, log-partition, the sets on the domain's boundary, params."""
     tables = {}
     for name, factor in compiled.factors.items():
         eta, log_partition = factor.natural(params[name])
-        tables[name] = (eta, log_partition)
+        boundary = None
+        if factor.layout == "dense":
+            boundary = ~(np.isfinite(eta).all(axis=1) & np.isfinite(log_partition))
+            if not boundary.any():
+                boundary = None
+        tables[name] = (eta, log_partition, boundary, params[name])
     return tables
 
 
@@ -147,7 +153,7 @@ def _joint(compiled, rows, tables, chunk):
     axis_of = {name: i for i, name in enumerate(compiled.latent)}
     for name, factor in compiled.factors.items():
         view = rows.factors[name]
-        eta, log_partition = tables[name]
+        eta, log_partition, boundary, factor_params = tables[name]
         set_index = view.latent_set_index
         own_axis = axis_of.get(name)
         if view.observed_offset is not None:
@@ -155,13 +161,22 @@ def _joint(compiled, rows, tables, chunk):
         if factor.layout == "dense":
             statistics = view.statistics[chunk]
             if view.observed_offset is None:
-                contribution = statistics @ eta.T
-                contribution -= log_partition
-                contribution = contribution[:, set_index.reshape(-1)].reshape((n,) + set_index.shape)
+                flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
+                with np.errstate(invalid="ignore"):
+                    per_set = statistics @ eta.T
+                    per_set -= log_partition
+                contribution = per_set[:, set_index.reshape(-1)]
             else:
                 flat = set_index.reshape(n, -1)
-                contribution = np.einsum("ns,nls->nl", statistics, eta[flat]) - log_partition[flat]
-                contribution = contribution.reshape(set_index.shape)
+                with np.errstate(invalid="ignore"):
+                    contribution = np.einsum("ns,nls->nl", statistics, eta[flat]) - log_partition[flat]
+            if boundary is not None:
+                at_boundary = boundary[flat]
+                if at_boundary.any():
+                    row, column = np.nonzero(at_boundary)
+                    contribution[row, column] = factor.boundary_log_density(
+                        view.values[chunk][row], flat[row, column], factor_params)
+            contribution = contribution.reshape((n,) + view.latent_set_index.shape)
         elif factor.layout == "index":
             categories = view.statistics[chunk]
             if view.observed_offset is None:
