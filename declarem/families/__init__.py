@@ -2,7 +2,10 @@
 
 import difflib
 
+import sympy
+
 from ..errors import FamilyError
+from ..expressions import parse_expression
 from .builtin import INTERNAL, builtin_families
 from .family import DOMAINS, SUPPORTS, CovarianceForm, Family
 
@@ -46,6 +49,9 @@ def family_from_table(name, table, where):
                               f"use one of {', '.join(DOMAINS)}")
         if param == "x" or not param.isidentifier() or param.startswith("_"):
             raise FamilyError(f"{where}: family '{name}': '{param}' cannot name a parameter")
+    # Parse now, so a bad expression is reported when the spec is read, not at the first fit.
+    names = {n: sympy.Symbol(n) for n in ["x", *params]}
+    parse_expression(table["logpdf"], names, f"{where}: family '{name}' logpdf")
     return Family(name=name, kind="scalar", logpdf=table["logpdf"], support=table["support"],
                   params=tuple(params.items()), description=str(table.get("description", "")))
 

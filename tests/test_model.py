@@ -1,0 +1,222 @@
+"""Declaring models: TOML and networkx give the same model; bad declarations get clear errors."""
+
+import textwrap
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import declarem
+from declarem.errors import DataError, DeclaremError, FamilyError, InitError, SpecError
+
+GMM_TOML = """
+[model]
+name = "gmm"
+
+[nodes.z]
+family = "categorical"
+latent = true
+k = 2
+
+[nodes.x]
+family = "normal"
+dim = 2
+covariance = "full"
+parents = ["z"]
+"""
+
+
+def write(tmp_path, text, name="spec.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def gmm_graph():
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2)
+    graph.add_node("x", family="normal", dim=2, covariance="full")
+    graph.add_edge("z", "x")
+    return graph
+
+
+def two_blobs(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": np.concatenate([rng.normal(0, 1, (n, 2)), rng.normal(4, 1, (n, 2))])}
+
+
+def test_toml_and_graph_give_the_same_model_and_fit(tmp_path):
+    from_toml = declarem.load_model(write(tmp_path, GMM_TOML))
+    from_graph = declarem.Model(gmm_graph())
+    assert list(from_toml.nodes) == list(from_graph.nodes)
+    for name in from_toml.nodes:
+        a, b = from_toml.nodes[name], from_graph.nodes[name]
+        assert (a.family.name, a.latent, a.k, a.parents, a.dim, a.covariance) == \
+               (b.family.name, b.latent, b.k, b.parents, b.dim, b.covariance)
+    data = two_blobs()
+    fit_a = from_toml.fit(data, seed=3)
+    fit_b = from_graph.fit(data, seed=3)
+    assert fit_a.loglik == fit_b.loglik
+    np.testing.assert_array_equal(fit_a.params["x"]["cov"], fit_b.params["x"]["cov"])
+
+
+def test_parameter_shapes_follow_the_contract():
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=3)
+    graph.add_node("x", family="normal", dim=2, covariance="full")
+    graph.add_node("c", family="poisson", columns=["c1", "c2", "c3"])
+    graph.add_edge("z", "x")
+    graph.add_edge("z", "c")
+    compiled = declarem.Model(graph).compiled
+    shapes = {(n, p): compiled.factors[n].external_shape(s) for n in compiled.factors
+              for p, s in compiled.factors[n].params.items()}
+    assert shapes == {("z", "probs"): (3,), ("x", "mean"): (3, 2), ("x", "cov"): (3, 2, 2),
+                      ("c", "rate"): (3, 3)}
+
+
+@pytest.mark.parametrize("covariance, shapes", [
+    ("tied", {"mean": (3, 2), "cov": (2, 2)}),
+    ("diag", {"mean": (3, 2), "var": (3, 2)}),
+    ("spherical", {"mean": (3, 2), "var": (3,)}),
+])
+def test_covariance_type_shapes(covariance, shapes):
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=3)
+    graph.add_node("x", family="normal", dim=2, covariance=covariance)
+    graph.add_edge("z", "x")
+    factor = declarem.Model(graph).compiled.factors["x"]
+    assert {p: factor.external_shape(s) for p, s in factor.params.items()} == shapes
+
+
+def spec_error(tmp_path, text, error=SpecError):
+    with pytest.raises(error) as info:
+        declarem.load_model(write(tmp_path, text))
+    assert isinstance(info.value, DeclaremError)
+    message = str(info.value)
+    assert "spec.toml" in message
+    return message
+
+
+def test_cycle_is_named(tmp_path):
+    message = spec_error(tmp_path, """
+        [nodes.a]
+        family = "categorical"
+        k = 2
+        parents = ["b"]
+        [nodes.b]
+        family = "categorical"
+        k = 2
+        parents = ["a"]
+    """)
+    assert "cycle" in message and "a" in message and "b" in message
+
+
+def test_unknown_family_suggests_the_nearest(tmp_path):
+    message = spec_error(tmp_path, """
+        [nodes.x]
+        family = "poison"
+    """, FamilyError)
+    assert "node 'x'" in message and "did you mean 'poisson'" in message
+
+
+@pytest.mark.parametrize("attrs, fragment", [
+    ('family = "categorical"\nlatent = true', "needs 'k'"),
+    ('family = "categorical"\nk = 1', "'k' must be an integer >= 2"),
+    ('family = "binomial"', "needs 'trials'"),
+    ('family = "normal"\ndim = 0', "'dim' must be a positive integer"),
+    ('family = "normal"\ndim = 2\ncovariance = "banded"', "'covariance' must be one of"),
+    ('family = "poisson"\nlatent = true', "latent nodes must be categorical"),
+    ('family = "poisson"\nfamly = 2', "did you mean 'family'"),
+    ('family = "categorical"\nk = 2\nprior = { dirichlet = 2 }', "not supported in this version"),
+])
+def test_node_errors_name_file_and_node(tmp_path, attrs, fragment):
+    message = spec_error(tmp_path, "[nodes.x]\n" + attrs + "\n")
+    assert "node 'x'" in message and fragment in message
+
+
+def test_continuous_parent_is_refused(tmp_path):
+    message = spec_error(tmp_path, """
+        [nodes.a]
+        family = "normal"
+        [nodes.b]
+        family = "poisson"
+        parents = ["a"]
+    """)
+    assert "node 'b'" in message and "parent 'a'" in message and "categorical" in message
+
+
+def test_missing_parent_is_named(tmp_path):
+    message = spec_error(tmp_path, """
+        [nodes.b]
+        family = "poisson"
+        parents = ["ghost"]
+    """)
+    assert "ghost" in message
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    assert "not valid TOML" in spec_error(tmp_path, "[nodes.x\nfamily=")
+
+
+def test_user_family_errors(tmp_path):
+    message = spec_error(tmp_path, """
+        [families.odd]
+        logpdf = "x*log(l) - l"
+        support = "positive"
+        params = { l = "somewhere" }
+        [nodes.x]
+        family = "odd"
+    """, FamilyError)
+    assert "domain" in message
+    message = spec_error(tmp_path, """
+        [families.evil]
+        logpdf = "__import__('os').getcwd()"
+        support = "real"
+        params = { l = "real" }
+        [nodes.z]
+        family = "categorical"
+        latent = true
+        k = 2
+        [nodes.x]
+        family = "evil"
+        parents = ["z"]
+    """, DeclaremError)
+    assert "not allowed" in message
+
+
+def test_observed_node_missing_from_data():
+    model = declarem.Model(gmm_graph())
+    with pytest.raises(DataError, match="node 'x'.*columns y"):
+        model.fit({"y": np.zeros(10)})
+
+
+def test_negative_poisson_count_names_column_and_row():
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2)
+    graph.add_node("c", family="poisson")
+    graph.add_edge("z", "c")
+    with pytest.raises(DataError) as info:
+        declarem.Model(graph).fit({"c": np.array([1.0, 2.0, 0.0, -3.0, 4.0])})
+    assert "column 'c'" in str(info.value) and "row 3" in str(info.value)
+
+
+def test_category_out_of_range_names_row():
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2)
+    graph.add_node("q", family="categorical", k=3)
+    graph.add_edge("z", "q")
+    with pytest.raises(DataError, match="row 2.*0..2"):
+        declarem.Model(graph).fit({"q": np.array([0, 1, 3, 2])})
+
+
+@pytest.mark.parametrize("init, fragment", [
+    ({"x": {"mean": np.zeros((3, 2))}}, "shape (3, 2); expected (2, 2)"),
+    ({"x": {"scale": np.ones(2)}}, "no parameter 'scale'"),
+    ({"w": {"mean": np.zeros(2)}}, "'w' is not a node"),
+    ({"z": {"probs": [0.7, 0.7]}}, "summing to 1"),
+    ({"x": {"cov": -np.ones((2, 2, 2))}}, "positive definite"),
+])
+def test_init_errors(init, fragment):
+    with pytest.raises(InitError) as info:
+        declarem.Model(gmm_graph()).fit(two_blobs(), init=init)
+    assert fragment in str(info.value)
