@@ -1,0 +1,114 @@
+"""The command line: fit, derive, check, sample; exit status 2 with one line for user errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POISSON_SPEC = """
+[model]
+name = "counts"
+
+[data]
+path = "counts.csv"
+
+[nodes.z]
+family = "categorical"
+latent = true
+k = 2
+
+[nodes.c]
+family = "poisson"
+parents = ["z"]
+"""
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "declarem", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "counts.toml"
+    path.write_text(POISSON_SPEC)
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(np.where(rng.random(300) < 0.5, 2.0, 12.0))
+    (tmp_path / "counts.csv").write_text("c\n" + "\n".join(str(v) for v in counts) + "\n")
+    return path
+
+
+def test_fit_writes_json_and_shows_progress(spec, tmp_path):
+    out = tmp_path / "fit.json"
+    result = run("fit", spec, "--out", out, "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    assert "iter     1" in result.stderr and "objective" in result.stderr and "change" in result.stderr
+    stored = json.loads(out.read_text())
+    assert {"loglik", "n_iter", "converged", "history", "params"} <= set(stored)
+    assert sorted(np.round(stored["params"]["c"]["rate"])) == [2.0, 12.0]
+    assert stored["history"][-1] == stored["loglik"]
+
+
+def test_fit_options_reach_the_loop(spec, tmp_path):
+    result = run("fit", spec, "--max-iter", "3", "--tol", "0", "--quiet")
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert stored["n_iter"] == 3 and not stored["converged"] and len(stored["history"]) == 4
+    assert result.stderr == ""
+
+
+def test_derive_text_and_latex(spec):
+    text = run("derive", spec)
+    assert text.returncode == 0 and "rate = E[x]" in text.stdout
+    latex = run("derive", spec, "--latex")
+    assert latex.returncode == 0
+    assert latex.stdout.startswith("\\documentclass") and "\\end{document}" in latex.stdout
+
+
+def test_check(spec):
+    result = run("check", spec)
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout and "300 rows" in result.stdout
+
+
+def test_sample_then_fit(spec, tmp_path):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"z": {"probs": [0.3, 0.7]}, "c": {"rate": [1.0, 20.0]}}))
+    data = tmp_path / "sampled.csv"
+    result = run("sample", spec, "--params", params, "--n", "2000", "--seed", "4", "--out", data)
+    assert result.returncode == 0, result.stderr
+    header = data.read_text().splitlines()[0]
+    assert header.split(",") == ["z", "c"]
+    again = run("sample", spec, "--params", params, "--n", "2000", "--seed", "4")
+    assert again.stdout == data.read_text()
+    fitted = run("fit", spec, "--data", data, "--quiet")
+    rates = sorted(json.loads(fitted.stdout)["params"]["c"]["rate"])
+    assert rates == pytest.approx([1.0, 20.0], rel=0.1)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["fit", "missing.toml"], "missing.toml: no such spec file"),
+    (["fit", "{spec}", "--max-iter", "-2"], "max_iter"),
+    (["fit", "{spec}", "--data", "{bad}"], "column 'c', row 1"),
+    (["fit", "{spec}", "--bogus"], "unrecognized arguments"),
+    (["derive", "{broken}"], "unknown family 'poison'"),
+])
+def test_user_errors_exit_2_with_one_line(spec, tmp_path, args, fragment):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("c\n1\n-4\n2\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text(textwrap.dedent("""
+        [nodes.c]
+        family = "poison"
+    """))
+    filled = [a.format(spec=spec, bad=bad, broken=broken) for a in args]
+    result = run(*filled, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert fragment in lines[0]
