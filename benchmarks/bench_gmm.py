@@ -1,0 +1,317 @@
+"""Time EM iterations of a Gaussian mixture: declarem against scikit-learn's GaussianMixture, side by side.
+
+    python benchmarks/bench_gmm.py [--cov full|diag] [--small] [--repeats R] [--iters I] [--long L]
+
+Default case: N = 200,000 rows, D = 16, K = 16, full covariance.  --small: N = 1,000,000, D = 2, K = 3.
+Both libraries get the same seeded data and the same initialisation (weights, means, covariances; scikit-learn
+as weights_init / means_init / precisions_init) and run with tol = 0 and reg_covar = 1e-6, in one process, in
+alternating order (repeat r runs scikit-learn first when r is even, declarem first when r is odd).
+
+Each repeat times, per library, fits with max_iter = 1, I (default 3) and L (default 7), and reports two
+numbers, both as medians over the repeats:
+  * per-iter (fit/I):        time of the max_iter = I fit divided by I.  Includes each library's fixed per-fit
+                             work (input checks, initialisation, for declarem the sufficient statistics T(X)
+                             computed once per fit, for scikit-learn its final E-step).
+  * per-iter (marginal):     (t(max_iter = L) - t(max_iter = 1)) / (L - 1): the cost of one more iteration,
+                             with the fixed per-fit work cancelled.  (L > I because declarem's per-fit work is
+                             several of its iterations, so a short difference would be mostly timing noise.)
+
+Thread pools: by default every BLAS / OpenMP pool runs one thread (--numpy-threads 1, --other-threads 1), for
+both libraries.  On a 2-core machine shared with other jobs, a 2-thread OpenBLAS stalls whenever one of its
+threads is descheduled (one max_iter=7 fit measured 4.7 s and 13.7 s in consecutive repeats), while one thread
+per process gives repeatable numbers; --numpy-threads 0 (or 2) measures the all-cores configuration on a
+quiet machine.  See configure_threads for why the non-numpy pools are always limited.  The load average is
+printed at the start and end of the timing, every repeat's raw times are printed, and the reported numbers
+are medians.
+
+The GEMM rate is measured twice: with the thread count used for the timing (the fraction of peak is against
+this one) and with all cores (the machine's peak; skipped when they are the same).
+
+Model compilation (declarem's sympy derivation and lambdify) is excluded from both: the model is built once
+and warmed up by one fit on the first 2,000 rows before any timing; that warm-up is timed separately and
+printed as "compile + warm-up".  scikit-learn gets the same warm-up.
+
+The run also measures this machine's numpy GEMM rate (best of 3 products of two 4096 x 4096 float64 matrices,
+2 n^3 flops each) and reports the fraction of it that declarem's marginal iteration reaches, using the
+nominal flop count of one EM iteration: 4 N K D^2 for full covariance (two N x D x D products per component,
+one in the E-step and one in the M-step) and 8 N K D for diagonal covariance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+
+def make_problem(n, d, k, cov_type, seed=20261122):
+    """Seeded data from a K-component mixture, and an initialisation away from the truth."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.5, size=(k, d))
+    weights = rng.dirichlet(np.full(k, 5.0))
+    z = rng.choice(k, size=n, p=weights)
+    x = np.empty((n, d))
+    for j in range(k):
+        idx = np.flatnonzero(z == j)
+        a = rng.normal(scale=0.4, size=(d, d))
+        chol = np.linalg.cholesky(a @ a.T + 0.5 * np.eye(d))
+        x[idx] = centres[j] + rng.standard_normal((idx.size, d)) @ chol.T
+
+    w0 = np.full(k, 1.0 / k)
+    m0 = x[rng.choice(n, size=k, replace=False)].copy()  # k distinct data rows
+    v = x.var(axis=0)
+    if cov_type == "full":
+        c0 = np.broadcast_to(np.diag(v), (k, d, d)).copy()
+        prec0 = np.broadcast_to(np.diag(1.0 / v), (k, d, d)).copy()
+    elif cov_type == "diag":
+        c0 = np.broadcast_to(v, (k, d)).copy()
+        prec0 = 1.0 / c0
+    else:
+        raise ValueError(cov_type)
+    return x, w0, m0, c0, prec0
+
+
+def gemm_gflops(n=4096, reps=3, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n))
+    b = rng.standard_normal((n, n))
+    a @ b  # warm-up
+    best = np.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9, best
+
+
+def timed(fn):
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+    finally:
+        gc.enable()
+
+
+def configure_threads(numpy_threads, other_threads):
+    """Set the thread count of numpy's BLAS and of every other BLAS / OpenMP pool loaded in the process.
+
+    With the wheels installed here, numpy and scipy each bundle their own OpenBLAS, each defaulting to one
+    thread per core. On this 2-core machine, code that alternates between them (scikit-learn's GMM calls numpy
+    matmul on (N, D) blocks and scipy.linalg on D x D matrices, K times per iteration) makes the two pools'
+    spinning worker threads fight over the cores: one max_iter=1 fit took anywhere from 1.1 s to 62 s. Limiting
+    every pool but numpy's to one thread (the default, --other-threads 1) removes that and costs nothing, since
+    the other pools only ever see D x D matrices; both libraries run under the same settings.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover
+        return "threadpoolctl not installed: thread pools left as they are"
+    import os
+
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    ctl = ThreadpoolController()
+    for lib in ctl.lib_controllers:
+        is_numpy = os.path.basename(os.path.dirname(lib.filepath)) == "numpy.libs" or lib.filepath.startswith(
+            os.path.join(numpy_dir, "numpy") + os.sep)
+        want = numpy_threads if is_numpy else other_threads
+        if want is not None and want > 0:
+            lib.set_num_threads(want)
+    return "; ".join(
+        f"{os.path.basename(os.path.dirname(lib.filepath))}/{lib.internal_api} {lib.version} "
+        f"threads={lib.num_threads}" for lib in ThreadpoolController().lib_controllers)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cov", choices=["full", "diag"], default="full")
+    ap.add_argument("--small", action="store_true", help="N=1,000,000, D=2, K=3")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=3, help="max_iter of the fit timed for per-iter (fit/I)")
+    ap.add_argument("--long", type=int, default=7,
+                    help="max_iter of the fit used with the max_iter=1 fit for the marginal per-iteration cost")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--d", type=int, default=None)
+    ap.add_argument("--k", type=int, default=None)
+    ap.add_argument("--no-gemm", action="store_true", help="skip the GEMM peak measurement")
+    ap.add_argument("--numpy-threads", type=int, default=1,
+                    help="threads of numpy's BLAS (default 1; 0: leave as is, i.e. one per core)")
+    ap.add_argument("--other-threads", type=int, default=1,
+                    help="threads of every other BLAS / OpenMP pool, e.g. scipy's OpenBLAS (default 1; 0: leave)")
+    args = ap.parse_args(argv)
+    if args.iters < 1 or args.long < 2:
+        ap.error("--iters must be at least 1 and --long at least 2")
+
+    n, d, k = (1_000_000, 2, 3) if args.small else (200_000, 16, 16)
+    n = args.n or n
+    d = args.d or d
+    k = args.k or k
+    cov = args.cov
+    reg = 1e-6
+    iters = args.iters
+    long_iters = args.long
+
+    import sklearn
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    print(f"python {platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}")
+    print(f"machine: {platform.machine()} {_cpu_model()}, cpus={_ncpu()}")
+    print(f"case: N={n:,} D={d} K={k} covariance={cov} reg_covar={reg} tol=0; "
+          f"repeats={args.repeats}, fits with max_iter in {sorted({1, iters, long_iters})}")
+    print(f"load average at start: {_loadavg()}")
+
+    x, w0, m0, c0, prec0 = make_problem(n, d, k, cov)
+    ckey = "cov" if cov == "full" else "var"
+
+    def sk_fit(data, max_iter):
+        gm = GaussianMixture(
+            n_components=k, covariance_type=cov, weights_init=w0, means_init=m0, precisions_init=prec0,
+            max_iter=max_iter, tol=0.0, reg_covar=reg, n_init=1, init_params="random", random_state=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(data)
+        return gm
+
+    # declarem: may not be importable (yet); the scikit-learn half still runs.
+    dm_fit = None
+    try:
+        import networkx as nx
+
+        import declarem
+
+        g = nx.DiGraph()
+        g.add_node("z", family="categorical", latent=True, k=k)
+        g.add_node("x", family="normal", dim=d, covariance=cov)
+        g.add_edge("z", "x")
+        model = declarem.Model(g)
+        init = {"z": {"probs": w0}, "x": {"mean": m0, ckey: c0}}
+
+        def dm_fit(data, max_iter):
+            return model.fit({"x": data}, init=init, max_iter=max_iter, tol=0, reg_covar=reg)
+
+    except Exception as exc:  # noqa: BLE001 - report and carry on with scikit-learn only
+        print(f"declarem: NOT AVAILABLE ({type(exc).__name__}: {exc}); timing scikit-learn only")
+
+    import scipy.linalg  # noqa: F401 - load every BLAS pool before setting thread counts
+
+    print(f"thread pools: {configure_threads(args.numpy_threads, args.other_threads)}")
+
+    # Warm-up on 2,000 rows (excluded from the per-iteration timing): declarem compiles its model here.
+    small = x[:2000]
+    t_sk_warm, _ = timed(lambda: sk_fit(small, 1))
+    print(f"scikit-learn warm-up (fit on 2,000 rows, max_iter=1): {t_sk_warm:.3f} s")
+    if dm_fit is not None:
+        t_dm_warm, _ = timed(lambda: dm_fit(small, 1))
+        t_dm_warm2, _ = timed(lambda: dm_fit(small, 1))
+        print(f"declarem compile + warm-up (fit on 2,000 rows, max_iter=1): {t_dm_warm:.3f} s "
+              f"(second such fit: {t_dm_warm2:.3f} s)")
+
+    libs = {"scikit-learn": sk_fit}
+    if dm_fit is not None:
+        libs["declarem"] = dm_fit
+    schedule = sorted({1, iters, long_iters})
+    times = {name: {it: [] for it in schedule} for name in libs}
+    last = {}
+    for r in range(args.repeats):
+        order = list(libs) if r % 2 == 0 else list(reversed(list(libs)))
+        for name in order:
+            for it in schedule:
+                t, res = timed(lambda: libs[name](x, it))
+                times[name][it].append(t)
+                if it == iters:
+                    last[name] = res
+        print(f"  repeat {r + 1}/{args.repeats} ({' then '.join(order)}): " + "; ".join(
+            f"{name} " + " ".join(f"t({it})={times[name][it][-1]:.3f}s" for it in schedule) for name in libs))
+
+    def med(values):
+        return statistics.median(list(values))
+
+    per_fit = {name: med(np.asarray(times[name][iters]) / iters) for name in libs}
+    marginal = {name: med((np.asarray(times[name][long_iters]) - np.asarray(times[name][1])) / (long_iters - 1))
+                for name in libs}
+
+    print()
+    print(f"medians over {args.repeats} repeats:")
+    print(f"{'':14s} {'per-iter (fit/' + str(iters) + ')':>20s} {'per-iter (marginal)':>20s}")
+    for name in libs:
+        print(f"{name:14s} {per_fit[name]:18.4f} s {marginal[name]:18.4f} s")
+    if "declarem" in libs:
+        print(f"{'ratio dm/sk':14s} {per_fit['declarem'] / per_fit['scikit-learn']:19.3f}x "
+              f"{marginal['declarem'] / marginal['scikit-learn']:19.3f}x")
+
+        # Same computation? Compare the final parameters of the last max_iter=I fits.
+        gm, fit = last["scikit-learn"], last["declarem"]
+        p = fit.params
+        diffs = {
+            "weights": np.max(np.abs(np.asarray(p["z"]["probs"]) - gm.weights_)),
+            "means": np.max(np.abs(np.asarray(p["x"]["mean"]) - gm.means_)),
+            "covariances": np.max(np.abs(np.asarray(p["x"][ckey]) - gm.covariances_)),
+        }
+        ll_sk = gm.score(x) * n
+        print("max |declarem - scikit-learn| after the last fits: "
+              + ", ".join(f"{key} {val:.2e}" for key, val in diffs.items())
+              + f"; loglik {fit.loglik:.6f} vs {ll_sk:.6f} (rel {abs(fit.loglik - ll_sk) / abs(ll_sk):.1e})")
+
+    print(f"load average at end of timing: {_loadavg()}")
+    if not args.no_gemm:
+        flops = 4.0 * n * k * d * d if cov == "full" else 8.0 * n * k * d
+        label = "4 N K D^2" if cov == "full" else "8 N K D"
+        gf, tg = gemm_gflops()
+        print()
+        print(f"numpy GEMM 4096x4096 float64 at the timing's thread count: {gf:.1f} GFLOP/s (best of 3: {tg:.3f} s)")
+        if args.numpy_threads not in (0, _ncpu()):
+            configure_threads(_ncpu(), None)
+            gf_all, tg_all = gemm_gflops()
+            configure_threads(args.numpy_threads, None)
+            print(f"numpy GEMM 4096x4096 float64 on all {_ncpu()} cores: {gf_all:.1f} GFLOP/s (best of 3: {tg_all:.3f} s)")
+        print(f"nominal flops per EM iteration ({label}): {flops / 1e9:.3f} GFLOP")
+        for name in libs:
+            rate = flops / marginal[name] / 1e9
+            print(f"  {name:14s} marginal iteration: {rate:6.1f} GFLOP/s = {100 * rate / gf:5.1f}% of GEMM peak "
+                  f"at the same thread count")
+    return 0
+
+
+def _loadavg():
+    try:
+        import os
+
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except (OSError, AttributeError):  # pragma: no cover
+        return "unknown"
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _ncpu():
+    try:
+        import os
+
+        return len(os.sched_getaffinity(0))
+    except Exception:  # pragma: no cover
+        import os
+
+        return os.cpu_count()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
