@@ -159,12 +159,15 @@ def _kmeans(features, weights, k, rng):
     centres = np.array(centres)
     labels = np.zeros(n_rows, dtype=np.intp)
     for _ in range(KMEANS_ITERATIONS):
-        distance = squared[:, None] - 2.0 * features @ centres.T + np.einsum("ij,ij->i", centres, centres)
+        distance = features @ centres.T
+        distance *= -2.0
+        distance += np.einsum("ij,ij->i", centres, centres)
         labels = np.argmin(distance, axis=1)
-        for j in range(k):
-            members = labels == j
-            if weights[members].sum() > 0:
-                centres[j] = np.average(features[members], axis=0, weights=weights[members])
+        mass = np.bincount(labels, weights=weights, minlength=k)
+        totals = np.column_stack([np.bincount(labels, weights=weights * column, minlength=k)
+                                  for column in features.T])
+        filled = mass > 0
+        centres[filled] = totals[filled] / mass[filled, None]
     return labels
 
 

@@ -37,10 +37,13 @@ def statistics(x):
     ndarray of shape (n_rows, dim + dim*(dim+1)/2)
     """
     n_rows, dim = x.shape
-    rows, cols = upper_indices(dim)
     out = np.empty((n_rows, statistic_size(dim)))
     out[:, :dim] = x
-    np.multiply(x[:, rows], x[:, cols], out=out[:, dim:])
+    start = dim
+    for i in range(dim):
+        # Row i of the upper triangle: x_i * x_j for j >= i, one broadcast product (no gathers).
+        np.multiply(x[:, i:i + 1], x[:, i:], out=out[:, start:start + dim - i])
+        start += dim - i
     return out
 
 
