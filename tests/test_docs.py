@@ -12,6 +12,7 @@
 (b) The README's first set-up command fits the bundled model and writes the documented JSON.
 (c) .ci/run runs exactly the README's test command.
 (d) docs/families.md is what docs/generate_families.py generates.
+(e) Relative links between the documents point at files and headings that exist.
 """
 
 import doctest
@@ -155,3 +156,30 @@ def test_families_page_is_fresh():
     spec.loader.exec_module(module)
     committed = (ROOT / "docs" / "families.md").read_text()
     assert committed == module.render(), "docs/families.md is stale: run python docs/generate_families.py"
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    text = FENCE.sub("", path.read_text())
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.*)$", text, re.M)}
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_resolve(path):
+    text = FENCE.sub("", path.read_text())
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        assert linked.exists(), f"{path.name}: link to missing {target}"
+        if anchor:
+            assert anchor in anchors(linked), f"{path.name}: link to missing heading {target}"
