@@ -1,47 +1,54 @@
 """Time EM iterations of a Gaussian mixture: declarem against scikit-learn's GaussianMixture, side by side.
 
-    python benchmarks/bench_gmm.py [--cov full|diag] [--small] [--repeats R] [--iters I] [--long L]
+    python benchmarks/bench_gmm.py [--cov full|diag] [--small] [--repeats R] [--iters I] [--numpy-threads T]
 
 Default case: N = 200,000 rows, D = 16, K = 16, full covariance.  --small: N = 1,000,000, D = 2, K = 3.
 Both libraries get the same seeded data and the same initialisation (weights, means, covariances; scikit-learn
 as weights_init / means_init / precisions_init) and run with tol = 0 and reg_covar = 1e-6, in one process, in
-alternating order (repeat r runs scikit-learn first when r is even, declarem first when r is odd).
+alternating order (repeat r runs scikit-learn first when r is even, declarem first when r is odd).  After the
+timing the script prints the largest difference between the two libraries' fitted parameters.
 
-Each repeat times, per library, fits with max_iter = 1, I (default 3) and L (default 7), and reports two
-numbers, both as medians over the repeats:
-  * per-iter (fit/I):        time of the max_iter = I fit divided by I.  Includes each library's fixed per-fit
-                             work (input checks, initialisation, for declarem the sufficient statistics T(X)
-                             computed once per fit, for scikit-learn its final E-step).
-  * per-iter (marginal):     (t(max_iter = L) - t(max_iter = 1)) / (L - 1): the cost of one more iteration,
-                             with the fixed per-fit work cancelled.  (L > I because declarem's per-fit work is
-                             several of its iterations, so a short difference would be mostly timing noise.)
+Each repeat times one fit per library with max_iter = I (default 3) and reports two numbers, medians:
+  * per-iter (fit/I):   the fit's wall time divided by I.  Includes each library's fixed per-fit work: input
+                        checks and initialisation (scikit-learn: random responsibilities and one M-step from
+                        them, then overwritten by the *_init arguments; declarem: k-means and one M-step, then
+                        overwritten by init), declarem's sufficient statistics T(X), scikit-learn's final
+                        E-step.
+  * per-iter (in-fit):  the wall time of single EM iterations (one E-step and one M-step) inside the fits,
+                        from each library's own per-iteration hook: scikit-learn's verbose=2 "time lapse"
+                        lines, declarem's fit(progress=...) callback.  Iteration 1 is dropped (its interval
+                        includes the initialisation), so each fit gives I - 1 samples; the median is over all
+                        samples of all repeats.  This is the per-iteration cost the ratio and the fraction of
+                        peak are reported for.
+
+Model compilation (declarem's sympy derivation and lambdify) is excluded from both: the model is built once and
+warmed up by one fit on the first 2,000 rows before any timing; that warm-up is timed separately and printed
+as "compile + warm-up".  scikit-learn gets the same warm-up.
 
 Thread pools: by default every BLAS / OpenMP pool runs one thread (--numpy-threads 1, --other-threads 1), for
 both libraries.  On a 2-core machine shared with other jobs, a 2-thread OpenBLAS stalls whenever one of its
-threads is descheduled (one max_iter=7 fit measured 4.7 s and 13.7 s in consecutive repeats), while one thread
-per process gives repeatable numbers; --numpy-threads 0 (or 2) measures the all-cores configuration on a
-quiet machine.  See configure_threads for why the non-numpy pools are always limited.  The load average is
-printed at the start and end of the timing, every repeat's raw times are printed, and the reported numbers
-are medians.
+threads is descheduled (the same max_iter=7 fit measured 4.7 s and 13.7 s in consecutive repeats), while one
+thread per process gives repeatable numbers; --numpy-threads 0 (leave as is: one per core) or 2 measures the
+all-cores configuration, on a quiet machine.  See configure_threads for why the non-numpy pools are always
+limited.  The load average is printed at the start and end of the timing and every repeat's raw times are
+printed.
 
-The GEMM rate is measured twice: with the thread count used for the timing (the fraction of peak is against
-this one) and with all cores (the machine's peak; skipped when they are the same).
-
-Model compilation (declarem's sympy derivation and lambdify) is excluded from both: the model is built once
-and warmed up by one fit on the first 2,000 rows before any timing; that warm-up is timed separately and
-printed as "compile + warm-up".  scikit-learn gets the same warm-up.
-
-The run also measures this machine's numpy GEMM rate (best of 3 products of two 4096 x 4096 float64 matrices,
-2 n^3 flops each) and reports the fraction of it that declarem's marginal iteration reaches, using the
-nominal flop count of one EM iteration: 4 N K D^2 for full covariance (two N x D x D products per component,
-one in the E-step and one in the M-step) and 8 N K D for diagonal covariance.
+The run also measures numpy's GEMM rate (best of 3 products of two 4096 x 4096 float64 matrices, 2 n^3 flops
+each), at the timing's thread count and on all cores, and reports the fraction of the former that each
+library's in-fit iteration reaches, counting the nominal flops of one EM iteration: 4 N K D^2 for full
+covariance (two N x D x D products per component, one in the E-step and one in the M-step) and 8 N K D for
+diagonal covariance.  declarem's exponential-family form does fewer: two N x |T| x K products with
+|T| = D + D(D+1)/2 (full) or 2D (diag) statistics, 4 N K |T| flops; its rate in that count is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import platform
+import re
 import statistics
 import sys
 import time
@@ -135,9 +142,7 @@ def main(argv=None):
     ap.add_argument("--cov", choices=["full", "diag"], default="full")
     ap.add_argument("--small", action="store_true", help="N=1,000,000, D=2, K=3")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=3, help="max_iter of the fit timed for per-iter (fit/I)")
-    ap.add_argument("--long", type=int, default=7,
-                    help="max_iter of the fit used with the max_iter=1 fit for the marginal per-iteration cost")
+    ap.add_argument("--iters", type=int, default=3, help="max_iter of every timed fit (>= 2)")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--d", type=int, default=None)
     ap.add_argument("--k", type=int, default=None)
@@ -147,8 +152,8 @@ def main(argv=None):
     ap.add_argument("--other-threads", type=int, default=1,
                     help="threads of every other BLAS / OpenMP pool, e.g. scipy's OpenBLAS (default 1; 0: leave)")
     args = ap.parse_args(argv)
-    if args.iters < 1 or args.long < 2:
-        ap.error("--iters must be at least 1 and --long at least 2")
+    if args.iters < 2:
+        ap.error("--iters must be at least 2")
 
     n, d, k = (1_000_000, 2, 3) if args.small else (200_000, 16, 16)
     n = args.n or n
@@ -157,7 +162,6 @@ def main(argv=None):
     cov = args.cov
     reg = 1e-6
     iters = args.iters
-    long_iters = args.long
 
     import sklearn
     from sklearn.exceptions import ConvergenceWarning
@@ -166,21 +170,26 @@ def main(argv=None):
     print(f"python {platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}")
     print(f"machine: {platform.machine()} {_cpu_model()}, cpus={_ncpu()}")
     print(f"case: N={n:,} D={d} K={k} covariance={cov} reg_covar={reg} tol=0; "
-          f"repeats={args.repeats}, fits with max_iter in {sorted({1, iters, long_iters})}")
+          f"repeats={args.repeats}, fits with max_iter={iters}")
     print(f"load average at start: {_loadavg()}")
 
     x, w0, m0, c0, prec0 = make_problem(n, d, k, cov)
     ckey = "cov" if cov == "full" else "var"
 
+    lapse = re.compile(r"Iteration (\d+)\s+time lapse ([0-9.eE+-]+)s")
+
     def sk_fit(data, max_iter):
         gm = GaussianMixture(
             n_components=k, covariance_type=cov, weights_init=w0, means_init=m0, precisions_init=prec0,
             max_iter=max_iter, tol=0.0, reg_covar=reg, n_init=1, init_params="random", random_state=0,
+            verbose=2, verbose_interval=1,
         )
-        with warnings.catch_warnings():
+        out = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
             warnings.simplefilter("ignore", ConvergenceWarning)
             gm.fit(data)
-        return gm
+        its = [float(t) for i, t in lapse.findall(out.getvalue()) if int(i) >= 2]  # iterations 2..max_iter
+        return gm, its
 
     # declarem: may not be importable (yet); the scikit-learn half still runs.
     dm_fit = None
@@ -197,7 +206,10 @@ def main(argv=None):
         init = {"z": {"probs": w0}, "x": {"mean": m0, ckey: c0}}
 
         def dm_fit(data, max_iter):
-            return model.fit({"x": data}, init=init, max_iter=max_iter, tol=0, reg_covar=reg)
+            stamps = []
+            fit = model.fit({"x": data}, init=init, max_iter=max_iter, tol=0, reg_covar=reg,
+                            progress=lambda *_: stamps.append(time.perf_counter()))
+            return fit, list(np.diff(stamps))  # iterations 2..max_iter
 
     except Exception as exc:  # noqa: BLE001 - report and carry on with scikit-learn only
         print(f"declarem: NOT AVAILABLE ({type(exc).__name__}: {exc}); timing scikit-learn only")
@@ -219,37 +231,35 @@ def main(argv=None):
     libs = {"scikit-learn": sk_fit}
     if dm_fit is not None:
         libs["declarem"] = dm_fit
-    schedule = sorted({1, iters, long_iters})
-    times = {name: {it: [] for it in schedule} for name in libs}
+    fit_times = {name: [] for name in libs}
+    iter_times = {name: [] for name in libs}
     last = {}
     for r in range(args.repeats):
         order = list(libs) if r % 2 == 0 else list(reversed(list(libs)))
         for name in order:
-            for it in schedule:
-                t, res = timed(lambda: libs[name](x, it))
-                times[name][it].append(t)
-                if it == iters:
-                    last[name] = res
+            t, (res, its) = timed(lambda: libs[name](x, iters))
+            fit_times[name].append(t)
+            iter_times[name].extend(its)
+            last[name] = res
         print(f"  repeat {r + 1}/{args.repeats} ({' then '.join(order)}): " + "; ".join(
-            f"{name} " + " ".join(f"t({it})={times[name][it][-1]:.3f}s" for it in schedule) for name in libs))
+            f"{name} fit {fit_times[name][-1]:.3f}s, iterations "
+            + " ".join(f"{v:.3f}" for v in iter_times[name][len(iter_times[name]) - (iters - 1):]) + "s"
+            for name in libs))
 
-    def med(values):
-        return statistics.median(list(values))
-
-    per_fit = {name: med(np.asarray(times[name][iters]) / iters) for name in libs}
-    marginal = {name: med((np.asarray(times[name][long_iters]) - np.asarray(times[name][1])) / (long_iters - 1))
-                for name in libs}
+    per_fit = {name: statistics.median(np.asarray(fit_times[name]) / iters) for name in libs}
+    per_iter = {name: statistics.median(iter_times[name]) if iter_times[name] else float("nan") for name in libs}
+    overhead = {name: statistics.median(np.asarray(fit_times[name]) - iters * per_iter[name]) for name in libs}
 
     print()
     print(f"medians over {args.repeats} repeats:")
-    print(f"{'':14s} {'per-iter (fit/' + str(iters) + ')':>20s} {'per-iter (marginal)':>20s}")
+    print(f"{'':14s} {'per-iter (fit/' + str(iters) + ')':>18s} {'per-iter (in-fit)':>18s} {'fixed per fit':>15s}")
     for name in libs:
-        print(f"{name:14s} {per_fit[name]:18.4f} s {marginal[name]:18.4f} s")
+        print(f"{name:14s} {per_fit[name]:16.4f} s {per_iter[name]:16.4f} s {overhead[name]:13.3f} s")
     if "declarem" in libs:
-        print(f"{'ratio dm/sk':14s} {per_fit['declarem'] / per_fit['scikit-learn']:19.3f}x "
-              f"{marginal['declarem'] / marginal['scikit-learn']:19.3f}x")
+        print(f"{'ratio dm/sk':14s} {per_fit['declarem'] / per_fit['scikit-learn']:17.3f}x "
+              f"{per_iter['declarem'] / per_iter['scikit-learn']:17.3f}x")
 
-        # Same computation? Compare the final parameters of the last max_iter=I fits.
+        # Same computation? Compare the final parameters of the last fits.
         gm, fit = last["scikit-learn"], last["declarem"]
         p = fit.params
         diffs = {
@@ -266,6 +276,8 @@ def main(argv=None):
     if not args.no_gemm:
         flops = 4.0 * n * k * d * d if cov == "full" else 8.0 * n * k * d
         label = "4 N K D^2" if cov == "full" else "8 N K D"
+        n_stats = d + d * (d + 1) // 2 if cov == "full" else 2 * d
+        flops_t = 4.0 * n * k * n_stats
         gf, tg = gemm_gflops()
         print()
         print(f"numpy GEMM 4096x4096 float64 at the timing's thread count: {gf:.1f} GFLOP/s (best of 3: {tg:.3f} s)")
@@ -273,12 +285,17 @@ def main(argv=None):
             configure_threads(_ncpu(), None)
             gf_all, tg_all = gemm_gflops()
             configure_threads(args.numpy_threads, None)
-            print(f"numpy GEMM 4096x4096 float64 on all {_ncpu()} cores: {gf_all:.1f} GFLOP/s (best of 3: {tg_all:.3f} s)")
-        print(f"nominal flops per EM iteration ({label}): {flops / 1e9:.3f} GFLOP")
+            print(f"numpy GEMM 4096x4096 float64 on all {_ncpu()} cores: {gf_all:.1f} GFLOP/s "
+                  f"(best of 3: {tg_all:.3f} s)")
+        print(f"flops per EM iteration: nominal ({label}) {flops / 1e9:.3f} GFLOP; "
+              f"exponential-family form (4 N K |T|, |T| = {n_stats}) {flops_t / 1e9:.3f} GFLOP")
         for name in libs:
-            rate = flops / marginal[name] / 1e9
-            print(f"  {name:14s} marginal iteration: {rate:6.1f} GFLOP/s = {100 * rate / gf:5.1f}% of GEMM peak "
-                  f"at the same thread count")
+            rate = flops / per_iter[name] / 1e9
+            print(f"  {name:14s} in-fit iteration: {rate:6.1f} GFLOP/s nominal = {100 * rate / gf:5.1f}% of GEMM "
+                  f"peak at the same thread count")
+        if "declarem" in libs:
+            rate_t = flops_t / per_iter["declarem"] / 1e9
+            print(f"  {'declarem':14s} in its own flop count: {rate_t:6.1f} GFLOP/s = {100 * rate_t / gf:5.1f}%")
     return 0
 
 
