@@ -206,6 +206,8 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     """Fit a model by EM; see ``Model.fit``."""
     _check_options(max_iter, tol, restarts, reg_covar, seed)
     compiled = model.compiled
+    if weights is None:
+        weights = model.data_info.get("weights")
     prepared = node_data(model, data, weights, source=source)
     rows = prepare_rows(compiled, prepared)
     given = check_init(compiled, init)

@@ -255,6 +255,7 @@ class Model:
             One entry per observed column, each of length n_rows.
         weights : array-like of shape (n_rows,) or str, optional
             Non-negative row weights (counts), or the name of a data column holding them.
+            Default: the spec's ``[data] weights`` column if it names one, else all ones.
         init : mapping, optional
             ``{node: {param: array}}``; may name only some parameters.
         max_iter : int

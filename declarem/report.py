@@ -149,6 +149,7 @@ def _describe_gaussian(node, factor, role):
 def _describe_scalar(node, factor, role):
     solution = factor.solution
     tex_names = {t: r"\mathbb{E}[" + sympy.latex(s) + "]" for t, s in zip(solution.means, solution.form.statistics)}
+    tex_names.update({p: _tex_name(p.name) for p in solution.form.params})
     statistics = [str(t) for t in solution.means]
     statistics_latex = [f"&{tex_names[t]}" for t in solution.means]
     updates, updates_latex = [], []
@@ -156,7 +157,7 @@ def _describe_scalar(node, factor, role):
         if parameter in solution.closed:
             expression = solution.closed[parameter]
             updates.append(f"{parameter.name} = {expression}")
-            updates_latex.append(f"{sympy.latex(parameter)} &= {sympy.latex(expression, symbol_names=tex_names)}")
+            updates_latex.append(f"{_tex_name(parameter.name)} &= {sympy.latex(expression, symbol_names=tex_names)}")
     if solution.numeric:
         unknowns = ", ".join(p.name for p in solution.numeric)
         profile = solution.objective.subs(solution.closed)
@@ -164,7 +165,7 @@ def _describe_scalar(node, factor, role):
             equation = sympy.diff(profile, parameter)
             updates.append(f"{parameter.name}: solve 0 = {equation} (Newton's method, sympy gradient and Hessian)")
             updates_latex.append(f"0 &= {sympy.latex(equation, symbol_names=tex_names)}"
-                                 r" \quad\text{(solved for }" + sympy.latex(parameter) + r"\text{ numerically)}")
+                                 r" \quad\text{(solved for }" + _tex_name(parameter.name) + r"\text{ numerically)}")
         solution_notes = [f"{unknowns} found numerically, maximising {profile}"]
     else:
         solution_notes = []
@@ -178,6 +179,9 @@ def _describe_scalar(node, factor, role):
             notes.append(f"{name} is tied across parent values: the weighted mean of its update")
     for name in factor.regularized:
         notes.append(f"reg_covar is added to {name}")
-    return NodeDerivation(node=node.name, family=node.family.name, role=role, parents=node.parents,
+    label = node.family.name
+    if node.covariance:
+        label = f"{label} ({node.covariance} covariance, dim {node.dim})"
+    return NodeDerivation(node=node.name, family=label, role=role, parents=node.parents,
                           statistics=statistics, statistics_latex=statistics_latex, updates=updates,
                           updates_latex=updates_latex, status=solution.status, notes=notes)

@@ -12,12 +12,12 @@ from .lambdify import to_numpy
 
 _INTERVALS = {"real": (-np.inf, np.inf), "positive": (0.0, np.inf), "nonnegative": (0.0, np.inf),
               "unit": (0.0, 1.0)}
-_FIRST_INTEGER = {"integer": None, "nonnegative-integer": 0, "positive-integer": 1, "binary": 0}
+_FIRST_INTEGER = {"nonnegative-integer": 0, "positive-integer": 1, "binary": 0}
 MAX_TERMS = 20000
 
 
 def expected_statistics(form, support, values, upper=None):
-    """E[T(x)] under the family at the given parameter values.
+    """E[T(x)] under the family at the given parameter values, and the total mass.
 
     Parameters
     ----------
@@ -30,7 +30,10 @@ def expected_statistics(form, support, values, upper=None):
 
     Returns
     -------
-    ndarray of shape (n_statistics,)
+    moments : ndarray of shape (n_statistics,)
+    mass : float
+        The density's integral (or the mass function's sum) over the support:
+        1 for a normalised declaration.
     """
     density = form.logpdf.subs(values)
     log_density = to_numpy([form.x], density)
@@ -38,17 +41,21 @@ def expected_statistics(form, support, values, upper=None):
     if support in _INTERVALS:
         low, high = _INTERVALS[support]
         mass = scipy.integrate.quad(lambda v: np.exp(log_density(v)), low, high, limit=200)[0]
-        return np.array([scipy.integrate.quad(lambda v, s=s: s(v) * np.exp(log_density(v)),
-                                              low, high, limit=200)[0] / mass for s in stats])
-    first = _FIRST_INTEGER.get(support)
-    if first is None:
-        raise ValueError(f"no moment check for support {support}")
-    last = 1 if support == "binary" else (upper if upper is not None else first + MAX_TERMS)
-    grid = np.arange(first, last + 1, dtype=float)
+        moments = np.array([scipy.integrate.quad(lambda v, s=s: s(v) * np.exp(log_density(v)),
+                                                 low, high, limit=200)[0] / mass for s in stats])
+        return moments, mass
+    if support == "integer":
+        grid = np.arange(-MAX_TERMS, MAX_TERMS + 1, dtype=float)
+    else:
+        first = _FIRST_INTEGER[support]
+        last = 1 if support == "binary" else (upper if upper is not None else first + MAX_TERMS)
+        grid = np.arange(first, last + 1, dtype=float)
     with np.errstate(all="ignore"):
         weights = np.exp(np.broadcast_to(log_density(grid), grid.shape))
     weights = np.where(np.isfinite(weights), weights, 0.0)
-    return np.array([np.sum(np.broadcast_to(s(grid), grid.shape) * weights) for s in stats]) / weights.sum()
+    mass = weights.sum()
+    moments = np.array([np.sum(np.broadcast_to(s(grid), grid.shape) * weights) for s in stats]) / mass
+    return moments, mass
 
 
 def is_positive_statistic(form, statistic):

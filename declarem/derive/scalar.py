@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 
+from ..errors import FamilyError
 from ..numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
 from .lambdify import to_numpy
 from .moments import expected_statistics, is_positive_statistic
@@ -31,6 +32,7 @@ from .moments import expected_statistics, is_positive_statistic
 SOLVE_SECONDS = 4.0
 CHECK_POINTS = {"real": (0.7, -1.3), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
 CHECK_RTOL = 1e-6
+NORMALISATION_RTOL = 1e-6
 
 
 @dataclass
@@ -130,7 +132,12 @@ class _Checker:
         for index in range(2):
             values = {p: CHECK_POINTS[domains[p]][(index + position) % 2]
                       for position, p in enumerate(form.params)}
-            moments = expected_statistics(form, support, values, upper=upper)
+            moments, mass = expected_statistics(form, support, values, upper=upper)
+            if not abs(mass - 1.0) < NORMALISATION_RTOL:
+                at = ", ".join(f"{p.name} = {v:g}" for p, v in values.items())
+                raise FamilyError(f"the declared log-density is not normalised: at {at} it sums or "
+                                  f"integrates to {mass:.6g} over the '{support}' support, not 1; "
+                                  "include the normalising terms in logpdf")
             self.points.append((values, dict(zip(means, moments))))
 
     def holds(self, parameter, expression, given=()):

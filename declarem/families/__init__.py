@@ -12,6 +12,9 @@ from .family import DOMAINS, SUPPORTS, CovarianceForm, Family
 __all__ = ["Family", "CovarianceForm", "FamilyRegistry", "family_from_table", "SUPPORTS", "DOMAINS"]
 
 USER_KEYS = ("logpdf", "support", "params", "description")
+USER_SUPPORTS = tuple(s for s in SUPPORTS if s != "category")
+#: Families of the contract that later versions implement; refused clearly until then.
+NOT_YET = {"deterministic": "deterministic nodes (coarsened observations through a `table`)"}
 
 
 def family_from_table(name, table, where):
@@ -37,9 +40,9 @@ def family_from_table(name, table, where):
             raise FamilyError(f"{where}: family '{name}' is missing '{key}'")
     if not isinstance(table["logpdf"], str):
         raise FamilyError(f"{where}: family '{name}': logpdf must be a string expression in x")
-    if table["support"] not in SUPPORTS:
+    if table["support"] not in USER_SUPPORTS:
         raise FamilyError(f"{where}: family '{name}': support '{table['support']}' is not one of "
-                          f"{', '.join(SUPPORTS)}")
+                          f"{', '.join(USER_SUPPORTS)} (a categorical variable is the built-in 'categorical')")
     params = table["params"]
     if not isinstance(params, dict) or not params:
         raise FamilyError(f"{where}: family '{name}': params must be a table of name = domain")
@@ -72,6 +75,8 @@ class FamilyRegistry:
     def get(self, name, where):
         if name in self.families and name not in INTERNAL:
             return self.families[name]
+        if name in NOT_YET:
+            raise FamilyError(f"{where}: {NOT_YET[name]} are not supported in this version")
         choices = [n for n in self.families if n not in INTERNAL]
         near = difflib.get_close_matches(str(name), choices, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else f"; known families: {', '.join(sorted(choices))}"
