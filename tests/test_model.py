@@ -220,3 +220,76 @@ def test_init_errors(init, fragment):
     with pytest.raises(InitError) as info:
         declarem.Model(gmm_graph()).fit(two_blobs(), init=init)
     assert fragment in str(info.value)
+
+
+def test_unnormalised_custom_density_is_refused(tmp_path):
+    model = declarem.load_model(write(tmp_path, """
+        [families.halfnorm]
+        logpdf = "log(x) - x**2/(2*s**2)"
+        support = "positive"
+        params = { s = "positive" }
+        [nodes.z]
+        family = "categorical"
+        latent = true
+        k = 2
+        [nodes.x]
+        family = "halfnorm"
+        parents = ["z"]
+    """))
+    with pytest.raises(FamilyError, match="node 'x'.*not normalised"):
+        model.derive()
+
+
+def test_integer_support_family_derives_and_fits(tmp_path):
+    model = declarem.load_model(write(tmp_path, """
+        [families.discrete_laplace]
+        logpdf = "-l*abs(x) + log(1 - exp(-l)) - log(1 + exp(-l))"
+        support = "integer"
+        params = { l = "positive" }
+        [nodes.z]
+        family = "categorical"
+        latent = true
+        k = 2
+        [nodes.x]
+        family = "discrete_laplace"
+        parents = ["z"]
+    """))
+    assert model.derive()["x"].status == "closed"
+    truth = {"z": {"probs": np.array([0.5, 0.5])}, "x": {"l": np.array([0.3, 2.0])}}
+    data = model.sample(4000, truth, seed=2)
+    assert (data["x"] < 0).any()
+    fit = model.fit({"x": data["x"]}, restarts=2)
+    np.testing.assert_allclose(np.sort(fit.params["x"]["l"]), [0.3, 2.0], rtol=0.15)
+
+
+def test_spec_weights_apply_in_python(tmp_path):
+    path = write(tmp_path, """
+        [data]
+        path = "coins.csv"
+        weights = "count"
+        [nodes.z]
+        family = "categorical"
+        latent = true
+        k = 2
+        [nodes.heads]
+        family = "binomial"
+        trials = 10
+        parents = ["z"]
+    """)
+    model = declarem.load_model(path)
+    heads = np.array([5.0, 9.0, 8.0, 4.0, 7.0])
+    count = np.array([2.0, 1.0, 3.0, 1.0, 2.0])
+    init = {"z": {"probs": [0.5, 0.5]}, "heads": {"p": [0.6, 0.5]}}
+    weighted = model.fit({"heads": heads, "count": count}, init=init, max_iter=5, tol=0)
+    repeated = model.fit({"heads": np.repeat(heads, count.astype(int))}, init=init, max_iter=5, tol=0,
+                         weights=np.ones(9))
+    assert weighted.n_observations == 9.0
+    np.testing.assert_allclose(weighted.params["heads"]["p"], repeated.params["heads"]["p"], rtol=1e-12)
+
+
+def test_deterministic_family_is_refused_plainly(tmp_path):
+    message = spec_error(tmp_path, """
+        [nodes.x]
+        family = "deterministic"
+    """, FamilyError)
+    assert "not supported in this version" in message
