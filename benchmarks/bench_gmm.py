@@ -168,7 +168,7 @@ def main(argv=None):
     from sklearn.mixture import GaussianMixture
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}")
-    print(f"machine: {platform.machine()} {_cpu_model()}, cpus={_ncpu()}")
+    print(f"machine: {platform.machine()} {_cpu_model()}, cpus={_ncpu()}; declarem checkout: {_git_head()}")
     print(f"case: N={n:,} D={d} K={k} covariance={cov} reg_covar={reg} tol=0; "
           f"repeats={args.repeats}, fits with max_iter={iters}")
     print(f"load average at start: {_loadavg()}")
@@ -297,6 +297,21 @@ def main(argv=None):
             rate_t = flops_t / per_iter["declarem"] / 1e9
             print(f"  {'declarem':14s} in its own flop count: {rate_t:6.1f} GFLOP/s = {100 * rate_t / gf:5.1f}%")
     return 0
+
+
+def _git_head():
+    import os
+    import subprocess
+
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "-C", here, "log", "-1", "--format=%h %cI"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--", "../declarem"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + (" (declarem/ has uncommitted changes)" if dirty else "") or "unknown"
+    except Exception:  # noqa: BLE001 - informational only
+        return "unknown"
 
 
 def _loadavg():
