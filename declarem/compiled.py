@@ -27,6 +27,7 @@ import sympy
 from .derive import NumericSolver, scalar_solution, simplex_solution
 from .derive.lambdify import to_numpy
 from .errors import FamilyError, InitError
+from .families.builtin import PRIOR_TABLE
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
 
@@ -72,10 +73,26 @@ def scalar_kernels(family, constants):
     return ScalarKernels(family, constants)
 
 
+class SimplexKernels:
+    """A probability vector's derived update (and its prior's log-density) as numpy callables."""
+
+    def __init__(self, family, prior_name):
+        prior = PRIOR_TABLE[prior_name] if prior_name else None
+        self.prior = prior
+        self.solution = simplex_solution(family, prior["element_logpdf"] if prior else None)
+        count, pseudo = self.solution.count, self.solution.pseudo
+        self.numerator = to_numpy([count, pseudo], self.solution.numerator)
+        if prior:
+            element = self.solution.element_objective - self.solution.element_objective.subs(pseudo, 1)
+            p = next(s for s in element.free_symbols if s.name == "p")
+            self.prior_element = sympy.lambdify([p, pseudo], _with_safe_logs(element),
+                                                modules=[{"_xlogy": scipy.special.xlogy}, "numpy"])
+            self.prior_normaliser = prior["log_normaliser"]
+
+
 @functools.lru_cache(maxsize=None)
-def simplex_kernels(family):
-    solution = simplex_solution(family)
-    return solution, to_numpy([solution.count], solution.numerator)
+def simplex_kernels(family, prior_name=None):
+    return SimplexKernels(family, prior_name)
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,10 @@ class Factor:
         for name in self.params:
             new[name][empty] = old[name][empty]
         return new
+
+    def log_prior(self, params):
+        """The log prior density at the parameters; factors without a prior contribute 0."""
+        return 0.0
 
     def default_value(self, spec):
         if spec.simplex:
@@ -403,9 +424,15 @@ class CategoricalFactor(Factor):
         super().__init__(model, node)
         self.layout = "latent" if node.latent else "index"
         self.k = node.k
-        self.solution, self._numerator = simplex_kernels(node.family)
+        prior_name = node.prior[0] if node.prior else None
+        self.kernels = simplex_kernels(node.family, prior_name)
+        self.solution = self.kernels.solution
         self.params["probs"] = ParamSpec("probs", (self.k,), "unit", simplex=True)
         self.statistic_count = self.k
+        shape = (self.n_sets, self.k)
+        self.concentration = np.broadcast_to(
+            node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape).copy() \
+            if node.prior else np.ones(shape)
 
     def statistics(self, values):
         return values
@@ -417,13 +444,20 @@ class CategoricalFactor(Factor):
         with np.errstate(divide="ignore"):
             return np.log(params["probs"]), None
 
+    def log_prior(self, params):
+        """The prior's log-density at the parameters (0 without a prior)."""
+        if self.kernels.prior is None:
+            return 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            elements = self.kernels.prior_element(params["probs"], self.concentration)
+        return float(np.sum(elements) + np.sum(self.kernels.prior_normaliser(self.concentration)))
+
     def mstep(self, sums, set_weights, old, reg_covar):
-        numerator = self._numerator(sums)
+        numerator = self.kernels.numerator(sums, self.concentration)
         total = numerator.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             probs = numerator / total
-        new = self._keep_empty_sets({"probs": probs}, old, total[:, 0])
-        return new
+        return self._keep_empty_sets({"probs": probs}, old, total[:, 0])
 
 
 def build_factor(model, node):
@@ -458,6 +492,10 @@ class CompiledModel:
 
     def n_free(self):
         return sum(f.n_free() for f in self.factors.values())
+
+    def log_prior(self, params):
+        """Sum of every factor's log prior at internal parameters (0 for maximum likelihood)."""
+        return sum(f.log_prior(params[name]) for name, f in self.factors.items())
 
     def to_external(self, params, shifts):
         return {name: f.to_external(params[name], shifts.get(name)) for name, f in self.factors.items()}

@@ -174,6 +174,9 @@ def _kmeans(features, weights, k, rng):
 def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None):
     """Iterate E- and M-steps from ``params``.
 
+    The objective is the log-likelihood (with ``hard``, the complete-data
+    log-likelihood at each row's best configuration) plus the log prior.
+
     Returns
     -------
     params : dict
@@ -185,13 +188,14 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
     """
     monitor = ConvergenceMonitor(tol)
     stats, objective = expected_statistics(compiled, rows, params, hard=hard)
-    monitor.record(objective)
+    monitor.record(objective + compiled.log_prior(params))
     n_iter = 0
     converged = False
     while n_iter < max_iter:
         params = mstep(compiled, stats, params, reg_covar)
         n_iter += 1
         stats, objective = expected_statistics(compiled, rows, params, hard=hard)
+        objective += compiled.log_prior(params)
         change = monitor.record(objective)
         if progress is not None:
             progress(n_iter, objective, change)
@@ -231,10 +235,11 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
                       RuntimeWarning, stacklevel=3)
     params, history, converged, n_iter = best
+    log_prior = compiled.log_prior(params)
     if hard:
         _, loglik = expected_statistics(compiled, rows, params, hard=False)
     else:
-        loglik = history[-1]
+        loglik = history[-1] - log_prior
     return Fit(model=model, params=compiled.to_external(params, rows.shifts), loglik=float(loglik),
                history=history, converged=converged, n_iter=n_iter,
-               n_observations=float(rows.weights.sum()), hard=hard)
+               n_observations=float(rows.weights.sum()), hard=hard, log_prior=float(log_prior))

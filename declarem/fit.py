@@ -29,9 +29,13 @@ class Fit:
     hard : bool
         Whether classification EM produced it (then history holds the
         complete-data objective at the chosen configurations).
+    log_prior : float
+        The log prior density at ``params`` (0 without priors); the objective
+        in ``history`` is ``loglik + log_prior`` under MAP-EM.
     """
 
-    def __init__(self, model, params, loglik, history, converged, n_iter, n_observations, hard=False):
+    def __init__(self, model, params, loglik, history, converged, n_iter, n_observations, hard=False,
+                 log_prior=0.0):
         self.model = model
         self.params = params
         self.loglik = loglik
@@ -40,6 +44,7 @@ class Fit:
         self.n_iter = int(n_iter)
         self.n_observations = float(n_observations)
         self.hard = bool(hard)
+        self.log_prior = float(log_prior)
 
     @property
     def n_parameters(self):
@@ -87,6 +92,7 @@ class Fit:
             "history": list(self.history),
             "n_observations": self.n_observations,
             "hard": self.hard,
+            "log_prior": self.log_prior,
             "bic": self.bic(),
             "aic": self.aic(),
             "params": {node: {name: np.asarray(value).tolist() for name, value in params.items()}
@@ -114,7 +120,8 @@ class Fit:
                   for node, values in stored["params"].items()}
         return cls(model=model, params=params, loglik=stored["loglik"], history=stored["history"],
                    converged=stored["converged"], n_iter=stored["n_iter"],
-                   n_observations=stored["n_observations"], hard=stored.get("hard", False))
+                   n_observations=stored["n_observations"], hard=stored.get("hard", False),
+                   log_prior=stored.get("log_prior", 0.0))
 
     def __repr__(self):
         return (f"Fit(model={self.model.name!r}, loglik={self.loglik:.6g}, n_iter={self.n_iter}, "

@@ -10,20 +10,21 @@ import difflib
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 
 from .errors import SpecError
 from .families import FamilyRegistry
+from .families.builtin import PRIOR_TABLE
 
 NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
              "probs", "table", "prior", "description")
 GRAPH_KEYS = ("families", "params", "model", "data")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 #: Keys of the contract that later versions implement; refused clearly until then.
-NOT_YET = {"probs": "free-parameter expressions in `probs`", "table": "deterministic tables",
-           "prior": "priors"}
+NOT_YET = {"probs": "free-parameter expressions in `probs`", "table": "deterministic tables"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Node:
     """One validated variable of the model.
 
@@ -45,6 +46,9 @@ class Node:
         For a normal node with dim > 1.
     constants : tuple of (str, number)
         Values of the family's constants (binomial ``trials``).
+    prior : tuple of (str, ndarray) or None
+        A conjugate prior's name and its hyperparameter, broadcastable to the
+        node's parameter shape (parents..., k).
     """
 
     name: str
@@ -56,6 +60,7 @@ class Node:
     dim: int
     covariance: str | None
     constants: tuple
+    prior: tuple | None = None
 
     @property
     def is_discrete(self):
@@ -142,8 +147,9 @@ class Model:
         columns, dim = self._validate_columns(attrs, family, latent, where)
         covariance = self._validate_covariance(attrs, family, dim, where)
         constants = self._validate_constants(attrs, family, where)
+        prior = self._validate_prior(attrs, family, k, parents, where)
         return Node(name=name, family=family, latent=latent, k=k, parents=parents, columns=columns,
-                    dim=dim, covariance=covariance, constants=constants)
+                    dim=dim, covariance=covariance, constants=constants, prior=prior)
 
     def _validate_k(self, attrs, family, where):
         if family.kind != "indicator":
@@ -229,6 +235,34 @@ class Model:
             if key in attrs and key not in family.constants:
                 raise SpecError(f"{where}: '{key}' does not apply to a {family.name} node")
         return tuple(values)
+
+    def _validate_prior(self, attrs, family, k, parents, where):
+        if "prior" not in attrs:
+            return None
+        declared = attrs["prior"]
+        if not isinstance(declared, dict) or len(declared) != 1:
+            raise SpecError(f"{where}: 'prior' must be a table with one entry, e.g. "
+                            "prior = { dirichlet = 2 }")
+        (name, value), = declared.items()
+        if name not in PRIOR_TABLE:
+            raise SpecError(f"{where}: unknown prior '{name}'; known priors: {', '.join(PRIOR_TABLE)}")
+        entry = PRIOR_TABLE[name]
+        if family.kind != entry["applies_to"]:
+            raise SpecError(f"{where}: a {name} prior applies to categorical nodes, not '{family.name}'")
+        try:
+            array = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise SpecError(f"{where}: the {name} prior must be a number or a list of numbers") from None
+        sizes = tuple(self.graph.nodes[p].get("k") for p in parents)
+        allowed = [(), (k,), sizes + (k,)]
+        if array.shape not in allowed:
+            raise SpecError(f"{where}: the {name} prior has shape {array.shape}; give a number, a list of "
+                            f"{k} (one per category), or shape {sizes + (k,)} (one row per parent value)")
+        if not np.all(np.isfinite(array)) or np.any(array < entry["minimum"]):
+            raise SpecError(f"{where}: {name} = {value!r}: every value must be >= {entry['minimum']:g}; "
+                            f"below it the MAP estimate is undefined when a category's expected count is 0 "
+                            f"(the update n + a - 1 would be negative). a = 1 is maximum likelihood")
+        return name, array
 
     # -- what later stages use ------------------------------------------------------------
 

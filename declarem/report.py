@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import sympy
 
 
@@ -97,6 +98,10 @@ def _tex_text(text):
     return "".join(replacements.get(c, c) for c in str(text))
 
 
+def _grouped(expression):
+    return f"({expression})" if expression.is_Add else str(expression)
+
+
 def _tex_name(name):
     return r"\mathrm{" + _tex_text(name) + "}"
 
@@ -114,20 +119,25 @@ def _describe(model, name, factor):
 
 def _describe_categorical(node, factor, role):
     solution = factor.solution
-    n = sympy.Symbol("n_j")
-    numerator = solution.numerator.subs(solution.count, n)
-    text = f"probs[j] = {numerator} / sum_i ({numerator.subs(n, sympy.Symbol('n_i'))})"
-    numerator_tex = sympy.latex(numerator)
-    latex = (r"\mathrm{probs}_j &= \frac{" + numerator_tex + r"}{\sum_i "
-             + sympy.latex(solution.numerator.subs(solution.count, sympy.Symbol("n_i"))) + "}")
+    j, i = sympy.Symbol("n_j"), sympy.Symbol("n_i")
+    a_j, a_i = sympy.Symbol("a_j"), sympy.Symbol("a_i")
+    numerator = solution.numerator.subs({solution.count: j, solution.pseudo: a_j})
+    denominator = solution.numerator.subs({solution.count: i, solution.pseudo: a_i})
+    text = f"probs[j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}"
+    latex = (r"\mathrm{probs}_j &= \frac{" + sympy.latex(numerator) + r"}{\sum_i \left(" +
+             sympy.latex(denominator) + r"\right)}")
+    notes = [f"solved by sympy: stationarity of {solution.element_objective} + lambda*p, "
+             "normalised over the simplex"]
+    if node.prior:
+        name, value = node.prior
+        notes.append(f"MAP under a {name} prior with a = {np.array2string(value)}; "
+                     "the objective in history includes the log prior")
     of = f"{node.name} = j"
     return NodeDerivation(
         node=node.name, family=node.family.name, role=role, parents=node.parents,
         statistics=[f"n_j = sum over rows of weight * P({of} | row), j = 0..{node.k - 1}"],
         statistics_latex=[r"n_j &= \textstyle\sum_r w_r\, P(" + _tex_name(node.name) + r" = j \mid r)"],
-        updates=[text], updates_latex=[latex], status="closed",
-        notes=[f"solved by sympy: stationarity of {solution.element_objective} + lambda*p, "
-               "normalised over the simplex"])
+        updates=[text], updates_latex=[latex], status="closed", notes=notes)
 
 
 def _describe_gaussian(node, factor, role):

@@ -114,7 +114,8 @@ def test_categorical_update_matches_numeric_maximum():
 
 
 def test_dirichlet_pseudo_counts_are_derived():
-    solution = simplex_solution(family("categorical"), with_prior=True)
+    from declarem.families.builtin import PRIOR_TABLE
+    solution = simplex_solution(family("categorical"), PRIOR_TABLE["dirichlet"]["element_logpdf"])
     assert sympy.simplify(solution.numerator - (solution.count + solution.pseudo - 1)) == 0
 
 

@@ -127,7 +127,10 @@ def test_unknown_family_suggests_the_nearest(tmp_path):
     ('family = "normal"\ndim = 2\ncovariance = "banded"', "'covariance' must be one of"),
     ('family = "poisson"\nlatent = true', "latent nodes must be categorical"),
     ('family = "poisson"\nfamly = 2', "did you mean 'family'"),
-    ('family = "categorical"\nk = 2\nprior = { dirichlet = 2 }', "not supported in this version"),
+    ('family = "categorical"\nk = 2\nprior = { dirichlet = 0.5 }', "MAP estimate is undefined"),
+    ('family = "categorical"\nk = 2\nprior = { dirichlet = [1, 2, 3] }', "has shape (3,)"),
+    ('family = "poisson"\nprior = { dirichlet = 2 }', "applies to categorical nodes"),
+    ('family = "categorical"\nk = 2\nprior = { wishart = 2 }', "unknown prior"),
 ])
 def test_node_errors_name_file_and_node(tmp_path, attrs, fragment):
     message = spec_error(tmp_path, "[nodes.x]\n" + attrs + "\n")

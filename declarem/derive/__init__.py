@@ -35,9 +35,9 @@ def scalar_solution(family, constants=()):
 
 
 @functools.lru_cache(maxsize=None)
-def simplex_solution(family, with_prior=False):
-    """The derived update of an indicator family's probability vector."""
-    return solve_simplex(family, with_prior, where=f"family '{family.name}'")
+def simplex_solution(family, prior_logpdf=None):
+    """The derived update of an indicator family's probability vector (MAP under a prior)."""
+    return solve_simplex(family, prior_logpdf, where=f"family '{family.name}'")
 
 
 def cache_info():

@@ -38,15 +38,16 @@ class SimplexSolution:
     numerator: sympy.Expr
 
 
-def solve_simplex(family, with_prior, where):
+def solve_simplex(family, prior_logpdf, where):
     """Derive p_j = u(n_j) / sum_i u(n_i) for an indicator family.
 
     Parameters
     ----------
     family : Family
         Of kind ``"indicator"``; its logpdf is the log of the category's probability ``p``.
-    with_prior : bool
-        Whether a Dirichlet prior's log density, (a_j - 1) log p_j, joins the objective.
+    prior_logpdf : str or None
+        A prior's log-density for one element, in ``p`` and its hyperparameter ``a``
+        (Dirichlet: ``"(a - 1)*log(p)"``), or None for maximum likelihood.
     where : str
     """
     p = sympy.Symbol("p", positive=True)
@@ -54,8 +55,8 @@ def solve_simplex(family, with_prior, where):
     pseudo = sympy.Symbol("a", positive=True)
     multiplier = sympy.Symbol("lambda", real=True)
     element = count * parse_expression(family.logpdf, {"p": p}, f"{where}: family '{family.name}' logpdf")
-    if with_prior:
-        element += (pseudo - 1) * sympy.log(p)
+    if prior_logpdf is not None:
+        element += parse_expression(prior_logpdf, {"p": p, "a": pseudo}, f"{where}: prior")
     solutions = sympy.solve(sympy.diff(element, p) + multiplier, p)
     if len(solutions) != 1:
         raise FamilyError(f"{where}: family '{family.name}': the simplex update has {len(solutions)} "

@@ -5,6 +5,8 @@ few declarations a user family has no need of (constants such as binomial's
 ``trials``, the location and covariance roles of the normal).
 """
 
+from scipy.special import gammaln
+
 from .family import CovarianceForm, Family
 from .gaussian import GaussianParts
 
@@ -62,6 +64,16 @@ BUILTIN_TABLE = {
         logpdf="(a - 1)*log(x) + (b - 1)*log(1 - x) + lgamma(a + b) - lgamma(a) - lgamma(b)",
         support="unit", params=(("a", "positive"), ("b", "positive")),
         description="Beta on (0, 1) with shapes `a` and `b`."),
+}
+
+#: Conjugate priors, declared like families: the log-density of one element of the parameter
+#: (``p``) in the prior's hyperparameter (``a``), and the family kind they apply to. The
+#: normaliser is constant in the parameters, so it moves the reported objective only.
+PRIOR_TABLE = {
+    "dirichlet": dict(
+        applies_to="indicator", element_logpdf="(a - 1)*log(p)", hyperparameter="a",
+        minimum=1.0, log_normaliser=lambda a: gammaln(a.sum(axis=-1)) - gammaln(a).sum(axis=-1),
+        description="Dirichlet(a) on each probability row: MAP adds a - 1 pseudo-counts per category."),
 }
 
 #: Families a node cannot name directly (reached through another family's options).
