@@ -81,16 +81,17 @@ def as_columns(data, source="data"):
 def _support_violation(values, support, upper):
     """Index of the first value outside the support, and what was expected; or None."""
     checks = {
-        "real": (np.isfinite(values), "finite real numbers"),
-        "positive": (values > 0, "positive numbers"),
-        "nonnegative": (values >= 0, "non-negative numbers"),
-        "unit": ((values > 0) & (values < 1), "numbers strictly between 0 and 1"),
-        "integer": (values == np.round(values), "integers"),
-        "nonnegative-integer": ((values >= 0) & (values == np.round(values)), "non-negative integers"),
-        "positive-integer": ((values >= 1) & (values == np.round(values)), "integers 1, 2, ..."),
-        "binary": ((values == 0) | (values == 1), "0 or 1"),
+        "real": (lambda v: np.isfinite(v), "finite real numbers"),
+        "positive": (lambda v: v > 0, "positive numbers"),
+        "nonnegative": (lambda v: v >= 0, "non-negative numbers"),
+        "unit": (lambda v: (v > 0) & (v < 1), "numbers strictly between 0 and 1"),
+        "integer": (lambda v: v == np.round(v), "integers"),
+        "nonnegative-integer": (lambda v: (v >= 0) & (v == np.round(v)), "non-negative integers"),
+        "positive-integer": (lambda v: (v >= 1) & (v == np.round(v)), "integers 1, 2, ..."),
+        "binary": (lambda v: (v == 0) | (v == 1), "0 or 1"),
     }
-    ok, expected = checks[support]
+    test, expected = checks[support]
+    ok = test(values)
     ok = ok & np.isfinite(values)
     if upper is not None:
         ok = ok & (values <= upper)

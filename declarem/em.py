@@ -93,10 +93,16 @@ def mstep(compiled, stats, old, reg_covar):
 def initial_params(compiled, rows, rng, given, reg_covar):
     """Starting parameters: an M-step from a seeded posterior, then the user's ``init`` on top.
 
+    When ``init`` gives every parameter, it is the start and nothing is drawn.
+
     The seeded posterior is k-means++ seeding refined by a few Lloyd steps on the
     dense observed children when there is one latent node, and random
     responsibilities otherwise.
     """
+    complete = all(set(factor.params) <= set(given.get(name, {})) for name, factor in compiled.factors.items())
+    if complete:
+        return {name: factor.to_internal(given[name], rows.factors[name].shift)
+                for name, factor in compiled.factors.items()}
     posterior = _initial_posterior(compiled, rows, rng)
     params = mstep(compiled, statistics_from_posterior(compiled, rows, posterior), None, reg_covar)
     for node, values in given.items():

@@ -73,7 +73,8 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
         else:
             row_loglik = _normalise(joint, start)
             objective += float(np.dot(weights, row_loglik))
-        joint *= weights[:, None]
+        if not rows.unit_weights:
+            joint *= weights[:, None]
         _accumulate(compiled, rows, joint, chunk, stats)
     return stats, objective
 
@@ -195,13 +196,13 @@ def _joint(compiled, rows, tables, chunk):
 
 def _normalise(joint, start):
     """Turn each row's joint log-probabilities into its posterior, in place; return log p(row)."""
-    peak = joint.max(axis=1)
-    _check_rows(peak, start)
-    joint -= peak[:, None]
+    peak = joint.max(axis=1, keepdims=True)
+    _check_rows(peak[:, 0], start)
+    np.subtract(joint, peak, out=joint)
     np.exp(joint, out=joint)
-    total = joint.sum(axis=1)
-    joint /= total[:, None]
-    return peak + np.log(total)
+    total = joint.sum(axis=1, keepdims=True)
+    np.divide(joint, total, out=joint)
+    return (peak + np.log(total))[:, 0]
 
 
 def _check_rows(peak, start):
@@ -253,6 +254,8 @@ def _accumulate(compiled, rows, weighted, chunk, stats):
         elif view.observed_offset is None:
             # A contiguous (sets, rows) operand: OpenBLAS is several times slower on the transposed view.
             sums[set_index] += np.ascontiguousarray(marginal.T) @ view.statistics[chunk]
+            set_weights[set_index] += marginal.sum(axis=0)
+            continue
         else:
             rows_of = np.repeat(np.arange(n), n_latent)
             scatter = scipy.sparse.csr_matrix((marginal.reshape(-1), (sets.reshape(-1), rows_of)),

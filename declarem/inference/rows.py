@@ -54,6 +54,13 @@ class Rows:
     base_total: float
 
     @property
+    def unit_weights(self):
+        """Whether every row has weight 1 (then the E-step skips weighting)."""
+        if not hasattr(self, "_unit_weights"):
+            self._unit_weights = bool(np.all(self.weights == 1.0))
+        return self._unit_weights
+
+    @property
     def shifts(self):
         return {name: f.shift for name, f in self.factors.items() if f.shift is not None}
 
