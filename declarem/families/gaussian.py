@@ -38,12 +38,16 @@ def statistics(x):
     """
     n_rows, dim = x.shape
     out = np.empty((n_rows, statistic_size(dim)))
-    out[:, :dim] = x
-    start = dim
-    for i in range(dim):
-        # Row i of the upper triangle: x_i * x_j for j >= i, one broadcast product (no gathers).
-        np.multiply(x[:, i:i + 1], x[:, i:], out=out[:, start:start + dim - i])
-        start += dim - i
+    # Row blocks that stay in cache while each is written column slice by column slice.
+    for first in range(0, n_rows, 2048):
+        block = x[first:first + 2048]
+        target = out[first:first + 2048]
+        target[:, :dim] = block
+        start = dim
+        for i in range(dim):
+            # Row i of the upper triangle: x_i * x_j for j >= i, one broadcast product (no gathers).
+            np.multiply(block[:, i:i + 1], block[:, i:], out=target[:, start:start + dim - i])
+            start += dim - i
     return out
 
 
