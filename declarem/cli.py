@@ -8,6 +8,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 
@@ -27,7 +28,8 @@ def _parser():
 
     fit = commands.add_parser("fit", help="fit a model by EM and write the result as JSON")
     fit.add_argument("spec")
-    fit.add_argument("--data", help="CSV with a header row (default: the spec's [data] path)")
+    fit.add_argument("--data", help="CSV with a header row, or a sparse count matrix (.npz) "
+                                     "(default: the spec's [data] path)")
     fit.add_argument("--out", help="write the JSON result here (default: standard output)")
     fit.add_argument("--max-iter", type=int, default=1000)
     fit.add_argument("--tol", type=float, default=1e-8, help="relative change of the objective")
@@ -54,6 +56,12 @@ def _parser():
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", help="CSV path (default: standard output)")
     sample.add_argument("--observed-only", action="store_true", help="leave out latent columns")
+    top = commands.add_parser("top", help="most probable categories of a categorical node, per parent value")
+    top.add_argument("spec")
+    top.add_argument("--fit", required=True, help="a fit written by `declarem fit --out`")
+    top.add_argument("--node", help="categorical node (default: the first observed categorical child)")
+    top.add_argument("--n", type=int, default=10)
+    top.add_argument("--labels", help="text file with one label per category (a vocabulary)")
     return parser
 
 
@@ -68,6 +76,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("declarem: interrupted", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of standard output went away (as `| head` does): stop quietly.
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 def _load(spec):
@@ -97,11 +109,11 @@ def _read_params(path):
 
 
 def _fit(args):
-    from .data import read_csv
+    from .data import read_model_data
     model = _load(args.spec)
     source = _data_source(model, args.data)
-    columns = read_csv(source)
-    weights = args.weights or model.data_info.get("weights")
+    columns, spec_weights = read_model_data(model, source)
+    weights = args.weights or spec_weights
     init = _read_params(args.init) if args.init else None
     started = time.perf_counter()
 
@@ -145,8 +157,9 @@ def _check(args):
     print(f"  M-steps: {status}")
     source = args.data or (model.data_info.get("path") and _data_source(model, None))
     if source:
-        from .data import node_data, read_csv
-        checked = node_data(model, read_csv(source), model.data_info.get("weights"), source=source)
+        from .data import node_data, read_model_data
+        columns, weights = read_model_data(model, source)
+        checked = node_data(model, columns, weights, source=source)
         print(f"  data {source}: {checked.n_rows} rows fit the model")
     print(f"  {compiled.n_free()} free parameters")
     return 0
@@ -178,7 +191,39 @@ def _format(value):
     return repr(float(value))
 
 
-_COMMANDS = {"fit": _fit, "derive": _derive, "check": _check, "sample": _sample}
+def _top(args):
+    from .fit import Fit
+    model = _load(args.spec)
+    fit = Fit.load(args.fit, model=model)
+    node = args.node or next((n for n in model.observed if model.nodes[n].is_discrete and model.nodes[n].parents),
+                             None)
+    if node is None:
+        raise OptionError(f"{model.source}: no observed categorical node with parents; name one with --node")
+    if node not in model.nodes or not model.nodes[node].is_discrete:
+        raise OptionError(f"{model.source}: --node {node} is not a categorical node of the model")
+    if args.n < 1:
+        raise OptionError(f"--n must be a positive integer, found {args.n}")
+    labels = None
+    if args.labels:
+        try:
+            with open(args.labels) as handle:
+                labels = [line.rstrip("\n") for line in handle]
+        except OSError as exc:
+            raise OptionError(f"{args.labels}: cannot read labels: {exc}") from None
+    listed = fit.top(node, n=args.n, labels=labels)
+    parents = model.nodes[node].parents
+    if not parents:
+        listed = [listed]
+    sizes = [model.nodes[p].k for p in parents]
+    for index, entries in enumerate(listed):
+        values = np.unravel_index(index, sizes) if sizes else ()
+        where = ", ".join(f"{p} = {v}" for p, v in zip(parents, values)) or node
+        shown = "  ".join(f"{label} {prob:.4f}" for label, prob in entries)
+        print(f"{where}: {shown}")
+    return 0
+
+
+_COMMANDS = {"fit": _fit, "derive": _derive, "check": _check, "sample": _sample, "top": _top}
 
 
 if __name__ == "__main__":

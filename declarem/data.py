@@ -66,10 +66,78 @@ def read_csv(path):
     return {name: table[:, j] for j, name in enumerate(header)}
 
 
+COUNT_COLUMN = "count"
+
+
+def sparse_columns(matrix, rows, columns, source="matrix"):
+    """The non-zero cells of a sparse count matrix as columns: row index, column index, count.
+
+    A document-term matrix becomes (doc, word, count) triples, so a model is fitted
+    from its non-zeros with the counts as row weights.
+
+    Parameters
+    ----------
+    matrix : scipy.sparse matrix or array of shape (n_row_values, n_column_values)
+    rows, columns : str
+        Names of the columns that receive the row and column indices (node names).
+
+    Returns
+    -------
+    dict with ``rows``, ``columns`` and ``"count"``, each of shape (n_nonzero,)
+    """
+    import scipy.sparse
+    if not scipy.sparse.issparse(matrix):
+        matrix = scipy.sparse.coo_matrix(np.asarray(matrix))
+    coo = scipy.sparse.coo_matrix(matrix)
+    coo.sum_duplicates()
+    keep = coo.data != 0
+    counts = coo.data[keep].astype(float)
+    if np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        bad = np.flatnonzero((counts < 0) | ~np.isfinite(counts))[0]
+        raise DataError(f"{source}: cell ({coo.row[keep][bad]}, {coo.col[keep][bad]}) holds "
+                        f"{counts[bad]:g}; counts must be finite and >= 0")
+    return {rows: coo.row[keep].astype(float), columns: coo.col[keep].astype(float), COUNT_COLUMN: counts}
+
+
+def read_npz(path, rows, columns):
+    """Read a scipy sparse matrix saved with ``scipy.sparse.save_npz`` as (rows, columns, count) columns."""
+    import scipy.sparse
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such data file")
+    if not rows or not columns:
+        raise DataError(f"{path}: a sparse matrix needs [data] rows and columns naming the nodes its "
+                        "row and column indices belong to (e.g. rows = \"doc\", columns = \"word\")")
+    try:
+        matrix = scipy.sparse.load_npz(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a scipy sparse .npz matrix: {exc}") from None
+    return sparse_columns(matrix, rows, columns, source=path)
+
+
+def read_data(path, rows=None, columns=None):
+    """Read a data file: CSV with a header row, or a sparse count matrix (.npz) as triples."""
+    path = os.fspath(path)
+    if path.endswith(".npz"):
+        return read_npz(path, rows, columns)
+    return read_csv(path)
+
+
+def read_model_data(model, source):
+    """Read a model's data file; return its columns and the weights column it implies.
+
+    A sparse matrix is read with the spec's ``[data] rows`` and ``columns``, and its
+    counts are the row weights unless ``[data] weights`` names another column.
+    """
+    info = model.data_info
+    columns = read_data(source, info.get("rows"), info.get("columns"))
+    implied = COUNT_COLUMN if os.fspath(source).endswith(".npz") else None
+    return columns, info.get("weights") or implied
+
+
 def as_columns(data, source="data"):
     """Normalise a mapping or DataFrame to a dict of column name -> ndarray."""
     if isinstance(data, (str, os.PathLike)):
-        return read_csv(os.fspath(data))
+        return read_data(data)
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):
         return {str(c): np.asarray(data[c].to_numpy()) for c in data.columns}
     if not hasattr(data, "keys"):

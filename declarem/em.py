@@ -4,11 +4,12 @@ Numpy only: every update the loop applies comes from the compiled model.
 """
 
 import math
+import os
 import warnings
 
 import numpy as np
 
-from .data import node_data
+from .data import node_data, read_model_data
 from .errors import FitError, InitError, OptionError
 from .fit import Fit
 from .inference import expected_statistics, prepare_rows, statistics_from_posterior
@@ -216,6 +217,10 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     """Fit a model by EM; see ``Model.fit``."""
     _check_options(max_iter, tol, restarts, reg_covar, seed)
     compiled = model.compiled
+    if isinstance(data, (str, os.PathLike)):
+        source = os.fspath(data)
+        data, implied = read_model_data(model, data)
+        weights = implied if weights is None else weights
     if weights is None:
         weights = model.data_info.get("weights")
     prepared = node_data(model, data, weights, source=source)

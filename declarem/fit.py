@@ -83,6 +83,39 @@ class Fit:
         params = compiled.to_internal(self.params, rows.shifts)
         return float(expected_statistics(compiled, rows, params)[1])
 
+    def top(self, node, n=10, labels=None):
+        """The most probable categories of a categorical node, for each value of its parents.
+
+        For the topic model, ``top("word")`` gives the top words of each topic and
+        ``top("topic")`` the main topics of each document.
+
+        Parameters
+        ----------
+        node : str
+            A categorical node.
+        n : int
+            How many categories per parameter set.
+        labels : sequence of str, optional
+            A name per category (a vocabulary); default: the category numbers.
+
+        Returns
+        -------
+        list of list of (label, probability)
+            One list per parameter set, in the order of the flattened parent values
+            (a single list when the node has no parents).
+        """
+        if node not in self.params or "probs" not in self.params[node]:
+            raise DataError(f"'{node}' is not a categorical node of the model")
+        probs = np.asarray(self.params[node]["probs"])
+        k = probs.shape[-1]
+        if labels is not None and len(labels) != k:
+            raise DataError(f"{len(labels)} labels given for node '{node}' with {k} categories")
+        names = list(labels) if labels is not None else list(range(k))
+        rows = probs.reshape(-1, k)
+        order = np.argsort(-rows, axis=1, kind="stable")[:, :n]
+        listed = [[(names[j], float(row[j])) for j in top] for row, top in zip(rows, order)]
+        return listed[0] if probs.ndim == 1 else listed
+
     def to_dict(self):
         """The result as plain JSON types: loglik, n_iter, converged, history, params, model."""
         return {
