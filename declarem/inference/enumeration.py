@@ -9,6 +9,8 @@ chunks, so each chunk's posterior is normalised and consumed while in cache,
 and nothing of size (n_rows, configurations) outlives its chunk.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse
 
@@ -34,6 +36,12 @@ class ExpectedStatistics:
         for name, factor in compiled.factors.items():
             self.sums[name] = np.zeros((factor.n_sets, factor.width))
             self.set_weights[name] = np.zeros(factor.n_sets)
+
+    def finish(self, compiled):
+        """A categorical factor's weight per set is its total expected count."""
+        for name, factor in compiled.factors.items():
+            if factor.layout != "dense":
+                self.set_weights[name] = self.sums[name].sum(axis=1)
 
 
 def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROWS):
@@ -76,6 +84,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
         if not rows.unit_weights:
             joint *= weights[:, None]
         _accumulate(compiled, rows, joint, chunk, stats)
+    stats.finish(compiled)
     return stats, objective
 
 
@@ -92,6 +101,7 @@ def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         weighted = posterior[chunk] * rows.weights[chunk][:, None]
         _accumulate(compiled, rows, weighted, chunk, stats)
+    stats.finish(compiled)
     return stats
 
 
@@ -118,17 +128,28 @@ def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
     return marginals, row_loglik
 
 
+class _Table(NamedTuple):
+    """A factor's parameters as the E-step reads them."""
+
+    eta: np.ndarray                 # (n_sets, n_statistics); log-probabilities (n_sets, k) if categorical
+    log_partition: np.ndarray       # (n_sets,), or None for categorical factors
+    transposed: np.ndarray          # (k, n_sets) contiguous, for observed categories; else None
+    boundary: np.ndarray            # (n_sets,) bool, sets whose natural parameters are infinite; or None
+    params: dict
+
+
 def _natural_tables(compiled, params):
-    """Per factor: natural parameters, log-partition, the sets on the domain's boundary, params."""
     tables = {}
     for name, factor in compiled.factors.items():
         eta, log_partition = factor.natural(params[name])
-        boundary = None
+        boundary = transposed = None
+        if factor.layout == "index":
+            transposed = np.ascontiguousarray(eta.T)
         if factor.layout == "dense":
             boundary = ~(np.isfinite(eta).all(axis=1) & np.isfinite(log_partition))
             if not boundary.any():
                 boundary = None
-        tables[name] = (eta, log_partition, boundary, params[name])
+        tables[name] = _Table(eta, log_partition, transposed, boundary, params[name])
     return tables
 
 
@@ -154,7 +175,7 @@ def _joint(compiled, rows, tables, chunk):
     axis_of = {name: i for i, name in enumerate(compiled.latent)}
     for name, factor in compiled.factors.items():
         view = rows.factors[name]
-        eta, log_partition, boundary, factor_params = tables[name]
+        eta, log_partition, transposed, boundary, factor_params = tables[name]
         set_index = view.latent_set_index
         own_axis = axis_of.get(name)
         if view.observed_offset is not None:
@@ -181,7 +202,10 @@ def _joint(compiled, rows, tables, chunk):
         elif factor.layout == "index":
             categories = view.statistics[chunk]
             if view.observed_offset is None:
-                contribution = eta[:, categories].T[:, set_index.reshape(-1)].reshape((n,) + set_index.shape)
+                contribution = transposed[categories]
+                if not view.identity_sets:
+                    contribution = contribution[:, set_index.reshape(-1)]
+                contribution = contribution.reshape((n,) + set_index.shape)
             else:
                 flat = set_index.reshape(n, -1)
                 contribution = eta[flat, categories[:, None]].reshape(set_index.shape)
@@ -231,16 +255,20 @@ def _accumulate(compiled, rows, weighted, chunk, stats):
         if factor.layout == "latent":
             marginal = marginal.reshape(n, n_latent, factor.k)
             if view.observed_offset is None:
-                counts = marginal.sum(axis=0)
-                sums[set_index] += counts
-                set_weights[set_index] += counts.sum(axis=1)
+                sums[set_index] += marginal.sum(axis=0)
+            elif n_latent == 1:
+                # Only observed parents: scatter rows onto their parameter sets in one sparse product.
+                sums += rows.scatter(name, chunk, view.observed_offset, factor.n_sets) @ marginal[:, 0, :]
             else:
                 sets = view.observed_offset[chunk][:, None] + set_index[None, :]
                 flat = (sets[:, :, None] * factor.k + np.arange(factor.k)).reshape(-1)
                 sums += np.bincount(flat, weights=marginal.reshape(-1),
                                     minlength=sums.size).reshape(sums.shape)
-                set_weights += np.bincount(sets.reshape(-1), weights=marginal.sum(axis=2).reshape(-1),
-                                           minlength=factor.n_sets)
+            continue
+        if factor.layout == "index" and view.observed_offset is None:
+            # Expected counts per (set, category): the category indicator's sparse transpose times R.
+            counts = rows.scatter(name, chunk, view.statistics, factor.k) @ marginal.reshape(n, n_latent)
+            sums[set_index] += counts.T
             continue
         marginal = marginal.reshape(n, n_latent)
         if view.observed_offset is None:
@@ -251,7 +279,8 @@ def _accumulate(compiled, rows, weighted, chunk, stats):
             categories = view.statistics[chunk]
             flat = (sets * factor.k + categories[:, None]).reshape(-1)
             sums += np.bincount(flat, weights=marginal.reshape(-1), minlength=sums.size).reshape(sums.shape)
-        elif view.observed_offset is None:
+            continue
+        if view.observed_offset is None:
             # A contiguous (sets, rows) operand: OpenBLAS is several times slower on the transposed view.
             sums[set_index] += np.ascontiguousarray(marginal.T) @ view.statistics[chunk]
             set_weights[set_index] += marginal.sum(axis=0)

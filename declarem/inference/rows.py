@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 
 
 @dataclass
@@ -34,6 +35,12 @@ class FactorRows:
     shift: object
     values: object = None
 
+    @property
+    def identity_sets(self):
+        """Whether latent-parent configurations map to parameter sets 0, 1, 2, ... in order."""
+        flat = self.latent_set_index.reshape(-1)
+        return bool(np.array_equal(flat, np.arange(flat.size)))
+
 
 @dataclass
 class Rows:
@@ -52,6 +59,21 @@ class Rows:
     weights: np.ndarray
     factors: dict
     base_total: float
+
+    def scatter(self, name, chunk, targets, n_targets):
+        """A sparse (n_targets, chunk rows) matrix with a one at (targets[row], row); built once per chunk.
+
+        Multiplying it by a chunk's (rows, m) posterior sums the rows onto their targets, in
+        O(rows x m).
+        """
+        if not hasattr(self, "_scatter"):
+            self._scatter = {}
+        key = (name, chunk.start, chunk.stop)
+        if key not in self._scatter:
+            n = chunk.stop - chunk.start
+            self._scatter[key] = scipy.sparse.csr_matrix(
+                (np.ones(n), (targets[chunk], np.arange(n))), shape=(n_targets, n))
+        return self._scatter[key]
 
     @property
     def unit_weights(self):
