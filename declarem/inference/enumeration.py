@@ -17,6 +17,7 @@ import scipy.sparse
 from ..errors import FitError
 
 CHUNK_ROWS = 8192
+SAFE_EXPONENT = 600.0
 
 
 class ExpectedStatistics:
@@ -222,11 +223,15 @@ def _normalise(joint, start):
     """Turn each row's joint log-probabilities into its posterior, in place; return log p(row)."""
     peak = joint.max(axis=1, keepdims=True)
     _check_rows(peak[:, 0], start)
-    np.subtract(joint, peak, out=joint)
+    # Shifting by the row maximum only guards exp against overflow and total underflow; when every
+    # maximum is well inside exp's range the shift (a full pass) changes nothing and is skipped.
+    shifted = not (peak.min() > -SAFE_EXPONENT and peak.max() < SAFE_EXPONENT)
+    if shifted:
+        np.subtract(joint, peak, out=joint)
     np.exp(joint, out=joint)
     total = joint.sum(axis=1, keepdims=True)
     np.divide(joint, total, out=joint)
-    return (peak + np.log(total))[:, 0]
+    return (np.log(total) + peak)[:, 0] if shifted else np.log(total)[:, 0]
 
 
 def _check_rows(peak, start):
