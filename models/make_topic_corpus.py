@@ -13,7 +13,7 @@ Processing (deterministic; no randomness):
   * one document per address, in file-name order (chronological): ``1790-Washington-1`` ... ;
   * tokens: lower-cased runs of the letters a-z, at least 3 letters, minus scikit-learn's English stop
     words (``sklearn.feature_extraction.text.ENGLISH_STOP_WORDS``, 318 words);
-  * vocabulary: the 1,000 most frequent tokens (ties broken alphabetically) among those that occur in at
+  * vocabulary: the 500 most frequent tokens (ties broken alphabetically) among those that occur in at
     least 5 documents and in at most half of them (words in most addresses, such as "government" and
     "congress", say nothing about topics);
   * counts of the vocabulary's tokens per document.
@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VOCABULARY_SIZE = 1000
+VOCABULARY_SIZE = 500
 MIN_DOCUMENTS = 5
 MAX_DOCUMENT_SHARE = 0.5
 TOKEN = re.compile(r"[a-z]+")

