@@ -25,9 +25,11 @@ import scipy.special
 import sympy
 
 from .derive import NumericSolver, scalar_solution, simplex_solution
+from .derive.free import solve_free
 from .derive.lambdify import to_numpy
 from .errors import FamilyError, InitError
 from .families.builtin import PRIOR_TABLE
+from .numeric import FROM_DOMAIN, maximize_rows
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
 
@@ -429,6 +431,8 @@ class CategoricalFactor(Factor):
         self.solution = self.kernels.solution
         self.params["probs"] = ParamSpec("probs", (self.k,), "unit", simplex=True)
         self.statistic_count = self.k
+        # Probabilities written in free parameters are set by the model's FreeBlock, not here.
+        self.expressed = node.probs is not None
         shape = (self.n_sets, self.k)
         self.concentration = np.broadcast_to(
             node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape).copy() \
@@ -452,7 +456,18 @@ class CategoricalFactor(Factor):
             elements = self.kernels.prior_element(params["probs"], self.concentration)
         return float(np.sum(elements) + np.sum(self.kernels.prior_normaliser(self.concentration)))
 
+    def n_free(self):
+        return 0 if self.expressed else super().n_free()
+
+    def check_param(self, name, value, where):
+        if self.expressed:
+            raise InitError(f"{where}: the probs of node '{self.name}' are expressions in free parameters; "
+                            "give those parameters (top-level entries of init) instead")
+        return super().check_param(name, value, where)
+
     def mstep(self, sums, set_weights, old, reg_covar):
+        if self.expressed:
+            return {"probs": np.full((self.n_sets, self.k), 1.0 / self.k) if old is None else old["probs"]}
         numerator = self.kernels.numerator(sums, self.concentration)
         total = numerator.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -460,9 +475,150 @@ class CategoricalFactor(Factor):
         return self._keep_empty_sets({"probs": probs}, old, total[:, 0])
 
 
+class DeterministicFactor(Factor):
+    """An observed category that is a fixed function (``table``) of its parent's: no parameters.
+
+    In the E-step it is a categorical factor whose probability rows are indicators,
+    so it keeps only the parent values that map to the observed category.
+    """
+
+    layout = "index"
+
+    def __init__(self, model, node):
+        super().__init__(model, node)
+        self.k = node.k
+        self.statistic_count = self.k
+        indicator = np.zeros((self.n_sets, self.k))
+        indicator[np.arange(self.n_sets), np.asarray(node.table)] = 1.0
+        with np.errstate(divide="ignore"):
+            self._log_table = np.log(indicator)
+
+    def statistics(self, values):
+        return values
+
+    def base(self, values):
+        return np.zeros(len(values))
+
+    def natural(self, params):
+        return self._log_table, None
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        return {}
+
+
+class FreeBlock:
+    """The model's free parameters: their derived M-step over the nodes whose probs use them."""
+
+    def __init__(self, model):
+        symbols = model.free_symbols()
+        self.names = list(model.free_params)
+        self.domains = dict(model.free_params)
+        self.groups = {group: tuple(members) for group, members in model.simplex_groups.items()}
+        self.nodes = [name for name, node in model.nodes.items() if node.probs is not None]
+        params = tuple(symbols[n] for n in self.names)
+        key = (params, tuple((symbols[n], d) for n, d in self.domains.items()),
+               tuple((g, tuple(symbols[m] for m in ms)) for g, ms in self.groups.items()),
+               tuple((n, model.nodes[n].probs) for n in self.nodes))
+        self.solution = solution = free_solution(key)
+        counts = list(solution.counts.values())
+        self._count_keys = list(solution.counts)
+        self._probs = {n: sympy.lambdify(list(params), list(model.nodes[n].probs), modules=["scipy", "numpy"])
+                       for n in self.nodes}
+        self._params = params
+        self._closed = {p.name: to_numpy(counts, e) for p, e in solution.closed.items()} \
+            if solution.closed else None
+        arguments = list(solution.unconstrained) + counts
+        self._objective = to_numpy(arguments, solution.profile)
+        self._gradient = [to_numpy(arguments, g) for g in solution.gradient]
+        self._hessian = [[to_numpy(arguments, h) for h in row] for row in solution.hessian]
+        self._to_params = {p.name: to_numpy(list(solution.unconstrained), solution.to_params[p])
+                           for p in params}
+
+    def n_free(self):
+        return sum(1 for d in self.domains.values() if d != "simplex") + \
+            sum(len(members) - 1 for members in self.groups.values())
+
+    def probs(self, values):
+        """Each member node's probabilities, shape (1, k), at free-parameter values."""
+        arguments = [np.asarray(values[n], dtype=float) for n in self.names]
+        return {n: np.array([float(v) for v in f(*arguments)]).reshape(1, -1) for n, f in self._probs.items()}
+
+    def solve(self, stats, old):
+        """New free-parameter values from the member nodes' expected counts."""
+        counts = [np.array([stats.sums[node][0, j]]) for node, j in self._count_keys]
+        if self._closed is not None:
+            with np.errstate(all="ignore"):
+                new = {n: float(f(*counts)[0]) for n, f in self._closed.items()}
+            if all(np.isfinite(v) for v in new.values()):
+                return new
+        start = self._unconstrained(old)
+
+        def evaluate(function):
+            def call(u, rows):
+                with np.errstate(all="ignore"):
+                    return function(*[u[:, i] for i in range(u.shape[1])], *counts)
+            return call
+
+        def gradient(u, rows):
+            return np.column_stack([evaluate(g)(u, rows) for g in self._gradient])
+
+        def hessian(u, rows):
+            return np.stack([np.column_stack([evaluate(h)(u, rows) for h in row]) for row in self._hessian],
+                            axis=1)
+
+        u, _ = maximize_rows(evaluate(self._objective), gradient, hessian, start[None, :])
+        return {n: float(f(*u[0])) for n, f in self._to_params.items()}
+
+    def _unconstrained(self, old):
+        coordinates = []
+        for p in self.solution.unconstrained:
+            name = p.name[2:]
+            value = None if old is None else float(old[name])
+            domain = self.domains[name]
+            if domain == "simplex":
+                group = next(ms for ms in self.groups.values() if name in ms)
+                last = None if old is None else float(old[group[-1]])
+                coordinates.append(0.0 if old is None else np.log(value / last))
+            elif value is None:
+                coordinates.append(0.0)
+            else:
+                coordinates.append(float(FROM_DOMAIN[domain](value)))
+        return np.array(coordinates)
+
+    def check(self, values, where):
+        """Validate user-given free parameters; return them as floats."""
+        checked = {}
+        for name, value in values.items():
+            try:
+                number = float(np.asarray(value, dtype=float))
+            except (TypeError, ValueError):
+                raise InitError(f"{where}: free parameter '{name}' must be a number") from None
+            domain = self.domains[name]
+            bad = {"real": not np.isfinite(number), "positive": not number > 0,
+                   "unit": not 0 < number < 1, "simplex": not 0 < number < 1}[domain]
+            if bad:
+                raise InitError(f"{where}: free parameter '{name}' = {number!r} is outside its domain ({domain})")
+            checked[name] = number
+        for group, members in self.groups.items():
+            given = [m for m in members if m in checked]
+            if given and len(given) != len(members):
+                raise InitError(f"{where}: give all of {', '.join(members)} (simplex '{group}') or none")
+            if given and abs(sum(checked[m] for m in members) - 1.0) > 1e-9:
+                raise InitError(f"{where}: {', '.join(members)} (simplex '{group}') must sum to 1")
+        return checked
+
+
+@functools.lru_cache(maxsize=None)
+def free_solution(key):
+    params, domains, groups, probs = key
+    return solve_free(params, dict(domains), {g: ms for g, ms in groups}, {n: list(e) for n, e in probs})
+
+
 def build_factor(model, node):
     """The compiled factor for a node, chosen by its family's kind and covariance form."""
     family = node.family
+    if family.kind == "table":
+        return DeterministicFactor(model, node)
     if family.kind == "indicator":
         return CategoricalFactor(model, node)
     form = family.covariance_form(node.covariance) if node.covariance else None
@@ -486,19 +642,49 @@ class CompiledModel:
     def __init__(self, model):
         self.model = model
         self.factors = {name: build_factor(model, node) for name, node in model.nodes.items()}
+        self.block = FreeBlock(model) if model.free_params else None
         self.latent = list(model.latent)
         self.latent_sizes = tuple(model.nodes[name].k for name in self.latent)
         self.n_configurations = int(np.prod(self.latent_sizes, dtype=int)) if self.latent else 1
 
+    @property
+    def free_names(self):
+        return self.block.names if self.block else []
+
     def n_free(self):
-        return sum(f.n_free() for f in self.factors.values())
+        return sum(f.n_free() for f in self.factors.values()) + (self.block.n_free() if self.block else 0)
 
     def log_prior(self, params):
         """Sum of every factor's log prior at internal parameters (0 for maximum likelihood)."""
         return sum(f.log_prior(params[name]) for name, f in self.factors.items())
 
+    def required(self):
+        """The parameters a complete ``init`` gives: (node, param) pairs and free-parameter names."""
+        pairs = [(name, p) for name, f in self.factors.items() if not getattr(f, "expressed", False)
+                 for p in f.params]
+        return pairs, list(self.free_names)
+
     def to_external(self, params, shifts):
-        return {name: f.to_external(params[name], shifts.get(name)) for name, f in self.factors.items()}
+        external = {name: f.to_external(params[name], shifts.get(name)) for name, f in self.factors.items()}
+        for name in self.free_names:
+            external[name] = float(params[name])
+        return external
 
     def to_internal(self, params, shifts):
-        return {name: f.to_internal(params[name], shifts.get(name)) for name, f in self.factors.items()}
+        """The user's parameters (complete) -> internal; probs in free parameters are recomputed."""
+        internal = {}
+        for name, factor in self.factors.items():
+            if getattr(factor, "expressed", False):
+                continue
+            internal[name] = factor.to_internal(params.get(name, {}), shifts.get(name))
+        self.set_free(internal, {n: params[n] for n in self.free_names})
+        return internal
+
+    def set_free(self, internal, values):
+        """Store free-parameter values and the probabilities of the nodes written in them."""
+        if not self.block:
+            return
+        for name in self.free_names:
+            internal[name] = np.asarray(float(values[name]))
+        for node, probs in self.block.probs(values).items():
+            internal[node] = {"probs": probs}

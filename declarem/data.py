@@ -249,7 +249,7 @@ def _checked_values(node, array, label, source):
         row = int(np.flatnonzero(np.isnan(array).reshape(len(array), -1).any(axis=1))[0])
         raise DataError(f"{source}: column '{label}', row {row}: missing value (NaN); declarem does not "
                         "drop rows, so remove or fill it")
-    if node.family.kind == "indicator":
+    if node.is_discrete:
         bad = np.flatnonzero((array != np.round(array)) | (array < 0) | (array >= node.k))
         if len(bad):
             raise DataError(f"{source}: column '{label}', row {bad[0]}: value {array[bad[0]]:g} is not a "

@@ -67,28 +67,46 @@ def _check_options(max_iter, tol, restarts, reg_covar, seed):
 
 
 def check_init(compiled, init, where="init"):
-    """Validate a user ``init`` mapping; return ``{node: {param: array}}`` in the user's shapes."""
+    """Validate a user ``init`` mapping.
+
+    Returns
+    -------
+    nodes : dict
+        ``{node: {param: array}}`` in the user's shapes.
+    free : dict
+        ``{free parameter: float}``.
+    """
     if init is None:
-        return {}
+        return {}, {}
     if not hasattr(init, "items"):
         raise InitError(f"{where}: expected a mapping of node to parameters, found {type(init).__name__}")
-    checked = {}
+    checked, free = {}, {}
     for node, params in init.items():
+        if node in compiled.free_names:
+            free[node] = params
+            continue
         if node not in compiled.factors:
-            raise InitError(f"{where}: '{node}' is not a node of the model; nodes are "
-                            f"{', '.join(compiled.factors)}")
+            known = list(compiled.factors) + compiled.free_names
+            raise InitError(f"{where}: '{node}' is not a node or free parameter of the model; known: "
+                            f"{', '.join(known)}")
         if not hasattr(params, "items"):
             raise InitError(f"{where}: '{node}' must map parameter names to arrays")
         factor = compiled.factors[node]
         checked[node] = {name: factor.check_param(name, value, where) for name, value in params.items()}
-    return checked
+    if free:
+        free = compiled.block.check(free, where)
+    return checked, free
 
 
 def mstep(compiled, stats, old, reg_covar):
-    """New internal parameters of every factor from expected statistics."""
-    return {name: factor.mstep(stats.sums[name], stats.set_weights[name],
-                               None if old is None else old[name], reg_covar)
-            for name, factor in compiled.factors.items()}
+    """New internal parameters of every factor (and free parameter) from expected statistics."""
+    new = {name: factor.mstep(stats.sums[name], stats.set_weights[name],
+                              None if old is None else old[name], reg_covar)
+           for name, factor in compiled.factors.items()}
+    if compiled.block:
+        previous = None if old is None else {n: old[n] for n in compiled.free_names}
+        compiled.set_free(new, compiled.block.solve(stats, previous))
+    return new
 
 
 def initial_params(compiled, rows, rng, given, reg_covar):
@@ -100,10 +118,10 @@ def initial_params(compiled, rows, rng, given, reg_covar):
     dense observed children when there is one latent node, and random
     responsibilities otherwise.
     """
-    complete = all(set(factor.params) <= set(given.get(name, {})) for name, factor in compiled.factors.items())
-    if complete:
-        return {name: factor.to_internal(given[name], rows.factors[name].shift)
-                for name, factor in compiled.factors.items()}
+    given, free = given
+    pairs, free_names = compiled.required()
+    if all(p in given.get(node, {}) for node, p in pairs) and set(free_names) <= set(free):
+        return compiled.to_internal({**given, **free}, rows.shifts)
     posterior = _initial_posterior(compiled, rows, rng)
     params = mstep(compiled, statistics_from_posterior(compiled, rows, posterior), None, reg_covar)
     for node, values in given.items():
@@ -112,6 +130,10 @@ def initial_params(compiled, rows, rng, given, reg_covar):
         external = factor.to_external(params[node], shift)
         external.update(values)
         params[node] = factor.to_internal(external, shift)
+    if free:
+        current = {n: float(params[n]) for n in free_names}
+        current.update(free)
+        compiled.set_free(params, current)
     return params
 
 

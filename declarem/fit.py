@@ -15,7 +15,8 @@ class Fit:
     ----------
     model : Model
     params : dict
-        ``{node: {param: ndarray}}``, shapes as the contract gives them.
+        ``{node: {param: ndarray}}``, shapes as the contract gives them; free
+        parameters from ``[params]`` at the top level as floats.
     loglik : float
         Observed-data log-likelihood at ``params`` (weighted sum over rows).
     history : list of float
@@ -129,6 +130,7 @@ class Fit:
             "bic": self.bic(),
             "aic": self.aic(),
             "params": {node: {name: np.asarray(value).tolist() for name, value in params.items()}
+                       if isinstance(params, dict) else float(params)
                        for node, params in self.params.items()},
             "model": self.model.to_spec(),
         }
@@ -150,6 +152,7 @@ class Fit:
         if model is None:
             model = model_from_spec(stored["model"], source=str(path))
         params = {node: {name: np.asarray(value, dtype=float) for name, value in values.items()}
+                  if isinstance(values, dict) else float(values)
                   for node, values in stored["params"].items()}
         return cls(model=model, params=params, loglik=stored["loglik"], history=stored["history"],
                    converged=stored["converged"], n_iter=stored["n_iter"],

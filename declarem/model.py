@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+import sympy
+
 from .errors import SpecError
+from .expressions import parse_expression
 from .families import FamilyRegistry
 from .families.builtin import PRIOR_TABLE
 
@@ -20,8 +23,8 @@ NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance",
              "probs", "table", "prior", "description")
 GRAPH_KEYS = ("families", "params", "model", "data")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
-#: Keys of the contract that later versions implement; refused clearly until then.
-NOT_YET = {"probs": "free-parameter expressions in `probs`", "table": "deterministic tables"}
+DISCRETE_KINDS = ("indicator", "table")
+PARAM_DOMAINS = ("real", "positive", "unit")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +52,10 @@ class Node:
     prior : tuple of (str, ndarray) or None
         A conjugate prior's name and its hyperparameter, broadcastable to the
         node's parameter shape (parents..., k).
+    probs : tuple of sympy.Expr or None
+        A categorical node's probabilities as expressions in free parameters.
+    table : tuple of int or None
+        A deterministic node's map from its parent's category to its own.
     """
 
     name: str
@@ -62,9 +69,12 @@ class Node:
     constants: tuple
     prior: tuple | None = None
 
+    probs: tuple | None = None
+    table: tuple | None = None
+
     @property
     def is_discrete(self):
-        return self.family.kind == "indicator"
+        return self.family.kind in DISCRETE_KINDS
 
 
 class Model:
@@ -96,14 +106,14 @@ class Model:
         self.name = str(info.get("name", "model"))
         self.description = str(info.get("description", ""))
         self.data_info = dict(graph.graph.get("data", {}) or {})
-        if graph.graph.get("params"):
-            raise SpecError(f"{source}: free parameters ([params]) are not supported in this version")
+        self.free_params, self.simplex_groups = self._validate_free_params(graph.graph.get("params") or {})
         self.registry = FamilyRegistry(graph.graph.get("families"), where=source)
         self._check_acyclic()
         order = list(nx.lexicographical_topological_sort(graph, key=str))
         self.nodes = {}
         for name in order:
             self.nodes[name] = self._validate_node(name)
+        self._check_free_params_used()
         self.latent = [name for name, node in self.nodes.items() if node.latent]
         self.observed = [name for name, node in self.nodes.items() if not node.latent]
         if not self.observed:
@@ -131,14 +141,14 @@ class Model:
                 near = difflib.get_close_matches(key, NODE_KEYS, n=1)
                 hint = f"; did you mean '{near[0]}'?" if near else f"; allowed are {', '.join(NODE_KEYS)}"
                 raise SpecError(f"{where}: unknown attribute '{key}'{hint}")
-            if key in NOT_YET:
-                raise SpecError(f"{where}: {NOT_YET[key]} ('{key}') are not supported in this version")
         if "family" not in attrs:
             raise SpecError(f"{where}: missing 'family'")
         family = self.registry.get(attrs["family"], where)
         latent = attrs.get("latent", False)
         if not isinstance(latent, bool):
             raise SpecError(f"{where}: 'latent' must be true or false, found {latent!r}")
+        if latent and family.kind == "table":
+            raise SpecError(f"{where}: a deterministic node is observed (its parent is the latent one)")
         if latent and family.kind != "indicator":
             raise SpecError(f"{where}: latent nodes must be categorical (discrete); "
                             f"'{family.name}' is not. Declare the node categorical with k values")
@@ -148,10 +158,19 @@ class Model:
         covariance = self._validate_covariance(attrs, family, dim, where)
         constants = self._validate_constants(attrs, family, where)
         prior = self._validate_prior(attrs, family, k, parents, where)
+        probs = self._validate_probs(attrs, family, k, parents, prior, where)
+        table = self._validate_table(attrs, family, parents, where)
+        if table is not None:
+            k = attrs.get("k", max(table) + 1)
+            if isinstance(k, bool) or not isinstance(k, int) or k <= max(table):
+                raise SpecError(f"{where}: 'k' = {k!r} is too small for the table's values 0..{max(table)}")
         return Node(name=name, family=family, latent=latent, k=k, parents=parents, columns=columns,
-                    dim=dim, covariance=covariance, constants=constants, prior=prior)
+                    dim=dim, covariance=covariance, constants=constants, prior=prior, probs=probs,
+                    table=table)
 
     def _validate_k(self, attrs, family, where):
+        if family.kind == "table":
+            return None
         if family.kind != "indicator":
             if "k" in attrs:
                 raise SpecError(f"{where}: 'k' applies to categorical nodes only, not '{family.name}'")
@@ -182,7 +201,7 @@ class Model:
             parents = list(declared)
         for parent in parents:
             parent_family = self.registry.get(self.graph.nodes[parent].get("family"), self._where(parent))
-            if parent_family.kind != "indicator":
+            if parent_family.kind not in DISCRETE_KINDS:
                 raise SpecError(f"{where}: parent '{parent}' is a '{parent_family.name}' node; parents "
                                 "must be categorical (their values index the child's parameters)")
         return tuple(parents)
@@ -202,7 +221,7 @@ class Model:
                 raise SpecError(f"{where}: 'dim' is {dim} but 'columns' lists {len(columns)} columns")
             dim = len(columns)
             columns = tuple(columns)
-        if (dim or 1) > 1 and (latent or family.kind == "indicator"):
+        if (dim or 1) > 1 and (latent or family.kind in DISCRETE_KINDS):
             raise SpecError(f"{where}: a categorical node is one column; declare one node per column")
         return columns, dim or 1
 
@@ -263,6 +282,104 @@ class Model:
                             f"below it the MAP estimate is undefined when a category's expected count is 0 "
                             f"(the update n + a - 1 would be negative). a = 1 is maximum likelihood")
         return name, array
+
+    def _validate_free_params(self, declared):
+        where = f"{self.source}: [params]"
+        if not isinstance(declared, dict):
+            raise SpecError(f"{where} must be a table of name = {{ domain = ... }}")
+        domains, groups = {}, {}
+        for name, entry in declared.items():
+            if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or name == "x":
+                raise SpecError(f"{where}: {name!r} cannot name a parameter")
+            if name in self.graph:
+                raise SpecError(f"{where}: '{name}' is also a node; give the parameter another name")
+            if not isinstance(entry, dict) or set(entry) - {"domain", "simplex"} or not entry:
+                raise SpecError(f"{where}: '{name}' must be {{ domain = \"unit\" }} (real, positive or unit) "
+                                "or {{ simplex = \"GROUP\" }}")
+            if "simplex" in entry:
+                group = entry["simplex"]
+                if "domain" in entry or not isinstance(group, str):
+                    raise SpecError(f"{where}: '{name}': give either a domain or simplex = \"GROUP\"")
+                domains[name] = "simplex"
+                groups.setdefault(group, []).append(name)
+            else:
+                if entry["domain"] not in PARAM_DOMAINS:
+                    raise SpecError(f"{where}: '{name}' has domain {entry['domain']!r}; use one of "
+                                    f"{', '.join(PARAM_DOMAINS)}, or simplex = \"GROUP\"")
+                domains[name] = entry["domain"]
+        for group, members in groups.items():
+            if len(members) < 2:
+                raise SpecError(f"{where}: simplex group '{group}' has only {members[0]}; a simplex needs "
+                                "two or more parameters that sum to 1")
+        return domains, {g: tuple(m) for g, m in groups.items()}
+
+    def free_symbols(self):
+        """The free parameters as sympy symbols, with their domains' assumptions."""
+        return {name: sympy.Symbol(name, positive=domain != "real", real=True)
+                for name, domain in self.free_params.items()}
+
+    def _validate_probs(self, attrs, family, k, parents, prior, where):
+        if "probs" not in attrs:
+            return None
+        if family.kind != "indicator":
+            raise SpecError(f"{where}: 'probs' applies to categorical nodes")
+        if parents:
+            raise SpecError(f"{where}: 'probs' expressions are supported on nodes without parents")
+        if prior is not None:
+            raise SpecError(f"{where}: a node with 'probs' expressions takes no prior")
+        texts = attrs["probs"]
+        if not isinstance(texts, (list, tuple)) or len(texts) != k:
+            raise SpecError(f"{where}: 'probs' must be a list of {k} expressions, one per category")
+        symbols = self.free_symbols()
+        expressions = tuple(parse_expression(t, symbols, f"{where}: probs[{j}]") for j, t in enumerate(texts))
+        self._check_sums_to_one(expressions, symbols, where)
+        return expressions
+
+    def _check_sums_to_one(self, expressions, symbols, where):
+        eliminated = {symbols[m[-1]]: 1 - sum(symbols[n] for n in m[:-1]) for m in self.simplex_groups.values()}
+        total = sympy.simplify(sum(expressions).subs(eliminated))
+        if total == 1:
+            return
+        # A rational identity that simplify cannot show is still decided by evaluation at random points.
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            point = {}
+            for name, symbol in symbols.items():
+                domain = self.free_params[name]
+                point[symbol] = rng.uniform(-2, 2) if domain == "real" else rng.uniform(0.05, 0.3) \
+                    if domain == "simplex" else rng.uniform(0.05, 0.95)
+            value = complex(total.subs(point).evalf())
+            if abs(value - 1) > 1e-12:
+                raise SpecError(f"{where}: 'probs' do not sum to 1: their sum is {total}")
+
+    def _validate_table(self, attrs, family, parents, where):
+        if family.kind != "table":
+            if "table" in attrs:
+                raise SpecError(f"{where}: 'table' applies to deterministic nodes")
+            return None
+        if len(parents) != 1:
+            raise SpecError(f"{where}: a deterministic node has exactly one parent, found {len(parents)}")
+        table = attrs.get("table")
+        parent_k = self.nodes[parents[0]].k
+        if not isinstance(table, (list, tuple)) or not table or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in table):
+            raise SpecError(f"{where}: 'table' must list, for each category of '{parents[0]}', "
+                            "this node's category (an integer >= 0)")
+        if len(table) != parent_k:
+            raise SpecError(f"{where}: 'table' has {len(table)} entries; parent '{parents[0]}' has "
+                            f"{parent_k} categories")
+        return tuple(table)
+
+    def _check_free_params_used(self):
+        used = set()
+        for node in self.nodes.values():
+            if node.probs:
+                for expression in node.probs:
+                    used |= {s.name for s in expression.free_symbols}
+        unused = [name for name in self.free_params if name not in used]
+        if unused:
+            raise SpecError(f"{self.source}: [params] declares {', '.join(unused)} but no node's probs "
+                            "use it")
 
     # -- what later stages use ------------------------------------------------------------
 
@@ -349,6 +466,8 @@ class Model:
                 attrs["columns"] = list(attrs["columns"])
             nodes[name] = attrs
         spec = {"model": {"name": self.name, "description": self.description}, "nodes": nodes}
+        if self.free_params:
+            spec["params"] = {name: dict(entry) for name, entry in self.graph.graph["params"].items()}
         if self.graph.graph.get("families"):
             spec["families"] = {name: dict(table) for name, table in self.graph.graph["families"].items()}
         return spec

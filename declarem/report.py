@@ -51,6 +51,7 @@ class Derivation:
         self.model = model
         compiled = model.compiled
         self.nodes = {name: _describe(model, name, factor) for name, factor in compiled.factors.items()}
+        self.free = _describe_free(model, compiled.block) if compiled.block else None
 
     def __getitem__(self, node):
         return self.nodes[node]
@@ -66,6 +67,14 @@ class Derivation:
             lines.append("  M-step:")
             lines.extend(f"    {u}" for u in item.updates)
             lines.extend(f"  note: {n}" for n in item.notes)
+        if self.free:
+            lines.append("")
+            lines.append(f"free parameters {', '.join(self.free.parents)} [{self.free.status}]")
+            lines.append("  E-step computes the expected counts of the nodes written in them:")
+            lines.extend(f"    {s}" for s in self.free.statistics)
+            lines.append("  M-step:")
+            lines.extend(f"    {u}" for u in self.free.updates)
+            lines.extend(f"  note: {n}" for n in self.free.notes)
         return "\n".join(lines)
 
     def to_latex(self, standalone=True):
@@ -85,6 +94,16 @@ class Derivation:
             body.append("\\end{align*}")
             for note in item.notes:
                 body.append(f"\\noindent\\emph{{Note:}} {_tex_text(note)}\\par")
+        if self.free:
+            body.append(f"\\subsection*{{Free parameters ({self.free.status})}}")
+            body.append("Expected counts:")
+            body.append("\\begin{align*}")
+            body.append(" \\\\\n".join(self.free.statistics_latex))
+            body.append("\\end{align*}")
+            body.append("M-step:")
+            body.append("\\begin{align*}")
+            body.append(" \\\\\n".join(self.free.updates_latex))
+            body.append("\\end{align*}")
         text = "\n".join(body)
         if not standalone:
             return text
@@ -110,6 +129,10 @@ def _describe(model, name, factor):
     node = model.nodes[name]
     role = "latent" if node.latent else "observed"
     kind = type(factor).__name__
+    if kind == "DeterministicFactor":
+        return _describe_deterministic(node, role)
+    if kind == "CategoricalFactor" and factor.expressed:
+        return _describe_expressed(node, role)
     if kind == "CategoricalFactor":
         return _describe_categorical(node, factor, role)
     if kind == "GaussianFactor":
@@ -138,6 +161,52 @@ def _describe_categorical(node, factor, role):
         statistics=[f"n_j = sum over rows of weight * P({of} | row), j = 0..{node.k - 1}"],
         statistics_latex=[r"n_j &= \textstyle\sum_r w_r\, P(" + _tex_name(node.name) + r" = j \mid r)"],
         updates=[text], updates_latex=[latex], status="closed", notes=notes)
+
+
+def _describe_deterministic(node, role):
+    parent = node.parents[0]
+    mapping = ", ".join(f"{i}->{v}" for i, v in enumerate(node.table))
+    return NodeDerivation(
+        node=node.name, family="deterministic", role=role, parents=node.parents,
+        statistics=["none: the node has no parameters"], statistics_latex=[r"&\text{none}"],
+        updates=["none"], updates_latex=[r"&\text{none}"], status="closed",
+        notes=[f"table {parent} -> {node.name}: {mapping}; the E-step keeps only the values of {parent} "
+               f"that map to the observed {node.name}"])
+
+
+def _describe_expressed(node, role):
+    probs = [str(p) for p in node.probs]
+    return NodeDerivation(
+        node=node.name, family="categorical", role=role, parents=node.parents,
+        statistics=[f"n_j = sum over rows of weight * P({node.name} = j | row), j = 0..{node.k - 1}"],
+        statistics_latex=[r"n_j &= \textstyle\sum_r w_r\, P(" + _tex_name(node.name) + r" = j \mid r)"],
+        updates=[f"probs = [{', '.join(probs)}] at the free parameters' update"],
+        updates_latex=[r"\mathrm{probs} &= \left(" + ", ".join(sympy.latex(p) for p in node.probs) + r"\right)"],
+        status="closed", notes=["probabilities written in free parameters; see the free parameters' M-step"])
+
+
+def _describe_free(model, block):
+    solution = block.solution
+    count_names = {symbol: sympy.Symbol(f"n_{node}[{j}]") for (node, j), symbol in solution.counts.items()}
+    tex = {symbol: f"n^{{{_tex_text(node)}}}_{{{j}}}" for (node, j), symbol in solution.counts.items()}
+    tex.update({p: _tex_name(p.name) for p in solution.params})
+    statistics = [f"n_{node}[j] = expected count of {node} = j" for node in block.nodes]
+    statistics_latex = [f"&n^{{{_tex_text(node)}}}_j" for node in block.nodes]
+    objective = solution.objective.subs(count_names)
+    if solution.closed:
+        updates = [f"{p.name} = {e.subs(count_names)}" for p, e in solution.closed.items()]
+        updates_latex = [f"{_tex_name(p.name)} &= {sympy.latex(e, symbol_names=tex)}"
+                         for p, e in solution.closed.items()]
+        notes = [f"solved by sympy: stationarity of {objective}"]
+    else:
+        updates = [f"maximise {objective} (Newton's method, sympy gradient and Hessian)"]
+        updates_latex = [r"&\max\; " + sympy.latex(solution.objective, symbol_names=tex)]
+        notes = list(solution.notes)
+    for group, members in block.groups.items():
+        notes.append(f"{', '.join(members)} lie on the simplex '{group}'")
+    return NodeDerivation(node="[params]", family="free parameters", role="free", parents=tuple(block.names),
+                          statistics=statistics, statistics_latex=statistics_latex, updates=updates,
+                          updates_latex=updates_latex, status=solution.status, notes=notes)
 
 
 def _describe_gaussian(node, factor, role):

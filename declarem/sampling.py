@@ -24,18 +24,19 @@ def sample_rows(model, n_rows, params, seed=0):
         raise InitError(f"the number of rows to sample must be a positive integer, found {n_rows!r}")
     compiled = model.compiled
     from .em import check_init
-    given = check_init(compiled, params, where="params")
-    for name, factor in compiled.factors.items():
-        missing = [p for p in factor.params if p not in given.get(name, {})]
-        if missing:
-            raise InitError(f"params: node '{name}' needs {', '.join(missing)} to sample")
+    given, free = check_init(compiled, params, where="params")
+    pairs, free_names = compiled.required()
+    missing = [f"{node}.{p}" for node, p in pairs if p not in given.get(node, {})]
+    missing += [n for n in free_names if n not in free]
+    if missing:
+        raise InitError(f"params: sampling needs every parameter; missing {', '.join(missing)}")
+    internal = compiled.to_internal({**given, **free}, {})
     rng = np.random.default_rng(seed)
     drawn = {}
     for name, factor in compiled.factors.items():
         node = model.nodes[name]
-        internal = factor.to_internal(given[name])
         sets = _set_index(factor, node, drawn, n_rows)
-        drawn[name] = _draw(factor, node, internal, sets, rng)
+        drawn[name] = _draw(factor, node, internal[name], sets, rng)
     columns = {}
     for name, values in drawn.items():
         node = model.nodes[name]
@@ -58,6 +59,8 @@ def _set_index(factor, node, drawn, n_rows):
 def _draw(factor, node, params, sets, rng):
     family = node.family
     n_rows = len(sets)
+    if family.kind == "table":
+        return np.asarray(node.table)[sets]
     if family.kind == "indicator":
         cumulative = np.cumsum(params["probs"][sets], axis=1)
         uniform = rng.random(n_rows) * cumulative[:, -1]

@@ -43,6 +43,7 @@ CUSTOM = {
 #: The node attributes of each example; one family may have several variants.
 VARIANTS = {
     "categorical": [("categorical", {"k": 3})],
+    "deterministic": [("deterministic", {"table": [0, 0]})],
     "bernoulli": [("bernoulli", {})],
     "binomial": [("binomial", {"trials": 10})],
     "poisson": [("poisson", {})],
@@ -123,8 +124,9 @@ def latex_block(item):
 
 
 def family_rows(name, entry):
-    params = ", ".join(f"`{p}` ({domain})" for p, domain in entry["params"])
-    rows = [("log-density", f'`{entry["logpdf"]}`'), ("support", f'`{entry["support"]}`'),
+    params = ", ".join(f"`{p}` ({domain})" for p, domain in entry["params"]) or "none"
+    density = f'`{entry["logpdf"]}`' if entry["logpdf"] else "none: 0 where `x = table[parent]`, else minus infinity"
+    rows = [("log-density", density), ("support", f'`{entry["support"]}`'),
             ("parameters (domain)", params)]
     if entry.get("constants"):
         rows.append(("node constants", ", ".join(f"`{c}`" for c in entry["constants"])))
@@ -136,7 +138,7 @@ def variant_section(family, title, attrs, level=None):
     derivation = model.derive()
     item = derivation["x"]
     factor = model.compiled.factors["x"]
-    shapes = ", ".join(f"`{p}` {shape_text(factor, spec)}" for p, spec in factor.params.items())
+    shapes = ", ".join(f"`{p}` {shape_text(factor, spec)}" for p, spec in factor.params.items()) or "none"
     out = [f"{'#' * level} {title}", ""] if level else []
     out.append(f"Parameters of `x` under a parent `z` with K values: {shapes}; "
                f"M-step: **{item.status}**.")

@@ -290,9 +290,10 @@ def test_spec_weights_apply_in_python(tmp_path):
     np.testing.assert_allclose(weighted.params["heads"]["p"], repeated.params["heads"]["p"], rtol=1e-12)
 
 
-def test_deterministic_family_is_refused_plainly(tmp_path):
+def test_deterministic_node_needs_one_parent(tmp_path):
     message = spec_error(tmp_path, """
         [nodes.x]
         family = "deterministic"
-    """, FamilyError)
-    assert "not supported in this version" in message
+        table = [0, 1]
+    """)
+    assert "exactly one parent" in message

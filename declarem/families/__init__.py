@@ -13,8 +13,7 @@ __all__ = ["Family", "CovarianceForm", "FamilyRegistry", "family_from_table", "S
 
 USER_KEYS = ("logpdf", "support", "params", "description")
 USER_SUPPORTS = tuple(s for s in SUPPORTS if s != "category")
-#: Families of the contract that later versions implement; refused clearly until then.
-NOT_YET = {"deterministic": "deterministic nodes (coarsened observations through a `table`)"}
+
 
 
 def family_from_table(name, table, where):
@@ -75,8 +74,6 @@ class FamilyRegistry:
     def get(self, name, where):
         if name in self.families and name not in INTERNAL:
             return self.families[name]
-        if name in NOT_YET:
-            raise FamilyError(f"{where}: {NOT_YET[name]} are not supported in this version")
         choices = [n for n in self.families if n not in INTERNAL]
         near = difflib.get_close_matches(str(name), choices, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else f"; known families: {', '.join(sorted(choices))}"

@@ -14,6 +14,10 @@ BUILTIN_TABLE = {
     "categorical": dict(
         kind="indicator", logpdf="log(p)", support="category", params=(("probs", "unit"),),
         description="One of k categories with probabilities `probs` on the simplex."),
+    "deterministic": dict(
+        kind="table", logpdf="", support="category", params=(),
+        description="An observed category that is a fixed function of its parent's category, given as "
+                    "`table` (parent value -> this node's value): coarsened data, declared."),
     "bernoulli": dict(
         sampler=("binomial", "1", "p"),
         logpdf="x*log(p) + (1 - x)*log(1 - p)", support="binary", params=(("p", "unit"),),

@@ -19,6 +19,8 @@ exist:
 ``"gaussian"``
     The multivariate normal in exponential-family parts, with its
     moment-to-parameter map, since sympy cannot solve for a general dimension.
+``"table"``
+    A deterministic many-to-one map from the parent's category (no parameters).
 """
 
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 SUPPORTS = ("real", "positive", "nonnegative", "unit", "integer", "nonnegative-integer",
             "positive-integer", "binary", "category")
 DOMAINS = ("real", "positive", "unit")
-KINDS = ("scalar", "indicator", "gaussian")
+KINDS = ("scalar", "indicator", "gaussian", "table")
 
 
 @dataclass(frozen=True)
