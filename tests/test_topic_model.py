@@ -264,24 +264,29 @@ def test_csv_triples_give_the_same_fit_as_the_npz(model, data, matrix, tmp_path)
     np.savetxt(csv_path, table, fmt="%d", delimiter=",", header="doc,word,count", comments="")
     init = _init(matrix, seed=6)
     from_npz = model.fit(str(CORPUS), init=init, max_iter=5, tol=0)
-    from_csv = model.fit(str(csv_path), weights="count", init=init, max_iter=5, tol=0)
+    from_csv = model.fit(str(csv_path), init=init, max_iter=5, tol=0)          # the spec's [data] weights
     _assert_params_equal(from_csv.params, from_npz.params, rtol=1e-9)
     np.testing.assert_allclose(from_csv.history, from_npz.history, rtol=1e-12)
 
-    # The command line too, from its seeded start: --data triples.csv --weights count against the spec's
-    # .npz. The seeded start draws one random posterior per row, so here the rows keep the .npz's order.
+    # The command line too, from its seeded start: --data triples.csv against the spec's .npz, with the
+    # counts as weights from the spec's [data] weights, or from --weights. The seeded start draws one random
+    # posterior per row, so here the rows keep the .npz's order.
     ordered = tmp_path / "ordered.csv"
     table = np.column_stack([data["doc"], data["word"], data["count"]]).astype(int)
     np.savetxt(ordered, table, fmt="%d", delimiter=",", header="doc,word,count", comments="")
     outs = {}
-    for label, extra in (("npz", ()), ("csv", ("--data", ordered, "--weights", "count"))):
+    runs = {"npz": (), "csv": ("--data", ordered), "csv-weights": ("--data", ordered, "--weights", "count")}
+    for label, extra in runs.items():
         outs[label] = tmp_path / f"{label}.json"
         result = _cli("fit", SPEC, *extra, "--max-iter", "4", "--tol", "0", "--quiet", "--out", outs[label])
         assert result.returncode == 0, result.stderr
-    a, b = (json.loads(outs[label].read_text()) for label in ("npz", "csv"))
-    np.testing.assert_allclose(a["history"], b["history"], rtol=1e-12)
-    for node in ("doc", "topic", "word"):
-        np.testing.assert_allclose(a["params"][node]["probs"], b["params"][node]["probs"], rtol=1e-9)
+    a = json.loads(outs["npz"].read_text())
+    for label in ("csv", "csv-weights"):
+        b = json.loads(outs[label].read_text())
+        np.testing.assert_allclose(a["history"], b["history"], rtol=1e-12, err_msg=label)
+        for node in ("doc", "topic", "word"):
+            np.testing.assert_allclose(a["params"][node]["probs"], b["params"][node]["probs"], rtol=1e-9,
+                                       err_msg=f"{label} {node}")
 
 
 # ---------------------------------------------------------------------------------------------
