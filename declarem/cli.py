@@ -56,6 +56,19 @@ def _parser():
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", help="CSV path (default: standard output)")
     sample.add_argument("--observed-only", action="store_true", help="leave out latent columns")
+    compare = commands.add_parser("compare", help="hold a hand-coded EM update against the derived one")
+    compare.add_argument("spec")
+    compare.add_argument("--reference", required=True, help="FILE.py[:FUNCTION], a function "
+                         "step(data, params) -> params (default name: step)")
+    compare.add_argument("--data", help="data file (default: the spec's [data] path)")
+    compare.add_argument("--init", help="JSON of starting parameters (default: the seeded initialisation)")
+    compare.add_argument("--iterations", type=int, default=10)
+    compare.add_argument("--rtol", type=float, default=1e-8)
+    compare.add_argument("--atol", type=float, default=1e-10)
+    compare.add_argument("--reg-covar", type=float, default=0.0,
+                         help="regulariser of the derived update (default 0: the exact update)")
+    compare.add_argument("--seed", type=int, default=0)
+
     top = commands.add_parser("top", help="most probable categories of a categorical node, per parent value")
     top.add_argument("spec")
     top.add_argument("--fit", required=True, help="a fit written by `declarem fit --out`")
@@ -191,6 +204,21 @@ def _format(value):
     return repr(float(value))
 
 
+def _compare(args):
+    from .compare import compare, load_reference
+    from .data import read_model_data
+    model = _load(args.spec)
+    source = _data_source(model, args.data)
+    columns, weights = read_model_data(model, source)
+    reference = load_reference(args.reference)
+    init = _read_params(args.init) if args.init else None
+    result = compare(model, columns, reference, init=init, iterations=args.iterations,
+                     reg_covar=args.reg_covar, seed=args.seed, weights=weights, rtol=args.rtol,
+                     atol=args.atol, source=source)
+    print("\n".join(result.table()))
+    return 0 if result.agree else 1
+
+
 def _top(args):
     from .fit import Fit
     model = _load(args.spec)
@@ -223,7 +251,8 @@ def _top(args):
     return 0
 
 
-_COMMANDS = {"fit": _fit, "derive": _derive, "check": _check, "sample": _sample, "top": _top}
+_COMMANDS = {"fit": _fit, "derive": _derive, "check": _check, "sample": _sample, "top": _top,
+             "compare": _compare}
 
 
 if __name__ == "__main__":

@@ -35,3 +35,7 @@ class OptionError(DeclaremError):
 
 class FitError(DeclaremError):
     """The fit cannot proceed (a row has zero probability under the model, and similar)."""
+
+
+class ReferenceUpdateError(DeclaremError):
+    """A hand-coded reference update given to ``compare`` cannot be loaded or run, or returns bad parameters."""
