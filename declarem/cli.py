@@ -68,6 +68,7 @@ def _parser():
     compare.add_argument("--reg-covar", type=float, default=0.0,
                          help="regulariser of the derived update (default 0: the exact update)")
     compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
 
     top = commands.add_parser("top", help="most probable categories of a categorical node, per parent value")
     top.add_argument("spec")
@@ -213,7 +214,7 @@ def _compare(args):
     reference = load_reference(args.reference)
     init = _read_params(args.init) if args.init else None
     result = compare(model, columns, reference, init=init, iterations=args.iterations,
-                     reg_covar=args.reg_covar, seed=args.seed, weights=weights, rtol=args.rtol,
+                     reg_covar=args.reg_covar, seed=args.seed, weights=args.weights or weights, rtol=args.rtol,
                      atol=args.atol, source=source)
     print("\n".join(result.table()))
     return 0 if result.agree else 1

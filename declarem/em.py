@@ -80,10 +80,13 @@ def check_init(compiled, init, where="init"):
         return {}, {}
     if not hasattr(init, "items"):
         raise InitError(f"{where}: expected a mapping of node to parameters, found {type(init).__name__}")
-    checked, free = {}, {}
+    checked, free, implied = {}, {}, {}
     for node, params in init.items():
         if node in compiled.free_names:
             free[node] = params
+            continue
+        if getattr(compiled.factors.get(node), "expressed", False):
+            implied[node] = params
             continue
         if node not in compiled.factors:
             known = list(compiled.factors) + compiled.free_names
@@ -95,7 +98,25 @@ def check_init(compiled, init, where="init"):
         checked[node] = {name: factor.check_param(name, value, where) for name, value in params.items()}
     if free:
         free = compiled.block.check(free, where)
+    _check_implied(compiled, implied, free, where)
     return checked, free
+
+
+def _check_implied(compiled, implied, free, where):
+    """Probabilities written in free parameters may be given (a saved fit has them) if they agree."""
+    if not implied:
+        return
+    if set(compiled.free_names) - set(free):
+        node = next(iter(implied))
+        raise InitError(f"{where}: the probs of node '{node}' are expressions in free parameters; "
+                        "give those parameters (top-level entries of init) instead")
+    computed = compiled.block.probs(free)
+    for node, params in implied.items():
+        given = np.asarray(params.get("probs") if hasattr(params, "get") else params, dtype=float)
+        if set(params) - {"probs"} or given.shape != computed[node][0].shape or \
+                not np.allclose(given, computed[node][0], rtol=1e-9, atol=1e-12):
+            raise InitError(f"{where}: the probs of node '{node}' disagree with the free parameters given; "
+                            "give only the free parameters")
 
 
 def mstep(compiled, stats, old, reg_covar):
