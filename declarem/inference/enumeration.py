@@ -18,6 +18,7 @@ from ..errors import FitError
 
 CHUNK_ROWS = 8192
 SAFE_EXPONENT = 600.0
+UNDERFLOW = 1e-280
 
 
 class ExpectedStatistics:
@@ -37,6 +38,12 @@ class ExpectedStatistics:
         for name, factor in compiled.factors.items():
             self.sums[name] = np.zeros((factor.n_sets, factor.width))
             self.set_weights[name] = np.zeros(factor.n_sets)
+
+    def add(self, other):
+        """Add another set of statistics (of other factors) to these."""
+        for name in self.sums:
+            self.sums[name] += other.sums[name]
+            self.set_weights[name] += other.set_weights[name]
 
     def finish(self, compiled):
         """A categorical factor's weight per set is its total expected count."""
@@ -68,25 +75,98 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
     tables = _natural_tables(compiled, params)
     stats = ExpectedStatistics(compiled)
     objective = rows.base_total
+    varying = _varying_factors(compiled, rows)
+    probability_space = not hard and _categorical_only(compiled, varying)
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
-        joint = _joint(compiled, rows, tables, chunk)
         weights = rows.weights[chunk]
-        if hard:
-            best = np.argmax(joint, axis=1)
-            best_value = joint[np.arange(len(joint)), best]
-            _check_rows(best_value, start)
-            objective += float(np.dot(weights, best_value))
-            joint.fill(0.0)
-            joint[np.arange(len(joint)), best] = 1.0
-        else:
-            row_loglik = _normalise(joint, start)
-            objective += float(np.dot(weights, row_loglik))
+        constant = _constant_loglik(compiled, rows, tables, varying, chunk)
+        joint = None
+        if probability_space:
+            joint, row_loglik = _posterior_from_probabilities(compiled, rows, tables, varying, chunk)
+        if joint is None:
+            joint = _joint(compiled, rows, tables, chunk, varying)
+            if hard:
+                best = np.argmax(joint, axis=1)
+                row_loglik = joint[np.arange(len(joint)), best]
+                joint.fill(0.0)
+                joint[np.arange(len(joint)), best] = 1.0
+            else:
+                row_loglik = _normalise(joint, start)
+        row_loglik = row_loglik + constant
+        _check_rows(row_loglik, start)
+        objective += float(np.dot(weights, row_loglik))
         if not rows.unit_weights:
             joint *= weights[:, None]
-        _accumulate(compiled, rows, joint, chunk, stats)
+        _accumulate(compiled, rows, joint, chunk, stats, varying)
+    stats.add(_fixed_statistics(compiled, rows, varying))
     stats.finish(compiled)
     return stats, objective
+
+
+def _varying_factors(compiled, rows):
+    """Factors whose scope holds a latent node: only they enter the posterior."""
+    return [name for name, view in rows.factors.items()
+            if view.latent_axes or name in compiled.latent]
+
+
+def _categorical_only(compiled, varying):
+    return bool(varying) and all(compiled.factors[name].layout != "dense" for name in varying)
+
+
+def _constant_loglik(compiled, rows, tables, varying, chunk):
+    """Each row's log-density under the factors with no latent node in scope: (n,) or 0."""
+    constant = [name for name in compiled.factors if name not in varying]
+    if not constant:
+        return 0.0
+    n = chunk.stop - chunk.start
+    total = np.zeros(n)
+    for name in constant:
+        total += _contribution(compiled, rows, tables, name, chunk, n).reshape(n)
+    return total
+
+
+def _fixed_statistics(compiled, rows, varying):
+    """Statistics of the factors with no latent node in scope: the data's own, computed once per fit."""
+    if not hasattr(rows, "_fixed_statistics"):
+        fixed = [name for name in compiled.factors if name not in varying]
+        stats = ExpectedStatistics(compiled)
+        for start in range(0, rows.n_rows, CHUNK_ROWS):
+            chunk = slice(start, min(start + CHUNK_ROWS, rows.n_rows))
+            weighted = np.repeat(rows.weights[chunk][:, None] / compiled.n_configurations,
+                                 compiled.n_configurations, axis=1)
+            _accumulate(compiled, rows, weighted, chunk, stats, fixed)
+        rows._fixed_statistics = stats
+    return rows._fixed_statistics
+
+
+def _posterior_from_probabilities(compiled, rows, tables, varying, chunk):
+    """The posterior as a product of probability rows, when every varying factor is categorical.
+
+    No exponentials or row maxima: the gathered probabilities are multiplied, summed
+    once per row, and divided. Returns (None, None) when a row's total underflows,
+    and the caller then works in log space.
+    """
+    n = chunk.stop - chunk.start
+    joint = None
+    shaped = None
+    for name in varying:
+        contribution = _contribution(compiled, rows, tables, name, chunk, n, probabilities=True)
+        view = rows.factors[name]
+        own_axis = compiled.latent.index(name) if name in compiled.latent else None
+        shape = (contribution.shape[0],) + tuple(_scope_shape(compiled, view.latent_axes, own_axis))
+        contribution = contribution.reshape(shape)
+        if joint is None:
+            joint = np.empty((n, compiled.n_configurations))
+            shaped = joint.reshape((n,) + compiled.latent_sizes)
+            shaped[...] = contribution
+        else:
+            shaped *= contribution
+    total = joint @ np.ones(compiled.n_configurations)
+    if not np.all(total > UNDERFLOW):
+        return None, None
+    joint /= total[:, None]
+    return joint, np.log(total)
 
 
 def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
@@ -101,7 +181,7 @@ def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         weighted = posterior[chunk] * rows.weights[chunk][:, None]
-        _accumulate(compiled, rows, weighted, chunk, stats)
+        _accumulate(compiled, rows, weighted, chunk, stats, list(compiled.factors))
     stats.finish(compiled)
     return stats
 
@@ -113,15 +193,16 @@ def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
     -------
     marginals : dict of str to ndarray of shape (n_rows, k)
     row_loglik : ndarray of shape (n_rows,)
-        Excluding the weights, including the log base measure.
+        Excluding the weights and the log base measure (constant in the parameters).
     """
     tables = _natural_tables(compiled, params)
     marginals = {name: np.empty((rows.n_rows, k)) for name, k in zip(compiled.latent, compiled.latent_sizes)}
     row_loglik = np.empty(rows.n_rows)
+    varying = _varying_factors(compiled, rows)
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
-        joint = _joint(compiled, rows, tables, chunk)
-        row_loglik[chunk] = _normalise(joint, start)
+        joint = _joint(compiled, rows, tables, chunk, varying)
+        row_loglik[chunk] = _normalise(joint, start) + _constant_loglik(compiled, rows, tables, varying, chunk)
         shaped = joint.reshape((len(joint),) + compiled.latent_sizes)
         for axis, name in enumerate(compiled.latent):
             others = tuple(a + 1 for a in range(len(compiled.latent)) if a != axis)
@@ -137,6 +218,8 @@ class _Table(NamedTuple):
     transposed: np.ndarray          # (k, n_sets) contiguous, for observed categories; else None
     boundary: np.ndarray            # (n_sets,) bool, sets whose natural parameters are infinite; or None
     params: dict
+    probabilities: np.ndarray = None             # exp(eta) for categorical factors
+    transposed_probabilities: np.ndarray = None  # exp(transposed)
 
 
 def _natural_tables(compiled, params):
@@ -150,7 +233,12 @@ def _natural_tables(compiled, params):
             boundary = ~(np.isfinite(eta).all(axis=1) & np.isfinite(log_partition))
             if not boundary.any():
                 boundary = None
-        tables[name] = _Table(eta, log_partition, transposed, boundary, params[name])
+        probabilities = transposed_probabilities = None
+        if factor.layout != "dense":
+            probabilities = np.exp(eta)
+            transposed_probabilities = None if transposed is None else np.ascontiguousarray(probabilities.T)
+        tables[name] = _Table(eta, log_partition, transposed, boundary, params[name], probabilities,
+                              transposed_probabilities)
     return tables
 
 
@@ -163,8 +251,11 @@ def _scope_shape(compiled, axes, own_axis=None):
     return shape
 
 
-def _joint(compiled, rows, tables, chunk):
+def _joint(compiled, rows, tables, chunk, varying):
     """Joint log-probability of each row in the chunk and each latent configuration.
+
+    Only the factors with a latent node in scope enter; the others add the same
+    amount to every configuration of a row and are accounted for separately.
 
     Returns
     -------
@@ -173,50 +264,60 @@ def _joint(compiled, rows, tables, chunk):
     n = chunk.stop - chunk.start
     joint = np.zeros((n, compiled.n_configurations))
     shaped = joint.reshape((n,) + compiled.latent_sizes)
-    axis_of = {name: i for i, name in enumerate(compiled.latent)}
-    for name, factor in compiled.factors.items():
+    for name in varying:
         view = rows.factors[name]
-        eta, log_partition, transposed, boundary, factor_params = tables[name]
-        set_index = view.latent_set_index
-        own_axis = axis_of.get(name)
-        if view.observed_offset is not None:
-            set_index = view.observed_offset[chunk].reshape((n,) + (1,) * set_index.ndim) + set_index
-        if factor.layout == "dense":
-            statistics = view.statistics[chunk]
-            if view.observed_offset is None:
-                flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
-                with np.errstate(invalid="ignore"):
-                    per_set = statistics @ eta.T
-                    per_set -= log_partition
-                contribution = per_set[:, set_index.reshape(-1)]
-            else:
-                flat = set_index.reshape(n, -1)
-                with np.errstate(invalid="ignore"):
-                    contribution = np.einsum("ns,nls->nl", statistics, eta[flat]) - log_partition[flat]
-            if boundary is not None:
-                at_boundary = boundary[flat]
-                if at_boundary.any():
-                    row, column = np.nonzero(at_boundary)
-                    contribution[row, column] = factor.boundary_log_density(
-                        view.values[chunk][row], flat[row, column], factor_params)
-            contribution = contribution.reshape((n,) + view.latent_set_index.shape)
-        elif factor.layout == "index":
-            categories = view.statistics[chunk]
-            if view.observed_offset is None:
-                contribution = transposed[categories]
-                if not view.identity_sets:
-                    contribution = contribution[:, set_index.reshape(-1)]
-                contribution = contribution.reshape((n,) + set_index.shape)
-            else:
-                flat = set_index.reshape(n, -1)
-                contribution = eta[flat, categories[:, None]].reshape(set_index.shape)
-        else:
-            contribution = eta[set_index]
-            if view.observed_offset is None:
-                contribution = contribution[None]
+        own_axis = compiled.latent.index(name) if name in compiled.latent else None
+        contribution = _contribution(compiled, rows, tables, name, chunk, n)
         shape = _scope_shape(compiled, view.latent_axes, own_axis)
         shaped += contribution.reshape((contribution.shape[0],) + tuple(shape))
     return joint
+
+
+def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
+    """One factor's log-density (or, for categorical factors, probability) per row and latent-scope value.
+
+    Returns
+    -------
+    ndarray of shape (n or 1, latent-parent sizes..., [k if the node is latent])
+    """
+    factor = compiled.factors[name]
+    view = rows.factors[name]
+    eta, log_partition, transposed, boundary, factor_params = tables[name][:5]
+    if probabilities:
+        eta, transposed = tables[name].probabilities, tables[name].transposed_probabilities
+    set_index = view.latent_set_index
+    if view.observed_offset is not None:
+        set_index = view.observed_offset[chunk].reshape((n,) + (1,) * set_index.ndim) + set_index
+    if factor.layout == "dense":
+        statistics = view.statistics[chunk]
+        if view.observed_offset is None:
+            flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
+            with np.errstate(invalid="ignore"):
+                per_set = statistics @ eta.T
+                per_set -= log_partition
+            contribution = per_set[:, set_index.reshape(-1)]
+        else:
+            flat = set_index.reshape(n, -1)
+            with np.errstate(invalid="ignore"):
+                contribution = np.einsum("ns,nls->nl", statistics, eta[flat]) - log_partition[flat]
+        if boundary is not None:
+            at_boundary = boundary[flat]
+            if at_boundary.any():
+                row, column = np.nonzero(at_boundary)
+                contribution[row, column] = factor.boundary_log_density(
+                    view.values[chunk][row], flat[row, column], factor_params)
+        return contribution.reshape((n,) + view.latent_set_index.shape)
+    if factor.layout == "index":
+        categories = view.statistics[chunk]
+        if view.observed_offset is None:
+            contribution = transposed[categories]
+            if not view.identity_sets:
+                contribution = contribution[:, set_index.reshape(-1)]
+            return contribution.reshape((n,) + set_index.shape)
+        flat = set_index.reshape(n, -1)
+        return eta[flat, categories[:, None]].reshape(set_index.shape)
+    contribution = eta[set_index]
+    return contribution[None] if view.observed_offset is None else contribution
 
 
 def _normalise(joint, start):
@@ -242,12 +343,13 @@ def _check_rows(peak, start):
                        "configuration is impossible); check the data row or the initial parameters")
 
 
-def _accumulate(compiled, rows, weighted, chunk, stats):
-    """Add a chunk's expected statistics, given its weighted posterior (n, n_configurations)."""
+def _accumulate(compiled, rows, weighted, chunk, stats, names):
+    """Add a chunk's expected statistics of the named factors, given its weighted posterior (n, n_configurations)."""
     n = chunk.stop - chunk.start
     shaped = weighted.reshape((n,) + compiled.latent_sizes)
     axis_of = {name: i for i, name in enumerate(compiled.latent)}
-    for name, factor in compiled.factors.items():
+    for name in names:
+        factor = compiled.factors[name]
         view = rows.factors[name]
         own_axis = axis_of.get(name)
         scope = sorted(view.latent_axes + ((own_axis,) if own_axis is not None else ()))
