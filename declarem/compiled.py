@@ -454,7 +454,9 @@ class CategoricalFactor(Factor):
             return 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             elements = self.kernels.prior_element(params["probs"], self.concentration)
-        return float(np.sum(elements) + np.sum(self.kernels.prior_normaliser(self.concentration)))
+        if not hasattr(self, "_prior_normaliser"):
+            self._prior_normaliser = float(np.sum(self.kernels.prior_normaliser(self.concentration)))
+        return float(np.sum(elements)) + self._prior_normaliser
 
     def n_free(self):
         return 0 if self.expressed else super().n_free()

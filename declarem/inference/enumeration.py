@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse
 
 from ..errors import FitError
+from .bilinear import bilinear_plan, bilinear_statistics
 
 CHUNK_ROWS = 8192
 SAFE_EXPONENT = 600.0
@@ -77,6 +78,18 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
     objective = rows.base_total
     varying = _varying_factors(compiled, rows)
     probability_space = not hard and _categorical_only(compiled, varying)
+    plan = bilinear_plan(compiled, rows, varying) if probability_space else None
+    if plan is not None:
+        row_loglik = bilinear_statistics(plan, tables, rows, stats)
+        if row_loglik is not None:
+            for start in range(0, rows.n_rows, chunk_rows):
+                chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+                row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
+            _check_rows(row_loglik, 0)
+            stats.add(_fixed_statistics(compiled, rows, varying))
+            stats.finish(compiled)
+            return stats, objective + float(np.dot(rows.weights, row_loglik))
+        stats = ExpectedStatistics(compiled)
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         weights = rows.weights[chunk]

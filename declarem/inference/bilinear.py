@@ -1,0 +1,125 @@
+"""An E-step engine for one latent category between two observed categorical indices.
+
+When the only factors that involve the latent node z are z's own probability
+rows A[a, z] (selected by observed parents, the row index a) and one observed
+categorical child with rows B[z, x] (the column index x), a row's posterior is
+A[a, z] B[z, x] / M[a, x] with M = A B evaluated at the row. Its expected counts
+then never need the per-row posterior:
+    N_A = A * (S B^T),   N_B^T = B^T * (S^T A),   S = sparse(a, x, w / M[a, x]),
+two sparse products over the non-zero cells (the topic model's documents and
+words). Only M is formed per row.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+
+ROW_BLOCK = 8192
+
+
+@dataclass
+class BilinearPlan:
+    """Which factors play the two roles, and the rows' fixed sparse pattern.
+
+    Attributes
+    ----------
+    latent : str
+        The latent node (its factor holds A).
+    child : str
+        The observed categorical child (its factor holds B).
+    row_index : ndarray of shape (n_rows,)
+        a: each row's parameter set of the latent node.
+    column_index : ndarray of shape (n_rows,)
+        x: each row's category of the child.
+    pattern : scipy.sparse.csr_matrix
+        Shape (sets of A, categories of B); its data are filled per E-step in
+        ``order`` (rows sorted by (a, x)).
+    transposed, transposed_order
+        The same for the transpose (rows sorted by (x, a)), so both products run
+        on row-compressed matrices.
+    """
+
+    latent: str
+    child: str
+    row_index: np.ndarray
+    column_index: np.ndarray
+    pattern: scipy.sparse.csr_matrix
+    order: np.ndarray
+    transposed: scipy.sparse.csr_matrix
+    transposed_order: np.ndarray
+
+
+def bilinear_plan(compiled, rows, varying):
+    """The plan if the model has the bilinear shape, else None.
+
+    The shape: one latent node with no latent parents; the factors with a latent
+    node in scope are its own and exactly one observed categorical child whose
+    only parent it is. Duplicate (a, x) pairs are fine (their weights add).
+    """
+    if len(compiled.latent) != 1 or len(varying) != 2:
+        return None
+    latent = compiled.latent[0]
+    child = next(name for name in varying if name != latent)
+    if latent not in varying:
+        return None
+    latent_factor, child_factor = compiled.factors[latent], compiled.factors[child]
+    latent_view, child_view = rows.factors[latent], rows.factors[child]
+    if latent_factor.layout != "latent" or latent_view.latent_axes:
+        return None
+    if child_factor.layout != "index" or child_view.observed_offset is not None or \
+            compiled.model.nodes[child].parents != (latent,):
+        return None
+    if not hasattr(rows, "_bilinear_pattern"):
+        row_index = latent_view.observed_offset if latent_view.observed_offset is not None \
+            else np.zeros(rows.n_rows, dtype=np.intp)
+        column_index = np.asarray(child_view.statistics, dtype=np.intp)
+        shape = (latent_factor.n_sets, child_factor.k)
+        pattern, order = _pattern(row_index, column_index, shape)
+        transposed, transposed_order = _pattern(column_index, row_index, shape[::-1])
+        rows._bilinear_pattern = BilinearPlan(latent, child, row_index, column_index, pattern, order,
+                                              transposed, transposed_order)
+    return rows._bilinear_pattern
+
+
+def _pattern(major, minor, shape):
+    """A CSR matrix with one stored entry per row of the data, and the order that fills it."""
+    order = np.lexsort((minor, major))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(major, minlength=shape[0]))])
+    return scipy.sparse.csr_matrix((np.zeros(len(major)), minor[order], indptr), shape=shape), order
+
+
+def bilinear_statistics(plan, tables, rows, stats):
+    """Add the two factors' expected counts to ``stats``; return each row's log-likelihood part.
+
+    Parameters
+    ----------
+    plan : BilinearPlan
+    tables : dict
+        The E-step's tables; A is the latent factor's probabilities (sets, K) and
+        B^T the child's transposed probabilities (categories, K).
+    rows : Rows
+    stats : ExpectedStatistics
+
+    Returns
+    -------
+    ndarray of shape (n_rows,)
+        log M[a, x] per row, or None when some row has zero probability (the
+        caller then reports it through the general engine).
+    """
+    a_table = tables[plan.latent].probabilities
+    b_transposed = tables[plan.child].transposed_probabilities
+    mixture = np.empty(rows.n_rows)
+    for start in range(0, rows.n_rows, ROW_BLOCK):
+        block = slice(start, min(start + ROW_BLOCK, rows.n_rows))
+        gathered = a_table[plan.row_index[block]]
+        gathered *= b_transposed[plan.column_index[block]]
+        mixture[block] = gathered @ np.ones(gathered.shape[1])
+    if not np.all(mixture > 0):
+        return None
+    ratio = rows.weights / mixture
+    plan.pattern.data = ratio[plan.order]
+    plan.transposed.data = ratio[plan.transposed_order]
+    stats.sums[plan.latent] += a_table * (plan.pattern @ b_transposed)
+    stats.sums[plan.child] += (b_transposed * (plan.transposed @ a_table)).T
+    return np.log(mixture)
