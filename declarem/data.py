@@ -126,12 +126,15 @@ def read_model_data(model, source):
     """Read a model's data file; return its columns and the weights column it implies.
 
     A sparse matrix is read with the spec's ``[data] rows`` and ``columns``, and its
-    counts are the row weights unless ``[data] weights`` names another column.
+    counts are the row weights unless ``[data] weights`` names another column; a CSV
+    of triples under a spec that declares ``rows`` is weighted by its ``count`` column
+    the same way.
     """
     info = model.data_info
     columns = read_data(source, info.get("rows"), info.get("columns"))
-    implied = COUNT_COLUMN if os.fspath(source).endswith(".npz") else None
-    return columns, info.get("weights") or implied
+    # Cells of a count matrix are weighted by their counts, whether read from .npz or as CSV triples.
+    is_matrix = os.fspath(source).endswith(".npz") or (info.get("rows") and COUNT_COLUMN in columns)
+    return columns, info.get("weights") or (COUNT_COLUMN if is_matrix else None)
 
 
 def as_columns(data, source="data"):

@@ -112,3 +112,34 @@ def test_user_errors_exit_2_with_one_line(spec, tmp_path, args, fragment):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert fragment in lines[0]
+
+
+def test_csv_triples_are_weighted_by_count_when_the_spec_declares_a_matrix(tmp_path):
+    (tmp_path / "topics.toml").write_text(textwrap.dedent("""
+        [data]
+        path = "cells.csv"
+        rows = "doc"
+        columns = "word"
+        [nodes.doc]
+        family = "categorical"
+        k = 3
+        [nodes.topic]
+        family = "categorical"
+        latent = true
+        k = 2
+        parents = ["doc"]
+        [nodes.word]
+        family = "categorical"
+        k = 4
+        parents = ["topic"]
+    """))
+    (tmp_path / "cells.csv").write_text("doc,word,count\n0,0,5\n0,1,3\n1,2,4\n2,3,7\n2,0,1\n")
+    import scipy.sparse
+    matrix = scipy.sparse.csr_matrix(np.array([[5, 3, 0, 0], [0, 0, 4, 0], [1, 0, 0, 7]]))
+    scipy.sparse.save_npz(tmp_path / "cells.npz", matrix)
+    from_csv = run("fit", "topics.toml", "--quiet", "--max-iter", "5", "--tol", "0", cwd=tmp_path)
+    from_npz = run("fit", "topics.toml", "--data", "cells.npz", "--quiet", "--max-iter", "5", "--tol", "0",
+                   cwd=tmp_path)
+    assert from_csv.returncode == 0 and from_npz.returncode == 0, from_csv.stderr + from_npz.stderr
+    assert json.loads(from_csv.stdout)["n_observations"] == 20.0
+    assert json.loads(from_npz.stdout)["n_observations"] == 20.0
