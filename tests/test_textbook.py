@@ -135,6 +135,31 @@ def test_linkage_from_the_seeded_start(linkage):
     assert fit.params["theta"] == pytest.approx(EXACT_THETA_STAR, abs=1e-12)
 
 
+LINKAGE_DIRECT = """
+[params]
+theta = { domain = "unit" }
+
+[nodes.x]
+family = "categorical"
+k = 4
+probs = ["1/2 + theta/4", "(1 - theta)/4", "(1 - theta)/4", "theta/4"]
+"""
+
+
+def test_linkage_declared_without_the_latent_split(linkage, tmp_path):
+    """The same likelihood declared on the four observed cells: no latent node, and the derived M-step
+    is the root of the quadratic, so one iteration lands on theta* (Rao's problem solved directly)."""
+    _, data = linkage
+    path = tmp_path / "direct.toml"
+    path.write_text(LINKAGE_DIRECT)
+    model = declarem.load_model(str(path))
+    assert model.derive().free.status == "closed"
+    fit = model.fit(data, weights="count", init={"theta": 0.5}, max_iter=1, tol=0)
+    assert fit.params["theta"] == pytest.approx(EXACT_THETA_STAR, abs=1e-13)
+    latent = load("genetic_linkage").fit(data, init={"theta": 0.5}, max_iter=40, tol=0)
+    assert fit.loglik == pytest.approx(latent.loglik, rel=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # ABO blood groups: Clarke et al. (1959) duodenal-ulcer data, as in Lange (2002), chapter 2
 # ---------------------------------------------------------------------------------------------
