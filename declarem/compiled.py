@@ -518,15 +518,19 @@ class FreeBlock:
         self.groups = {group: tuple(members) for group, members in model.simplex_groups.items()}
         self.nodes = [name for name, node in model.nodes.items() if node.probs is not None]
         params = tuple(symbols[n] for n in self.names)
+        self._params = params
+        self._probs = {n: sympy.lambdify(list(params), list(model.nodes[n].probs), modules=["scipy", "numpy"])
+                       for n in self.nodes}
+        if not params:
+            # Constant probabilities (fixed by the declaration): nothing to estimate.
+            self.solution = None
+            return
         key = (params, tuple((symbols[n], d) for n, d in self.domains.items()),
                tuple((g, tuple(symbols[m] for m in ms)) for g, ms in self.groups.items()),
                tuple((n, model.nodes[n].probs) for n in self.nodes))
         self.solution = solution = free_solution(key)
         counts = list(solution.counts.values())
         self._count_keys = list(solution.counts)
-        self._probs = {n: sympy.lambdify(list(params), list(model.nodes[n].probs), modules=["scipy", "numpy"])
-                       for n in self.nodes}
-        self._params = params
         self._closed = {p.name: to_numpy(counts, e) for p, e in solution.closed.items()} \
             if solution.closed else None
         arguments = list(solution.unconstrained) + counts
@@ -547,6 +551,8 @@ class FreeBlock:
 
     def solve(self, stats, old):
         """New free-parameter values from the member nodes' expected counts."""
+        if not self.names:
+            return {}
         counts = [np.array([stats.sums[node][0, j]]) for node, j in self._count_keys]
         if self._closed is not None:
             with np.errstate(all="ignore"):
@@ -644,7 +650,8 @@ class CompiledModel:
     def __init__(self, model):
         self.model = model
         self.factors = {name: build_factor(model, node) for name, node in model.nodes.items()}
-        self.block = FreeBlock(model) if model.free_params else None
+        expressed = any(node.probs is not None for node in model.nodes.values())
+        self.block = FreeBlock(model) if expressed else None
         self.latent = list(model.latent)
         self.latent_sizes = tuple(model.nodes[name].k for name in self.latent)
         self.n_configurations = int(np.prod(self.latent_sizes, dtype=int)) if self.latent else 1

@@ -106,7 +106,7 @@ def _check_implied(compiled, implied, free, where):
     """Probabilities written in free parameters may be given (a saved fit has them) if they agree."""
     if not implied:
         return
-    if set(compiled.free_names) - set(free):
+    if compiled.free_names and set(compiled.free_names) - set(free):
         node = next(iter(implied))
         raise InitError(f"{where}: the probs of node '{node}' are expressions in free parameters; "
                         "give those parameters (top-level entries of init) instead")

@@ -51,7 +51,7 @@ class Derivation:
         self.model = model
         compiled = model.compiled
         self.nodes = {name: _describe(model, name, factor) for name, factor in compiled.factors.items()}
-        self.free = _describe_free(model, compiled.block) if compiled.block else None
+        self.free = _describe_free(model, compiled.block) if compiled.block and compiled.block.names else None
 
     def __getitem__(self, node):
         return self.nodes[node]
@@ -180,9 +180,12 @@ def _describe_expressed(node, role):
         node=node.name, family="categorical", role=role, parents=node.parents,
         statistics=[f"n_j = sum over rows of weight * P({node.name} = j | row), j = 0..{node.k - 1}"],
         statistics_latex=[r"n_j &= \textstyle\sum_r w_r\, P(" + _tex_name(node.name) + r" = j \mid r)"],
-        updates=[f"probs = [{', '.join(probs)}] at the free parameters' update"],
+        updates=[f"probs = [{', '.join(probs)}]" + (" at the free parameters' update"
+                                                    if any(p.free_symbols for p in node.probs) else "")],
         updates_latex=[r"\mathrm{probs} &= \left(" + ", ".join(sympy.latex(p) for p in node.probs) + r"\right)"],
-        status="closed", notes=["probabilities written in free parameters; see the free parameters' M-step"])
+        status="closed", notes=["probabilities written in free parameters; see the free parameters' M-step"
+                                if any(p.free_symbols for p in node.probs) else
+                                "fixed probabilities, declared as constants: not estimated"])
 
 
 def _describe_free(model, block):

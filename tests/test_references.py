@@ -37,9 +37,6 @@ CASES = {
     "abo_seeded": ("abo", "abo_reference.py", None),
 }
 
-# The constant-probs model cannot yet be started from an init (declarem raises KeyError / AttributeError
-# in to_internal / check_init when a node's probs are expressions but the model has no [params]).
-KNOWN_FAILURES = (KeyError, AttributeError)
 
 
 def read_csv(path):
@@ -56,10 +53,7 @@ def data_of(spec):
 
 
 def run_compare(arguments, capsys):
-    try:
-        status = main(["compare", *arguments])
-    except KNOWN_FAILURES as exc:
-        pytest.xfail(f"declarem bug with constant probs and init: {exc!r}")
+    status = main(["compare", *arguments])
     output = capsys.readouterr()
     return status, output.out + output.err
 
@@ -83,10 +77,7 @@ def test_python_compare_agrees(case):
     spec, ref, start = CASES[case]
     model = declarem.load_model(str(MODELS / f"{spec}.toml"))
     step = load_reference(str(MODELS / ref))
-    try:
-        result = compare(model, data_of(spec), step, init=start, iterations=12)
-    except KNOWN_FAILURES as exc:
-        pytest.xfail(f"declarem bug with constant probs and init: {exc!r}")
+    result = compare(model, data_of(spec), step, init=start, iterations=12)
     assert result.agree, "\n".join(result.table())
     assert result.reference_fell == []
     assert result.absolute.shape == (12, len(result.names))

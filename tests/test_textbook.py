@@ -265,10 +265,7 @@ def test_two_coins_fixed_reference_gives_the_papers_figures(coins):
 def test_two_coins_fixed_reproduces_the_paper(coins):
     """declarem on two_coins_fixed.toml: ten iterations from the paper's start give (0.80, 0.52)."""
     model, data = coins
-    try:
-        fit = model.fit(data, init=PAPER_START, max_iter=10, tol=0)
-    except (KeyError, AttributeError) as exc:   # see the report: init on a model whose probs are constants
-        pytest.xfail(f"declarem cannot start a model with constant probs from init yet: {exc!r}")
+    fit = model.fit(data, init=PAPER_START, max_iter=10, tol=0)
     expected = reference("two_coins").run(data, {"z": {"probs": [0.5, 0.5]}, **PAPER_START}, 10, fixed=True)
     assert fit.n_iter == 10
     np.testing.assert_allclose(fit.params["heads"]["p"], expected["heads"]["p"], rtol=0, atol=1e-12)
