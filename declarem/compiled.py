@@ -25,6 +25,7 @@ import scipy.special
 import sympy
 
 from .derive import NumericSolver, scalar_solution, simplex_solution
+from .derive.cache import cached
 from .derive.free import solve_free
 from .derive.lambdify import to_numpy
 from .errors import FamilyError, InitError
@@ -533,12 +534,7 @@ class FreeBlock:
         self._count_keys = list(solution.counts)
         self._closed = {p.name: to_numpy(counts, e) for p, e in solution.closed.items()} \
             if solution.closed else None
-        arguments = list(solution.unconstrained) + counts
-        self._objective = to_numpy(arguments, solution.profile)
-        self._gradient = [to_numpy(arguments, g) for g in solution.gradient]
-        self._hessian = [[to_numpy(arguments, h) for h in row] for row in solution.hessian]
-        self._to_params = {p.name: to_numpy(list(solution.unconstrained), solution.to_params[p])
-                           for p in params}
+        self._numeric = None
 
     def n_free(self):
         return sum(1 for d in self.domains.values() if d != "simplex") + \
@@ -560,6 +556,9 @@ class FreeBlock:
             if all(np.isfinite(v) for v in new.values()):
                 return new
         start = self._unconstrained(old)
+        if self._numeric is None:
+            self._numeric = self._numeric_kernels()
+        objective_, gradient_, hessian_, to_params = self._numeric
 
         def evaluate(function):
             def call(u, rows):
@@ -568,14 +567,23 @@ class FreeBlock:
             return call
 
         def gradient(u, rows):
-            return np.column_stack([evaluate(g)(u, rows) for g in self._gradient])
+            return np.column_stack([evaluate(g)(u, rows) for g in gradient_])
 
         def hessian(u, rows):
-            return np.stack([np.column_stack([evaluate(h)(u, rows) for h in row]) for row in self._hessian],
-                            axis=1)
+            return np.stack([np.column_stack([evaluate(h)(u, rows) for h in row]) for row in hessian_], axis=1)
 
-        u, _ = maximize_rows(evaluate(self._objective), gradient, hessian, start[None, :])
-        return {n: float(f(*u[0])) for n, f in self._to_params.items()}
+        u, _ = maximize_rows(evaluate(objective_), gradient, hessian, start[None, :])
+        return {n: float(f(*u[0])) for n, f in to_params.items()}
+
+    def _numeric_kernels(self):
+        """The Newton problem as numpy callables, built on first need (a closed form rarely needs it)."""
+        solution = self.solution
+        counts = list(solution.counts.values())
+        arguments = list(solution.unconstrained) + counts
+        return (to_numpy(arguments, solution.profile),
+                [to_numpy(arguments, g) for g in solution.gradient],
+                [[to_numpy(arguments, h) for h in row] for row in solution.hessian],
+                {p.name: to_numpy(list(solution.unconstrained), solution.to_params[p]) for p in self._params})
 
     def _unconstrained(self, old):
         coordinates = []
@@ -619,7 +627,9 @@ class FreeBlock:
 @functools.lru_cache(maxsize=None)
 def free_solution(key):
     params, domains, groups, probs = key
-    return solve_free(params, dict(domains), {g: ms for g, ms in groups}, {n: list(e) for n, e in probs})
+    return cached("free", sympy.srepr(key),
+                  lambda: solve_free(params, dict(domains), {g: ms for g, ms in groups},
+                                     {n: list(e) for n, e in probs}))
 
 
 def build_factor(model, node):

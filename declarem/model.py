@@ -337,7 +337,10 @@ class Model:
 
     def _check_sums_to_one(self, expressions, symbols, where):
         eliminated = {symbols[m[-1]]: 1 - sum(symbols[n] for n in m[:-1]) for m in self.simplex_groups.values()}
-        total = sympy.simplify(sum(expressions).subs(eliminated))
+        total = sympy.expand(sum(expressions).subs(eliminated))
+        if total == 1:
+            return
+        total = sympy.simplify(total)
         if total == 1:
             return
         # A rational identity that simplify cannot show is still decided by evaluation at random points.

@@ -7,6 +7,7 @@ a second fit, using the same family does no sympy work.
 
 import functools
 
+from .cache import cached
 from .expfam import decompose
 from .scalar import NumericSolver, solve_scalar
 from .simplex import solve_simplex
@@ -28,16 +29,26 @@ def scalar_solution(family, constants=()):
     -------
     ScalarSolution
     """
-    constant_values = dict(constants)
-    form = decompose(family, constant_values, where=f"family '{family.name}'")
-    upper = constant_values.get(family.upper_bound) if family.upper_bound else None
-    return solve_scalar(form, family.support, family.domains, upper=upper)
+    def compute():
+        constant_values = dict(constants)
+        form = decompose(family, constant_values, where=f"family '{family.name}'")
+        upper = constant_values.get(family.upper_bound) if family.upper_bound else None
+        return solve_scalar(form, family.support, family.domains, upper=upper)
+
+    return cached("scalar", repr((_declaration(family), constants)), compute)
 
 
 @functools.lru_cache(maxsize=None)
 def simplex_solution(family, prior_logpdf=None):
     """The derived update of an indicator family's probability vector (MAP under a prior)."""
-    return solve_simplex(family, prior_logpdf, where=f"family '{family.name}'")
+    return cached("simplex", repr((_declaration(family), prior_logpdf)),
+                  lambda: solve_simplex(family, prior_logpdf, where=f"family '{family.name}'"))
+
+
+def _declaration(family):
+    """What a derivation depends on: the declared text, support, parameters and constants."""
+    return (family.name, family.kind, family.logpdf, family.support, family.params, family.constants,
+            family.upper_bound)
 
 
 def cache_info():

@@ -5,7 +5,6 @@ theta0 (moment matching), whatever route solved it.
 """
 
 import numpy as np
-import scipy.integrate
 import sympy
 
 from .lambdify import to_numpy
@@ -35,6 +34,7 @@ def expected_statistics(form, support, values, upper=None):
         The density's integral (or the mass function's sum) over the support:
         1 for a normalised declaration.
     """
+    import scipy.integrate  # only derivations check moments; a cached model never imports it
     density = form.logpdf.subs(values)
     log_density = to_numpy([form.x], density)
     stats = [to_numpy([form.x], t) for t in form.statistics]
