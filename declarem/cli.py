@@ -39,6 +39,7 @@ def _parser():
     fit.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
     fit.add_argument("--init", help="JSON file of initial parameters ({node: {param: list}}) or a fit")
     fit.add_argument("--hard", action="store_true", help="classification (hard) EM")
+    fit.add_argument("--accelerate", choices=["squarem"], help="extrapolate the EM map (SQUAREM)")
     fit.add_argument("--quiet", action="store_true", help="no progress on standard error")
 
     derive = commands.add_parser("derive", help="show the derived E-step statistics and M-step updates")
@@ -137,7 +138,7 @@ def _fit(args):
     from .em import fit_model
     fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,
                     seed=args.seed, restarts=args.restarts, reg_covar=args.reg_covar, hard=args.hard,
-                    progress=None if args.quiet else progress, source=source)
+                    progress=None if args.quiet else progress, source=source, accelerate=args.accelerate)
     elapsed = time.perf_counter() - started
     if not args.quiet:
         state = "converged" if fit.converged else "stopped at max-iter"

@@ -13,8 +13,10 @@ from .data import node_data, read_model_data
 from .errors import FitError, InitError, OptionError
 from .fit import Fit
 from .inference import expected_statistics, prepare_rows, statistics_from_posterior
+from .squarem import run_squarem
 
 KMEANS_ITERATIONS = 10
+ACCELERATORS = (None, "squarem")
 INITIAL_SOFTENING = 0.1
 FALL_TOLERANCE = 1e-10
 
@@ -221,8 +223,8 @@ def _kmeans(features, weights, k, rng):
     return labels
 
 
-def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None):
-    """Iterate E- and M-steps from ``params``.
+def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None, accelerate=None):
+    """Iterate E- and M-steps from ``params`` (plain, or accelerated by SQUAREM).
 
     The objective is the log-likelihood (with ``hard``, the complete-data
     log-likelihood at each row's best configuration) plus the log prior.
@@ -237,6 +239,15 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
     n_iter : int
     """
     monitor = ConvergenceMonitor(tol)
+    if accelerate == "squarem":
+        def estep(current):
+            stats, objective = expected_statistics(compiled, rows, current, hard=hard)
+            return stats, objective + compiled.log_prior(current)
+
+        def step(stats, old):
+            return mstep(compiled, stats, old, reg_covar)
+
+        return run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress, estep, step, monitor)
     stats, objective = expected_statistics(compiled, rows, params, hard=hard)
     monitor.record(objective + compiled.log_prior(params))
     n_iter = 0
@@ -256,9 +267,11 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
 
 
 def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
-              reg_covar=1e-6, hard=False, progress=None, source="data"):
+              reg_covar=1e-6, hard=False, progress=None, source="data", accelerate=None):
     """Fit a model by EM; see ``Model.fit``."""
     _check_options(max_iter, tol, restarts, reg_covar, seed)
+    if accelerate not in ACCELERATORS:
+        raise OptionError(f"accelerate must be one of {', '.join(map(repr, ACCELERATORS))}, found {accelerate!r}")
     compiled = model.compiled
     if isinstance(data, (str, os.PathLike)):
         source = os.fspath(data)
@@ -275,7 +288,7 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         rng = np.random.default_rng(child)
         try:
             start = initial_params(compiled, rows, rng, given, reg_covar)
-            result = run_em(compiled, rows, start, max_iter, tol, hard, reg_covar, progress)
+            result = run_em(compiled, rows, start, max_iter, tol, hard, reg_covar, progress, accelerate)
         except FitError as exc:
             if restarts == 1:
                 raise

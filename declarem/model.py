@@ -400,7 +400,7 @@ class Model:
         return self._compiled
 
     def fit(self, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
-            reg_covar=1e-6, hard=False, progress=None):
+            reg_covar=1e-6, hard=False, progress=None, accelerate=None):
         """Fit the model by EM.
 
         Parameters
@@ -426,6 +426,10 @@ class Model:
             Classification EM: each row takes its most probable latent configuration.
         progress : callable, optional
             Called as ``progress(iteration, objective, change)`` after each iteration.
+        accelerate : {None, "squarem"}
+            ``"squarem"`` extrapolates the EM map (Varadhan & Roland 2008) with a safeguard
+            that never reports an objective below the plain EM step's; ``n_iter`` then
+            counts EM steps and ``history`` the objective after each accepted cycle.
 
         Returns
         -------
@@ -433,7 +437,8 @@ class Model:
         """
         from .em import fit_model
         return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
-                         restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress)
+                         restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress,
+                         accelerate=accelerate)
 
     def derive(self):
         """The derivation of every factor: expected statistics and M-step, as text and LaTeX."""

@@ -1,0 +1,80 @@
+"""SQUAREM: the same optimum as plain EM in a fraction of the EM steps, never below the EM step."""
+
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats
+
+import declarem
+from declarem.data import read_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+START = {"z": {"probs": [0.3, 0.7]}, "deaths": {"rate": [1.0, 2.5]}}
+
+
+def hasselblad_optimum(data):
+    x, w = data["deaths"], data["count"]
+
+    def negative(theta):
+        weight = 1 / (1 + np.exp(-theta[0]))
+        rates = np.exp(theta[1:])
+        mixture = weight * scipy.stats.poisson.pmf(x, rates[0]) + (1 - weight) * scipy.stats.poisson.pmf(x, rates[1])
+        return -np.dot(w, np.log(mixture))
+
+    found = scipy.optimize.minimize(negative, [np.log(0.36 / 0.64), np.log(1.25), np.log(2.66)],
+                                    method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000})
+    weight = 1 / (1 + np.exp(-found.x[0]))
+    return -found.fun, np.array([weight, 1 - weight]), np.exp(found.x[1:])
+
+
+def test_hasselblad_reaches_the_optimum_in_few_steps():
+    model = declarem.load_model(ROOT / "models" / "hasselblad.toml")
+    data = read_csv(ROOT / "models" / "hasselblad.csv")
+    loglik, probs, rates = hasselblad_optimum(data)
+    plain = model.fit(data, init=START, tol=1e-12, max_iter=100000)
+    fast = model.fit(data, init=START, tol=1e-12, max_iter=100000, accelerate="squarem")
+    assert fast.converged and plain.converged
+    assert fast.n_iter < plain.n_iter / 10
+    assert fast.loglik == pytest.approx(loglik, rel=1e-11)
+    np.testing.assert_allclose(fast.params["deaths"]["rate"], rates, rtol=1e-4)
+    np.testing.assert_allclose(fast.params["z"]["probs"], probs, rtol=1e-4)
+    assert fast.loglik >= plain.loglik - 1e-9
+    assert np.all(np.diff(fast.history) >= 0)
+
+
+def test_slow_gmm_same_optimum_fewer_steps():
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(0, 1, (300, 2)), rng.normal(1.2, 1, (300, 2))])
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2)
+    graph.add_node("x", family="normal", dim=2, covariance="full")
+    graph.add_edge("z", "x")
+    model = declarem.Model(graph)
+    init = {"z": {"probs": [0.5, 0.5]}, "x": {"mean": [[-0.5, 0.0], [1.5, 1.0]], "cov": [np.eye(2), np.eye(2)]}}
+    plain = model.fit({"x": x}, init=init, tol=1e-12, max_iter=20000, reg_covar=0)
+    fast = model.fit({"x": x}, init=init, tol=1e-12, max_iter=20000, reg_covar=0, accelerate="squarem")
+    assert fast.n_iter < plain.n_iter / 2
+    assert fast.loglik >= plain.loglik - 1e-7 * abs(plain.loglik)
+    order = np.argsort(fast.params["x"]["mean"][:, 0])
+    reference = np.argsort(plain.params["x"]["mean"][:, 0])
+    np.testing.assert_allclose(fast.params["x"]["mean"][order], plain.params["x"]["mean"][reference], atol=2e-3)
+    assert np.all(np.diff(fast.history) >= -1e-12 * np.abs(fast.history[1:]))
+
+
+def test_never_below_the_plain_em_step():
+    """Each accepted cycle is at least as high as two plain EM steps from the same point."""
+    model = declarem.load_model(ROOT / "models" / "hasselblad.toml")
+    data = read_csv(ROOT / "models" / "hasselblad.csv")
+    fast = model.fit(data, init=START, tol=0, max_iter=40, accelerate="squarem")
+    plain = model.fit(data, init=START, tol=0, max_iter=40)
+    assert fast.history[-1] >= plain.history[-1]
+    assert fast.n_iter == 40
+
+
+def test_unknown_accelerator_is_refused():
+    model = declarem.load_model(ROOT / "models" / "hasselblad.toml")
+    with pytest.raises(declarem.DeclaremError, match="accelerate"):
+        model.fit(read_csv(ROOT / "models" / "hasselblad.csv"), accelerate="aitken")
