@@ -31,6 +31,35 @@ class NodeData:
     weights: np.ndarray
 
 
+def group_identical_rows(model, checked):
+    """Merge identical rows of an all-discrete data set into one row each, weights added.
+
+    Every expected statistic is a weighted sum over rows, so a fit on the grouped
+    rows equals the fit on the original ones; each E-step then costs the number of
+    distinct rows instead of the number of rows.
+
+    Parameters
+    ----------
+    model : Model
+    checked : NodeData
+
+    Returns
+    -------
+    NodeData
+        Unchanged when some observed node is not discrete, or nothing repeats.
+    """
+    names = list(checked.values)
+    if not names or not all(model.nodes[n].is_discrete for n in names):
+        return checked
+    table = np.column_stack([checked.values[n] for n in names])
+    distinct, inverse = np.unique(table, axis=0, return_inverse=True)
+    if len(distinct) == checked.n_rows:
+        return checked
+    weights = np.bincount(inverse.reshape(-1), weights=checked.weights, minlength=len(distinct))
+    return NodeData(n_rows=len(distinct), values={n: distinct[:, j] for j, n in enumerate(names)},
+                    weights=weights)
+
+
 def read_csv(path):
     """Read a CSV with a header row into a mapping of column name to float array.
 

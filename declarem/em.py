@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from .data import node_data, read_model_data
+from .data import group_identical_rows, node_data, read_model_data
 from .errors import FitError, InitError, OptionError
 from .fit import Fit
 from .inference import expected_statistics, prepare_rows, statistics_from_posterior
@@ -279,7 +279,7 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         weights = implied if weights is None else weights
     if weights is None:
         weights = model.data_info.get("weights")
-    prepared = node_data(model, data, weights, source=source)
+    prepared = group_identical_rows(model, node_data(model, data, weights, source=source))
     rows = prepare_rows(compiled, prepared)
     given = check_init(compiled, init)
     best = None
