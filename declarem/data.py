@@ -51,13 +51,18 @@ def group_identical_rows(model, checked):
     names = list(checked.values)
     if not names or not all(model.nodes[n].is_discrete for n in names):
         return checked
-    table = np.column_stack([checked.values[n] for n in names])
-    distinct, inverse = np.unique(table, axis=0, return_inverse=True)
+    sizes = [model.nodes[n].k for n in names]
+    if np.prod(np.array(sizes, dtype=float)) >= 2.0 ** 62:
+        return checked
+    # One mixed-radix integer per row: sorting integers is far cheaper than sorting rows.
+    codes = np.zeros(checked.n_rows, dtype=np.int64)
+    for name, size in zip(names, sizes):
+        codes = codes * size + checked.values[name]
+    distinct, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     if len(distinct) == checked.n_rows:
         return checked
     weights = np.bincount(inverse.reshape(-1), weights=checked.weights, minlength=len(distinct))
-    return NodeData(n_rows=len(distinct), values={n: distinct[:, j] for j, n in enumerate(names)},
-                    weights=weights)
+    return NodeData(n_rows=len(distinct), values={n: checked.values[n][first] for n in names}, weights=weights)
 
 
 def read_csv(path):
