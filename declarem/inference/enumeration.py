@@ -18,7 +18,6 @@ from ..errors import FitError
 from .bilinear import bilinear_plan, bilinear_statistics
 
 CHUNK_ROWS = 8192
-SAFE_EXPONENT = 600.0
 UNDERFLOW = 1e-280
 
 
@@ -105,7 +104,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
                 joint.fill(0.0)
                 joint[np.arange(len(joint)), best] = 1.0
             else:
-                row_loglik = _normalise(joint, start)
+                joint, row_loglik = _normalise(joint, start)
         row_loglik = row_loglik + constant
         _check_rows(row_loglik, start)
         objective += float(np.dot(weights, row_loglik))
@@ -215,7 +214,8 @@ def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         joint = _joint(compiled, rows, tables, chunk, varying)
-        row_loglik[chunk] = _normalise(joint, start) + _constant_loglik(compiled, rows, tables, varying, chunk)
+        joint, chunk_loglik = _normalise(joint, start)
+        row_loglik[chunk] = chunk_loglik + _constant_loglik(compiled, rows, tables, varying, chunk)
         shaped = joint.reshape((len(joint),) + compiled.latent_sizes)
         for axis, name in enumerate(compiled.latent):
             others = tuple(a + 1 for a in range(len(compiled.latent)) if a != axis)
@@ -308,7 +308,7 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
             with np.errstate(invalid="ignore"):
                 per_set = statistics @ eta.T
                 per_set -= log_partition
-            contribution = per_set[:, set_index.reshape(-1)]
+            contribution = per_set if view.identity_sets else per_set[:, set_index.reshape(-1)]
         else:
             flat = set_index.reshape(n, -1)
             with np.errstate(invalid="ignore"):
@@ -334,18 +334,32 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
 
 
 def _normalise(joint, start):
-    """Turn each row's joint log-probabilities into its posterior, in place; return log p(row)."""
+    """Turn each row's joint log-probabilities into its posterior; return it and log p(row).
+
+    The exponentials are taken unshifted first: when every row's total is finite and
+    above underflow (nearly always), no row maximum is needed, and the row sums are a
+    matrix-vector product (sums along short rows are slow). Otherwise each row is
+    shifted by its maximum.
+
+    Returns
+    -------
+    posterior : ndarray of shape (n, n_configurations)
+    row_loglik : ndarray of shape (n,)
+    """
+    ones = np.ones(joint.shape[1])
+    with np.errstate(over="ignore", under="ignore"):
+        posterior = np.exp(joint)
+    total = posterior @ ones
+    if np.all(np.isfinite(total) & (total > UNDERFLOW)):
+        posterior *= (1.0 / total)[:, None]
+        return posterior, np.log(total)
     peak = joint.max(axis=1, keepdims=True)
     _check_rows(peak[:, 0], start)
-    # Shifting by the row maximum only guards exp against overflow and total underflow; when every
-    # maximum is well inside exp's range the shift (a full pass) changes nothing and is skipped.
-    shifted = not (peak.min() > -SAFE_EXPONENT and peak.max() < SAFE_EXPONENT)
-    if shifted:
-        np.subtract(joint, peak, out=joint)
+    np.subtract(joint, peak, out=joint)
     np.exp(joint, out=joint)
-    total = joint.sum(axis=1, keepdims=True)
-    np.divide(joint, total, out=joint)
-    return (np.log(total) + peak)[:, 0] if shifted else np.log(total)[:, 0]
+    total = joint @ ones
+    joint /= total[:, None]
+    return joint, np.log(total) + peak[:, 0]
 
 
 def _check_rows(peak, start):
