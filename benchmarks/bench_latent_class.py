@@ -70,6 +70,8 @@ import warnings
 
 import numpy as np
 
+from machine import cpu_model as _cpu_model, loadavg as _loadavg, ncpu as _ncpu
+
 K = 3
 CARDS = (2, 3, 4, 2, 3, 4)
 NAMES = tuple(f"x{i + 1}" for i in range(len(CARDS)))
@@ -467,37 +469,6 @@ def _git_head(where):
         return "commit " + out.stdout.strip() + (" (declarem/ has uncommitted changes)" if dirty else "")
     except Exception:  # noqa: BLE001 - informational only
         return "unknown"
-
-
-def _loadavg():
-    try:
-        import os
-
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except (OSError, AttributeError):  # pragma: no cover
-        return "unknown"
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _ncpu():
-    try:
-        import os
-
-        return len(os.sched_getaffinity(0))
-    except Exception:  # pragma: no cover
-        import os
-
-        return os.cpu_count()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ class ConvergenceMonitor:
                           "small falls can occur)", RuntimeWarning, stacklevel=3)
         return change
 
+    def iteration(self, n_iter, objective, progress):
+        """Record the objective after iteration ``n_iter``, report progress; return whether converged."""
+        change = self.record(objective)
+        if progress is not None:
+            progress(n_iter, objective, change)
+        return self.converged
+
     @property
     def converged(self):
         if len(self.history) < 2:
@@ -256,11 +263,7 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
         params = mstep(compiled, stats, params, reg_covar)
         n_iter += 1
         stats, objective = expected_statistics(compiled, rows, params, hard=hard)
-        objective += compiled.log_prior(params)
-        change = monitor.record(objective)
-        if progress is not None:
-            progress(n_iter, objective, change)
-        if monitor.converged:
+        if monitor.iteration(n_iter, objective + compiled.log_prior(params), progress):
             converged = True
             break
     return params, monitor.history, converged, n_iter

@@ -78,10 +78,7 @@ def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress
         n_iter += 1
         if n_iter >= max_iter:
             params = first
-            change = monitor.record(first_objective)
-            if progress is not None:
-                progress(n_iter, first_objective, change)
-            converged = monitor.converged
+            converged = monitor.iteration(n_iter, first_objective, progress)
             break
         second = mstep(first_stats, first)
         second_stats, second_objective = estep(second)
@@ -112,10 +109,7 @@ def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress
                         break
             step = (step - 1.0) / 2.0
         params, stats, objective = accepted
-        change = monitor.record(objective)
-        if progress is not None:
-            progress(n_iter, objective, change)
-        if monitor.converged:
+        if monitor.iteration(n_iter, objective, progress):
             converged = True
             break
     return params, monitor.history, converged, n_iter
