@@ -270,7 +270,7 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
 
 
 def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
-              reg_covar=1e-6, hard=False, progress=None, source="data", accelerate=None):
+              reg_covar=1e-6, hard=False, progress=None, source="data", accelerate=None, memory_budget=None):
     """Fit a model by EM; see ``Model.fit``."""
     _check_options(max_iter, tol, restarts, reg_covar, seed)
     if accelerate not in ACCELERATORS:
@@ -283,7 +283,10 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     if weights is None:
         weights = model.data_info.get("weights")
     prepared = group_identical_rows(model, node_data(model, data, weights, source=source))
-    rows = prepare_rows(compiled, prepared)
+    if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget < 0
+                                      or not isinstance(memory_budget, (int, np.integer))):
+        raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
+    rows = prepare_rows(compiled, prepared, memory_budget)
     given = check_init(compiled, init)
     best = None
     failures = []

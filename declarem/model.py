@@ -400,7 +400,7 @@ class Model:
         return self._compiled
 
     def fit(self, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
-            reg_covar=1e-6, hard=False, progress=None, accelerate=None):
+            reg_covar=1e-6, hard=False, progress=None, accelerate=None, memory_budget=None):
         """Fit the model by EM.
 
         Parameters
@@ -430,6 +430,10 @@ class Model:
             ``"squarem"`` extrapolates the EM map (Varadhan & Roland 2008) with a safeguard
             that never reports an objective below the plain EM step's; ``n_iter`` then
             counts EM steps and ``history`` the objective after each accepted cycle.
+        memory_budget : int, optional
+            Bytes the sufficient statistics T(X) may take; above it they are formed chunk by
+            chunk in every E-step instead of once (same result, more time). Default: half of
+            the memory available when the fit starts.
 
         Returns
         -------
@@ -438,7 +442,7 @@ class Model:
         from .em import fit_model
         return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
                          restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress,
-                         accelerate=accelerate)
+                         accelerate=accelerate, memory_budget=memory_budget)
 
     def derive(self):
         """The derivation of every factor: expected statistics and M-step, as text and LaTeX."""

@@ -302,7 +302,7 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
     if view.observed_offset is not None:
         set_index = view.observed_offset[chunk].reshape((n,) + (1,) * set_index.ndim) + set_index
     if factor.layout == "dense":
-        statistics = view.statistics[chunk]
+        statistics = view.statistics_of(factor, chunk)
         if view.observed_offset is None:
             flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
             with np.errstate(invalid="ignore"):
@@ -416,12 +416,12 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names):
             continue
         if view.observed_offset is None:
             # A contiguous (sets, rows) operand: OpenBLAS is several times slower on the transposed view.
-            sums[set_index] += np.ascontiguousarray(marginal.T) @ view.statistics[chunk]
+            sums[set_index] += np.ascontiguousarray(marginal.T) @ view.statistics_of(factor, chunk)
             set_weights[set_index] += marginal.sum(axis=0)
             continue
         else:
             rows_of = np.repeat(np.arange(n), n_latent)
             scatter = scipy.sparse.csr_matrix((marginal.reshape(-1), (sets.reshape(-1), rows_of)),
                                               shape=(factor.n_sets, n))
-            sums += scatter @ view.statistics[chunk]
+            sums += scatter @ view.statistics_of(factor, chunk)
         set_weights += np.bincount(sets.reshape(-1), weights=marginal.reshape(-1), minlength=factor.n_sets)

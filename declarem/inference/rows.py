@@ -1,5 +1,6 @@
 """Per-fit row data in the form the E-step consumes: statistics computed once."""
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,12 @@ class FactorRows:
     latent_set_index: np.ndarray
     shift: object
     values: object = None
+
+    def statistics_of(self, factor, chunk):
+        """The statistics of a chunk of rows: stored ones, or formed now when the fit streams them."""
+        if self.statistics is not None:
+            return self.statistics[chunk]
+        return factor.statistics(self.values[chunk])
 
     @property
     def identity_sets(self):
@@ -87,18 +94,26 @@ class Rows:
         return {name: f.shift for name, f in self.factors.items() if f.shift is not None}
 
 
-def prepare_rows(compiled, node_data):
+def prepare_rows(compiled, node_data, memory_budget=None):
     """Compute each observed factor's statistics and each factor's parent indexing once.
 
     Parameters
     ----------
     compiled : CompiledModel
     node_data : NodeData
+    memory_budget : int or None
+        Bytes the dense statistics T(X) may take. When they would take more, they are
+        not stored: each E-step forms them chunk by chunk from the data (same result,
+        more time). None: half of the memory available now.
 
     Returns
     -------
     Rows
     """
+    budget = available_memory() // 2 if memory_budget is None else memory_budget
+    dense_bytes = sum(8 * node_data.n_rows * factor.width for name, factor in compiled.factors.items()
+                      if factor.layout == "dense" and name in node_data.values)
+    stream = dense_bytes > budget
     model = compiled.model
     axis_of = {name: i for i, name in enumerate(compiled.latent)}
     factors = {}
@@ -126,13 +141,28 @@ def prepare_rows(compiled, node_data):
             values = node_data.values[name]
             shift = factor.shift_for(values, weights)
             centred = values - shift if shift is not None else values
-            statistics = factor.statistics(centred)
-            base = factor.base(centred)
-            base_total += float(np.dot(weights, base))
+            if factor.layout == "dense" and stream:
+                statistics = None
+            else:
+                statistics = factor.statistics(centred)
+            for first in range(0, node_data.n_rows, BASE_CHUNK):
+                block = slice(first, first + BASE_CHUNK)
+                base_total += float(np.dot(weights[block], factor.base(centred[block])))
         factors[name] = FactorRows(statistics=statistics, observed_offset=observed_offset,
                                    latent_axes=tuple(a for a, _, _ in latent_parents),
                                    latent_set_index=latent_set_index, shift=shift, values=centred)
     return Rows(n_rows=node_data.n_rows, weights=weights, factors=factors, base_total=base_total)
+
+
+BASE_CHUNK = 65536
+
+
+def available_memory():
+    """Bytes of physical memory available now (a large number where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 62
 
 
 def _strides(sizes):
