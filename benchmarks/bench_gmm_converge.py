@@ -10,7 +10,10 @@ Peak memory is measured in a fresh process (``--memory``): the rise of the resid
 (ru_maxrss) during one declarem fit, against the bound the speed issue sets, about twice the data
 plus T(X) plus the (N, K) responsibilities.
 
-    python benchmarks/bench_gmm_converge.py [--cov full|diag] [--tol 1e-5] [--memory]
+    python benchmarks/bench_gmm_converge.py [--cov full|diag] [--small] [--tol 1e-5] [--memory [--stream]]
+
+``--small`` is the N=1,000,000, D=2, K=3 case. ``--stream`` measures the fit with ``memory_budget=0``
+(T(X) formed chunk by chunk in every E-step) and its time per iteration beside the stored path.
 """
 
 import argparse
@@ -44,14 +47,17 @@ def model(covariance="full"):
     return declarem.Model(graph)
 
 
-def memory_probe():
+def memory_probe(stream):
     x, start = data_and_start()
     fitted = model()
     fitted.fit({"x": x[:2000]}, max_iter=1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    fitted.fit({"x": x}, init={"z": {"probs": np.full(K, 1 / K)}, "x": {"mean": start, "cov": np.array([np.eye(D)] * K)}},
-               max_iter=3, tol=0)
+    init = {"z": {"probs": np.full(K, 1 / K)}, "x": {"mean": start, "cov": np.array([np.eye(D)] * K)}}
+    started = time.perf_counter()
+    fitted.fit({"x": x}, init=init, max_iter=3, tol=0, memory_budget=0 if stream else None)
+    elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"{'streamed' if stream else 'stored'} T(X): 3-iteration fit {elapsed:.2f} s")
     data = x.nbytes
     statistics_bytes = N * (D + D * (D + 1) // 2) * 8
     responsibilities = N * K * 8
@@ -66,10 +72,16 @@ def main():
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--cov", choices=["full", "diag"], default="full")
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--stream", action="store_true")
     args = parser.parse_args()
     if args.memory:
-        subprocess.run([sys.executable, __file__, "--memory-probe"], check=True)
+        subprocess.run([sys.executable, __file__, "--memory-probe"] + (["--stream"] if args.stream else []),
+                       check=True)
         return
+    if args.small:
+        global N, D, K
+        N, D, K = 1_000_000, 2, 3
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
     x, start = data_and_start()
@@ -112,6 +124,6 @@ def main():
 
 if __name__ == "__main__":
     if "--memory-probe" in sys.argv:
-        memory_probe()
+        memory_probe("--stream" in sys.argv)
     else:
         main()
