@@ -449,6 +449,10 @@ class CategoricalFactor(Factor):
         with np.errstate(divide="ignore"):
             return np.log(params["probs"]), None
 
+    def probabilities(self, params):
+        """The probability rows themselves, shape (n_sets, k), for E-steps that multiply them."""
+        return params["probs"]
+
     def log_prior(self, params):
         """The prior's log-density at the parameters (0 without a prior)."""
         if self.kernels.prior is None:
@@ -493,6 +497,7 @@ class DeterministicFactor(Factor):
         self.statistic_count = self.k
         indicator = np.zeros((self.n_sets, self.k))
         indicator[np.arange(self.n_sets), np.asarray(node.table)] = 1.0
+        self._indicator = indicator
         with np.errstate(divide="ignore"):
             self._log_table = np.log(indicator)
 
@@ -504,6 +509,9 @@ class DeterministicFactor(Factor):
 
     def natural(self, params):
         return self._log_table, None
+
+    def probabilities(self, params):
+        return self._indicator
 
     def mstep(self, sums, set_weights, old, reg_covar):
         return {}

@@ -386,11 +386,6 @@ class Model:
 
     # -- what later stages use ------------------------------------------------------------
 
-    def data_columns(self, name):
-        """The data columns a node reads: its declared columns, or its own name."""
-        node = self.nodes[name]
-        return node.columns if node.columns else (name,)
-
     @property
     def compiled(self):
         """The compiled model (derivations turned into numpy callables), built once."""

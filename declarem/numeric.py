@@ -43,7 +43,7 @@ def maximize_rows(objective, gradient, hessian, start, max_iter=100, tol=1e-12):
     converged : ndarray of bool, shape (n_rows,)
     """
     u = np.array(start, dtype=float, copy=True)
-    n_rows, n_vars = u.shape
+    n_rows = u.shape[0]
     value = objective(u, np.arange(n_rows))
     active = np.isfinite(value)
     converged = np.zeros(n_rows, dtype=bool)
@@ -77,7 +77,7 @@ def maximize_rows(objective, gradient, hessian, start, max_iter=100, tol=1e-12):
 
 def _ascent_direction(gradient, hessian):
     """Newton direction where -H is positive definite, else the gradient."""
-    n_rows, n_vars = gradient.shape
+    n_rows = gradient.shape[0]
     direction = gradient.copy()
     try:
         chol = np.linalg.cholesky(-hessian)

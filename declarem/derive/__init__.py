@@ -12,7 +12,7 @@ from .expfam import decompose
 from .scalar import NumericSolver, solve_scalar
 from .simplex import solve_simplex
 
-__all__ = ["scalar_solution", "simplex_solution", "NumericSolver", "cache_info"]
+__all__ = ["scalar_solution", "simplex_solution", "NumericSolver"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,8 +49,3 @@ def _declaration(family):
     """What a derivation depends on: the declared text, support, parameters and constants."""
     return (family.name, family.kind, family.logpdf, family.support, family.params, family.constants,
             family.upper_bound)
-
-
-def cache_info():
-    """How many derivations were computed and reused in this process."""
-    return {"scalar": scalar_solution.cache_info(), "simplex": simplex_solution.cache_info()}

@@ -111,6 +111,11 @@ class Family:
     sampler: tuple = ()
     description: str = ""
 
+    def __post_init__(self):
+        if self.kind not in KINDS or self.support not in SUPPORTS:
+            raise ValueError(f"family '{self.name}': kind {self.kind!r} or support {self.support!r} is not "
+                             "one declarem knows")
+
     @property
     def param_names(self):
         return tuple(name for name, _ in self.params)

@@ -231,7 +231,7 @@ class _Table(NamedTuple):
     transposed: np.ndarray          # (k, n_sets) contiguous, for observed categories; else None
     boundary: np.ndarray            # (n_sets,) bool, sets whose natural parameters are infinite; or None
     params: dict
-    probabilities: np.ndarray = None             # exp(eta) for categorical factors
+    probabilities: np.ndarray = None             # the probability rows of categorical factors
     transposed_probabilities: np.ndarray = None  # exp(transposed)
 
 
@@ -248,7 +248,7 @@ def _natural_tables(compiled, params):
                 boundary = None
         probabilities = transposed_probabilities = None
         if factor.layout != "dense":
-            probabilities = np.exp(eta)
+            probabilities = np.asarray(factor.probabilities(params[name]), dtype=float)
             transposed_probabilities = None if transposed is None else np.ascontiguousarray(probabilities.T)
         tables[name] = _Table(eta, log_partition, transposed, boundary, params[name], probabilities,
                               transposed_probabilities)
