@@ -24,7 +24,7 @@ import numpy as np
 import scipy.special
 import sympy
 
-from .derive import NumericSolver, scalar_solution, simplex_solution
+from .derive import NumericSolver, scalar_solution, simplex_solution, warn_if_provisional
 from .derive.cache import cached
 from .derive.free import solve_free
 from .derive.lambdify import to_numpy
@@ -635,9 +635,11 @@ class FreeBlock:
 @functools.lru_cache(maxsize=None)
 def free_solution(key):
     params, domains, groups, probs = key
-    return cached("free", sympy.srepr(key),
-                  lambda: solve_free(params, dict(domains), {g: ms for g, ms in groups},
-                                     {n: list(e) for n, e in probs}))
+    solution = cached("free", sympy.srepr(key),
+                      lambda: solve_free(params, dict(domains), {g: ms for g, ms in groups},
+                                         {n: list(e) for n, e in probs}))
+    warn_if_provisional("the free parameters", solution)
+    return solution
 
 
 def build_factor(model, node):

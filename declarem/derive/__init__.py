@@ -6,13 +6,14 @@ a second fit, using the same family does no sympy work.
 """
 
 import functools
+import warnings
 
 from .cache import cached
 from .expfam import decompose
 from .scalar import NumericSolver, solve_scalar
 from .simplex import solve_simplex
 
-__all__ = ["scalar_solution", "simplex_solution", "NumericSolver"]
+__all__ = ["scalar_solution", "simplex_solution", "NumericSolver", "warn_if_provisional"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,7 +36,9 @@ def scalar_solution(family, constants=()):
         upper = constant_values.get(family.upper_bound) if family.upper_bound else None
         return solve_scalar(form, family.support, family.domains, upper=upper)
 
-    return cached("scalar", repr((_declaration(family), constants)), compute)
+    solution = cached("scalar", repr((_declaration(family), constants)), compute)
+    warn_if_provisional(f"family '{family.name}'", solution)
+    return solution
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,6 +46,14 @@ def simplex_solution(family, prior_logpdf=None):
     """The derived update of an indicator family's probability vector (MAP under a prior)."""
     return cached("simplex", repr((_declaration(family), prior_logpdf)),
                   lambda: solve_simplex(family, prior_logpdf, where=f"family '{family.name}'"))
+
+
+def warn_if_provisional(what, solution):
+    """Say when a derivation's sympy budget ran out, so its route is this process's only."""
+    if getattr(solution, "provisional", False):
+        warnings.warn(f"{what}: sympy did not finish within its budget of CPU time; the M-step is solved "
+                      "numerically in this process, and the derivation is not cached",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _declaration(family):

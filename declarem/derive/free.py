@@ -4,7 +4,7 @@ With n_{v,j} the expected count of category j of node v, the free parameters
 maximise  f(theta; n) = sum_v sum_j n_{v,j} log p_{v,j}(theta).
 Parameters on a simplex are reduced to free coordinates first (the last member
 is one minus the others). The stationarity equations, denominators cleared,
-go to sympy's solver under a time budget; a candidate is kept only when it
+go to sympy's solver under a budget of CPU time (``budget.py``); a candidate is kept only when it
 returns the parameters that generated exactly known counts, at two check
 points. Otherwise Newton's method solves it numerically, with sympy's gradient
 and Hessian in unconstrained coordinates.
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from .scalar import _attempt_solve, _cleared
+from .budget import SolveBudget
+from .scalar import _cleared, attempt_solve
 
 CHECK_POINTS = {"real": (0.7, -0.4), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
 SIMPLEX_POINTS = ((0.5, 0.3, 0.2, 0.1, 0.05), (0.2, 0.45, 0.35, 0.25, 0.15))
@@ -60,6 +61,7 @@ class FreeSolution:
     gradient: list = field(default_factory=list)
     hessian: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    provisional: bool = False
 
     @property
     def status(self):
@@ -93,8 +95,10 @@ def solve_free(params, domains, groups, probs):
     points = _check_points(params, domains, groups)
     known = [_exact_counts(counts, probs, point) for point in points]
     equations = [sympy.diff(reduced, u) for u in unknowns]
-    candidates = _attempt_solve([_cleared(e) for e in equations], unknowns) or \
-        _attempt_solve(equations, unknowns)
+    budget = SolveBudget()
+    candidates = attempt_solve([_cleared(e) for e in equations], unknowns, budget) or \
+        attempt_solve(equations, unknowns, budget)
+    solution.provisional = budget.exhausted
     for candidate in candidates:
         if set(candidate) != set(unknowns) or any(candidate[u].has(*params) for u in unknowns):
             continue

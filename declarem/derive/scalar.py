@@ -16,9 +16,6 @@ Three outcomes, tried in order:
 Every closed form is checked against its numeric twin at two parameter points.
 """
 
-import signal
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +23,10 @@ import sympy
 
 from ..errors import FamilyError
 from ..numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
+from .budget import SolveBudget
 from .lambdify import to_numpy
 from .moments import expected_statistics, is_positive_statistic
 
-SOLVE_SECONDS = 4.0
 CHECK_POINTS = {"real": (0.7, -1.3), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
 CHECK_RTOL = 1e-6
 NORMALISATION_RTOL = 1e-6
@@ -60,6 +57,9 @@ class ScalarSolution:
         Parameters that may be tied across sets, with phi(t): the tied value is
         the weighted mean of phi over the sets.
     notes : list of str
+    provisional : bool
+        sympy's budget ran out before every attempt finished: the route serves this
+        process only and is not stored in the on-disk cache.
     """
 
     form: object
@@ -74,6 +74,7 @@ class ScalarSolution:
     hessian: list = field(default_factory=list)
     poolable: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    provisional: bool = False
 
     @property
     def status(self):
@@ -92,36 +93,32 @@ def mean_symbols(form):
     return tuple(names)
 
 
-@contextmanager
-def time_budget(seconds):
-    """Raise TimeoutError inside the block after ``seconds`` (main thread only; else no budget)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum, frame):
-        raise TimeoutError
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _cleared(equation):
     numerator, _ = sympy.together(equation).as_numer_denom()
     return numerator
 
 
-def _attempt_solve(equations, unknowns):
-    try:
-        with time_budget(SOLVE_SECONDS):
-            return sympy.solve(equations, unknowns, dict=True)
-    except (NotImplementedError, TimeoutError, ValueError, TypeError, ZeroDivisionError):
+def attempt_solve(equations, unknowns, budget):
+    """sympy's solutions of a system, or [] when it has none, gives up, or the budget refuses it.
+
+    Parameters
+    ----------
+    equations : list of sympy.Expr
+        Each equal to zero.
+    unknowns : list of sympy.Symbol
+    budget : SolveBudget
+    """
+    if not budget.admits(equations, unknowns):
         return []
+
+    def solve():
+        try:
+            return sympy.solve(equations, unknowns, dict=True)
+        except (NotImplementedError, ValueError, TypeError, ZeroDivisionError, RecursionError):
+            return []
+
+    finished, solutions = budget.run(solve)
+    return solutions if finished else []
 
 
 class _Checker:
@@ -188,10 +185,11 @@ def solve_scalar(form, support, domains, upper=None):
     equations = [sympy.diff(objective, p) for p in form.params]
     checker = _Checker(form, support, domains, means, upper)
     notes = []
+    budget = SolveBudget()
 
     closed = {}
-    candidates = _attempt_solve([_cleared(e) for e in equations], list(form.params)) or \
-        _attempt_solve(equations, list(form.params))
+    candidates = attempt_solve([_cleared(e) for e in equations], list(form.params), budget) or \
+        attempt_solve(equations, list(form.params), budget)
     for solution in candidates:
         if set(solution) != set(form.params) or any(solution[p].has(*form.params) for p in form.params):
             continue
@@ -200,26 +198,26 @@ def solve_scalar(form, support, domains, upper=None):
             break
     if not closed:
         notes.append("sympy found no closed form for all parameters together")
-        closed = _partial(form, equations, domains, checker)
+        closed = _partial(form, equations, domains, checker, budget)
         if closed:
             names = ", ".join(p.name for p in closed)
             notes.append(f"closed form for {names} given the others")
 
     numeric = tuple(p for p in form.params if p not in closed)
     solution = ScalarSolution(form=form, domains=domains, means=means, objective=objective,
-                              closed=closed, numeric=numeric, notes=notes)
+                              closed=closed, numeric=numeric, notes=notes, provisional=budget.exhausted)
     _add_numeric_problem(solution)
     solution.poolable = _poolable(solution)
     _check_numeric_twin(solution, checker)
     return solution
 
 
-def _partial(form, equations, domains, checker):
+def _partial(form, equations, domains, checker, budget):
     """Parameters that solve from their own equation given the others, substituted to a fixed point."""
     closed = {}
     for parameter, equation in zip(form.params, equations):
-        candidates = _attempt_solve([_cleared(equation)], [parameter]) or \
-            _attempt_solve([equation], [parameter])
+        candidates = attempt_solve([_cleared(equation)], [parameter], budget) or \
+            attempt_solve([equation], [parameter], budget)
         others = [p for p in form.params if p != parameter]
         for candidate in candidates:
             expression = candidate.get(parameter)
