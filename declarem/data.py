@@ -4,8 +4,14 @@ Every check names the column, and for values outside a family's support the
 first bad row, so a user can find and fix it.
 """
 
+import codecs
 import csv
+import io
 import os
+import re
+import stat
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,39 +71,137 @@ def group_identical_rows(model, checked):
     return NodeData(n_rows=len(distinct), values={n: checked.values[n][first] for n in names}, weights=weights)
 
 
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+              (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular_file(path, what, error=DataError):
+    """Refuse a path that is missing or is not a regular file, from its ``os.stat`` alone.
+
+    Reading a device (``/dev/zero``, ``/dev/urandom``) never ends and opening a
+    FIFO blocks, so anything but a regular file is refused before it is opened.
+
+    Parameters
+    ----------
+    path : str
+    what : str
+        What the file should be, for messages ("data file", "spec file").
+    error : type
+        The DeclaremError subclass to raise.
+
+    Returns
+    -------
+    os.stat_result
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except ValueError:
+        # os.stat refuses a path with a NUL character before asking the system.
+        raise error(f"{path!r}: a path cannot contain a NUL character; give the path of a {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    _refuse_special(path, info.st_mode, what, error)
+    return info
+
+
+def _refuse_special(path, mode, what, error):
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
+    raise error(f"{path}: is {kind}, not a {what}; give the path of a regular file")
+
+
+def read_input(path, what, error=DataError):
+    """The bytes of an input file, after refusing anything that is not a regular file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    what : str
+        What the file should be, for messages ("data file", "spec file").
+    error : type
+        The DeclaremError subclass raised for every problem, naming the path.
+
+    Returns
+    -------
+    bytes
+    """
+    path = os.fspath(path)
+    check_regular_file(path, what, error)
+    try:
+        with open(path, "rb") as handle:
+            # The path may have been swapped for something else since the stat.
+            _refuse_special(path, os.fstat(handle.fileno()).st_mode, what, error)
+            return handle.read()
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+
+
+def decode_text(raw, path, what, error=DataError):
+    """Decode a text input as strict UTF-8 (a leading byte-order mark is dropped).
+
+    Raises ``error`` naming the file, line and column of the first byte that is
+    not UTF-8, so a Latin-1 or binary file fails at once instead of as garbled names.
+    """
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise error(f"{path}: line {line}, column {column}: byte 0x{raw[exc.start]:02x} is not UTF-8 text; "
+                    f"declarem reads a {what} as UTF-8, so save it with that encoding") from None
+
+
 def read_csv(path):
     """Read a CSV with a header row into a mapping of column name to float array.
 
-    Raises DataError naming the file, row and column of any cell that is not a number.
+    The file must be UTF-8 text with a header row and at least one data row.
+    Raises DataError naming the file, line and column of any cell that is not a
+    number, and naming the file for any other problem with it.
     """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such data file")
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: the file is empty; expected a header row of column names") from None
+    path = os.fspath(path)
+    text = decode_text(read_input(path, "data file"), path, "data file")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: the file is empty; expected a header row of column names")
         header = [name.strip() for name in header]
+        if not any(header):
+            raise DataError(f"{path}: line 1 is empty; expected a header row of column names")
+        if not all(header):
+            raise DataError(f"{path}: line 1, field {header.index('') + 1} of the header has no column name")
         if len(set(header)) != len(header):
-            raise DataError(f"{path}: the header names a column twice")
-        rows = []
-        for line_number, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}: line {line_number} has {len(row)} fields; the header has "
-                                f"{len(header)}")
-            parsed = []
-            for name, cell in zip(header, row):
-                try:
-                    parsed.append(float(cell))
-                except ValueError:
-                    raise DataError(f"{path}: line {line_number}, column '{name}': {cell!r} is not a "
-                                    "number") from None
-            rows.append(parsed)
+            twice = next(name for name in header if header.count(name) > 1)
+            raise DataError(f"{path}: the header names column '{twice}' twice")
+        rows = [parsed for parsed in (_parse_row(row, header, reader.line_num, path) for row in reader)
+                if parsed is not None]
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: not readable as CSV: {exc}") from None
+    if not rows:
+        raise DataError(f"{path}: the header has no data rows below it; add at least one row")
     table = np.array(rows, dtype=float).reshape(len(rows), len(header))
     return {name: table[:, j] for j, name in enumerate(header)}
+
+
+def _parse_row(row, header, line_number, path):
+    """One CSV record as floats, or None for a blank line."""
+    if not row or all(not cell.strip() for cell in row):
+        return None
+    if len(row) != len(header):
+        raise DataError(f"{path}: line {line_number} has {len(row)} fields; the header has {len(header)}")
+    parsed = []
+    for name, cell in zip(header, row):
+        try:
+            parsed.append(float(cell))
+        except ValueError:
+            raise DataError(f"{path}: line {line_number}, column '{name}': {cell!r} is not a number") from None
+    return parsed
 
 
 COUNT_COLUMN = "count"
@@ -133,18 +237,29 @@ def sparse_columns(matrix, rows, columns, source="matrix"):
     return {rows: coo.row[keep].astype(float), columns: coo.col[keep].astype(float), COUNT_COLUMN: counts}
 
 
+# What a damaged or foreign .npz raises from inside zipfile, zlib and numpy's reader.
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, RuntimeError, NotImplementedError,
+              zipfile.BadZipFile, zlib.error)
+
+
 def read_npz(path, rows, columns):
     """Read a scipy sparse matrix saved with ``scipy.sparse.save_npz`` as (rows, columns, count) columns."""
     import scipy.sparse
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such data file")
+    path = os.fspath(path)
+    check_regular_file(path, "data file")
     if not rows or not columns:
         raise DataError(f"{path}: a sparse matrix needs [data] rows and columns naming the nodes its "
                         "row and column indices belong to (e.g. rows = \"doc\", columns = \"word\")")
+    raw = read_input(path, "data file")
     try:
-        matrix = scipy.sparse.load_npz(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a scipy sparse .npz matrix: {exc}") from None
+        matrix = scipy.sparse.load_npz(io.BytesIO(raw))
+    except NPZ_ERRORS as exc:
+        # numpy names the in-memory buffer by its repr; the path is already in the message.
+        reason = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "it", " ".join(str(exc).split()))
+        raise DataError(f"{path}: not a scipy sparse .npz matrix (truncated or damaged?): "
+                        f"{reason or type(exc).__name__}") from None
+    if matrix.dtype.kind not in "biuf":
+        raise DataError(f"{path}: the sparse matrix holds {matrix.dtype} values; expected counts (numbers)")
     return sparse_columns(matrix, rows, columns, source=path)
 
 
@@ -176,11 +291,26 @@ def as_columns(data, source="data"):
     if isinstance(data, (str, os.PathLike)):
         return read_data(data)
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):
-        return {str(c): np.asarray(data[c].to_numpy()) for c in data.columns}
+        return {str(c): _as_array(data[c].to_numpy(), c, source) for c in data.columns}
     if not hasattr(data, "keys"):
         raise DataError(f"{source}: expected a mapping of column name to array, a DataFrame or a CSV "
                         f"path, found {type(data).__name__}")
-    return {str(key): np.asarray(data[key]) for key in data.keys()}
+    return {str(key): _as_array(data[key], key, source) for key in data.keys()}
+
+
+def _as_array(values, label, source):
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        # Ragged nested lists, and objects numpy cannot take as an array.
+        raise DataError(f"{source}: column '{label}' is not an array of numbers: "
+                        f"{' '.join(str(exc).split())}") from None
+
+
+# Beyond 2**53 - 1 neighbouring integers share one float64, so an integer-valued datum there is not
+# the number in the file, and log-densities of counts (lgamma(x + 1)) lose every digit of accuracy.
+MAX_EXACT_INTEGER = 2 ** 53 - 1
+INTEGER_SUPPORTS = ("integer", "nonnegative-integer", "positive-integer", "binary")
 
 
 def _support_violation(values, support, upper):
@@ -201,8 +331,17 @@ def _support_violation(values, support, upper):
     if upper is not None:
         ok = ok & (values <= upper)
         expected += f" no larger than {upper}"
+    inexact = np.zeros(values.shape, dtype=bool)
+    if support in INTEGER_SUPPORTS:
+        inexact = ok & (np.abs(values) > MAX_EXACT_INTEGER)
+        ok = ok & ~inexact
     bad = np.flatnonzero(~ok)
-    return (bad[0], expected) if len(bad) else None
+    if not len(bad):
+        return None
+    if inexact[bad[0]]:
+        expected += (f" of magnitude at most 2**53 - 1 = {MAX_EXACT_INTEGER}, the largest integer a float64 "
+                     "holds exactly; rescale or shift the column")
+    return bad[0], expected
 
 
 def node_data(model, data, weights=None, source="data"):
@@ -245,7 +384,7 @@ def _node_array(model, name, columns, source):
         if missing:
             raise DataError(f"{source}: column '{missing[0]}' of node '{name}' is missing; the data has "
                             f"{_listing(columns)}")
-        return np.column_stack([_numeric(columns[c], c, source) for c in node.columns]), ",".join(node.columns)
+        return _stacked(columns, node.columns, source), ",".join(node.columns)
     if name in columns:
         array = _numeric(columns[name], name, source)
         if node.dim > 1:
@@ -258,11 +397,23 @@ def _node_array(model, name, columns, source):
     if node.dim > 1:
         names = [f"{name}_{i}" for i in range(node.dim)]
         if all(c in columns for c in names):
-            return np.column_stack([_numeric(columns[c], c, source) for c in names]), f"{name}_0.."
+            return _stacked(columns, names, source), f"{name}_0.."
         raise DataError(f"{source}: node '{name}' (dim {node.dim}) needs column '{name}' or columns "
                         f"{names[0]}..{names[-1]}; the data has {_listing(columns)}")
     raise DataError(f"{source}: observed node '{name}' has no column '{name}' in the data; the data has "
                     f"{_listing(columns)}. Add the column, or declare the node latent")
+
+
+def _stacked(columns, names, source):
+    """The named one-dimensional columns of equal length side by side, of shape (n_rows, len(names))."""
+    arrays = [_numeric(columns[c], c, source) for c in names]
+    for label, array in zip(names, arrays):
+        if array.ndim != 1:
+            raise DataError(f"{source}: column '{label}' has shape {array.shape}; expected one value per row")
+        if len(array) != len(arrays[0]):
+            raise DataError(f"{source}: column '{label}' has {len(array)} rows; column '{names[0]}' has "
+                            f"{len(arrays[0])}")
+    return np.column_stack(arrays)
 
 
 def _listing(columns):
@@ -272,13 +423,17 @@ def _listing(columns):
 
 
 def _numeric(array, label, source):
-    array = np.asarray(array)
-    if array.dtype == object or array.dtype.kind not in "biuf":
-        try:
-            array = array.astype(float)
-        except (TypeError, ValueError):
-            raise DataError(f"{source}: column '{label}' is not numeric") from None
-    return array.astype(float)
+    array = _as_array(array, label, source)
+    kind = array.dtype.kind
+    if kind in "biuf":
+        return array.astype(float)
+    if kind not in "OUS":
+        # Complex numbers would lose their imaginary part, dates would become day counts.
+        raise DataError(f"{source}: column '{label}' holds {array.dtype} values; expected real numbers")
+    try:
+        return array.astype(float)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{source}: column '{label}' is not numeric") from None
 
 
 def _checked_values(node, array, label, source):
@@ -313,12 +468,22 @@ def _weights(weights, columns, n_rows, source):
             raise DataError(f"{source}: weights column '{weights}' is missing; the data has {_listing(columns)}")
         label = weights
         weights = columns[weights]
-    weights = np.asarray(weights, dtype=float)
+    weights = _numeric(weights, label, source)
     if weights.shape != (n_rows,):
         raise DataError(f"{source}: {label} has shape {weights.shape}; expected ({n_rows},), one per row")
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if len(bad):
         raise DataError(f"{source}: {label}, row {bad[0]}: weight {weights[bad[0]]:g} must be finite and >= 0")
-    if weights.sum() <= 0:
+    with np.errstate(over="ignore"):
+        total = weights.sum()
+    if total <= 0:
         raise DataError(f"{source}: {label} sum to zero; at least one row needs positive weight")
+    # Weights are row counts: a total beyond the exact float64 integers, or below the normal floats,
+    # leaves the weighted statistics (and the log-likelihood) without meaningful digits.
+    if not total <= MAX_EXACT_INTEGER:
+        raise DataError(f"{source}: {label} sum to {total:g}, more than 2**53 - 1 = {MAX_EXACT_INTEGER} rows; "
+                        "rescale them (they are row counts)")
+    if total < np.finfo(float).tiny:
+        raise DataError(f"{source}: {label} sum to {total:g}, too small to divide by; rescale them "
+                        "(they are row counts)")
     return weights

@@ -1,14 +1,22 @@
 """TOML spec file -> networkx graph -> Model, with the file and node named in every message."""
 
+import difflib
 import os
 import tomllib
 
 import networkx as nx
 
+from .data import decode_text, read_input
 from .errors import SpecError
 from .model import Model
 
 TOP_KEYS = ("model", "data", "params", "nodes", "families")
+# The keys of [model] and [data] that declarem reads, each with the type its value must have; a key
+# outside these would be ignored without a word (`weight = "count"` would drop the counts).
+MODEL_KEYS = {"name": str, "description": str}
+DATA_KEYS = {"path": str, "weights": str, "rows": str, "columns": str}
+TYPE_NAMES = {str: "a string", dict: "a table", list: "a list", bool: "true or false", int: "an integer",
+              float: "a number"}
 
 
 def load_model(path):
@@ -17,15 +25,22 @@ def load_model(path):
     Parameters
     ----------
     path : str or os.PathLike
+
+    Raises
+    ------
+    SpecError
+        Naming the file: missing, not a regular file, unreadable, not UTF-8 (with
+        the line), not TOML, or declaring something invalid.
     """
     path = os.fspath(path)
+    text = decode_text(read_input(path, "spec file", SpecError), path, "spec file", SpecError)
     try:
-        with open(path, "rb") as handle:
-            spec = tomllib.load(handle)
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
+        spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise SpecError(f"{path}: not valid TOML: arrays or inline tables nested too deeply") from None
     return model_from_spec(spec, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
@@ -34,32 +49,87 @@ def model_from_spec(spec, source="spec", base_dir=None):
     return Model(graph_from_spec(spec, source), source=source, base_dir=base_dir)
 
 
+def did_you_mean(key, allowed):
+    """A hint for an unknown key: the closest allowed one, or the list of them.
+
+    Parameters
+    ----------
+    key : str
+    allowed : sequence of str
+
+    Returns
+    -------
+    str
+    """
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    return f"did you mean '{close[0]}'?" if close else f"allowed are {', '.join(allowed)}"
+
+
+def _type_name(value):
+    return TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _shown(value, limit=60):
+    """A value's repr, cut short so that a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_table(table, allowed, name, source):
+    """Refuse keys of table ``[name]`` outside ``allowed`` (with did-you-mean) and values of the wrong type."""
+    for key, value in table.items():
+        if key not in allowed:
+            raise SpecError(f"{source}: unknown key '{key}' in [{name}]; {did_you_mean(key, allowed)}")
+        if not isinstance(value, allowed[key]):
+            raise SpecError(f"{source}: [{name}] {key} must be {TYPE_NAMES[allowed[key]]}, found "
+                            f"{_type_name(value)} {_shown(value)}")
+
+
 def graph_from_spec(spec, source="spec"):
-    """Turn a spec's tables into a networkx DiGraph with the contract's attributes."""
+    """Turn a spec's tables into a networkx DiGraph with the contract's attributes.
+
+    Parameters
+    ----------
+    spec : dict
+        The parsed tables: from TOML, or the ``model`` entry of a stored fit (JSON).
+    source : str
+        Where the spec came from, named in every message.
+
+    Returns
+    -------
+    networkx.DiGraph
+    """
     if not isinstance(spec, dict):
-        raise SpecError(f"{source}: expected tables at the top level")
-    unknown = sorted(set(spec) - set(TOP_KEYS))
-    if unknown:
-        raise SpecError(f"{source}: unknown table(s) [{'], ['.join(unknown)}]; allowed are "
-                        f"{', '.join(TOP_KEYS)}")
+        raise SpecError(f"{source}: expected tables at the top level, found {_type_name(spec)}")
+    for key in spec:
+        if key not in TOP_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
+            hint = f"did you mean [{close[0]}]?" if close else f"the tables are [{'], ['.join(TOP_KEYS)}]"
+            raise SpecError(f"{source}: unknown table [{key}]; {hint}")
+    for key in ("model", "data", "families", "params", "nodes"):
+        if key in spec and not isinstance(spec[key], dict):
+            raise SpecError(f"{source}: [{key}] must be a table, found {_type_name(spec[key])}")
+    _check_table(spec.get("model", {}), MODEL_KEYS, "model", source)
+    _check_table(spec.get("data", {}), DATA_KEYS, "data", source)
     nodes = spec.get("nodes")
-    if not isinstance(nodes, dict) or not nodes:
+    if not nodes:
         raise SpecError(f"{source}: no [nodes.NAME] tables; declare at least one node")
     graph = nx.DiGraph()
     for key in ("model", "data", "families", "params"):
         if key in spec:
-            if not isinstance(spec[key], dict):
-                raise SpecError(f"{source}: [{key}] must be a table")
             graph.graph[key] = spec[key]
     for name, attrs in nodes.items():
         if not isinstance(attrs, dict):
-            raise SpecError(f"{source}: node '{name}' must be a table [nodes.{name}]")
+            raise SpecError(f"{source}: node '{name}' must be a table [nodes.{name}], found {_type_name(attrs)}")
         graph.add_node(name, **attrs)
     for name, attrs in nodes.items():
         parents = attrs.get("parents", [])
         if not isinstance(parents, list):
             raise SpecError(f"{source}: node '{name}': 'parents' must be a list of node names")
         for parent in parents:
+            if not isinstance(parent, str):
+                raise SpecError(f"{source}: node '{name}': 'parents' must be a list of node names, found "
+                                f"{_type_name(parent)} {_shown(parent)}")
             if parent not in nodes:
                 raise SpecError(f"{source}: node '{name}': parent '{parent}' is not declared; "
                                 f"add [nodes.{parent}]")
