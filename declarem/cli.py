@@ -22,6 +22,21 @@ class _Parser(argparse.ArgumentParser):
         raise OptionError(f"{self.prog}: {message}")
 
 
+def _finite_float(text):
+    """An argparse type: a float that is a number (argparse's ``float`` takes "nan" and "inf")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, found {text!r}")
+    return value
+
+
+# Where /proc/meminfo does not say how much memory is available, sampling assumes this many bytes.
+FALLBACK_MEMORY = 4 * 2 ** 30
+
+
 def _parser():
     parser = _Parser(prog="declarem", description="EM derived from a declared model.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -32,10 +47,10 @@ def _parser():
                                      "(default: the spec's [data] path)")
     fit.add_argument("--out", help="write the JSON result here (default: standard output)")
     fit.add_argument("--max-iter", type=int, default=1000)
-    fit.add_argument("--tol", type=float, default=1e-8, help="relative change of the objective")
+    fit.add_argument("--tol", type=_finite_float, default=1e-8, help="relative change of the objective")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--restarts", type=int, default=1)
-    fit.add_argument("--reg-covar", type=float, default=1e-6)
+    fit.add_argument("--reg-covar", type=_finite_float, default=1e-6)
     fit.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
     fit.add_argument("--init", help="JSON file of initial parameters ({node: {param: list}}) or a fit")
     fit.add_argument("--hard", action="store_true", help="classification (hard) EM")
@@ -64,9 +79,9 @@ def _parser():
     compare.add_argument("--data", help="data file (default: the spec's [data] path)")
     compare.add_argument("--init", help="JSON of starting parameters (default: the seeded initialisation)")
     compare.add_argument("--iterations", type=int, default=10)
-    compare.add_argument("--rtol", type=float, default=1e-8)
-    compare.add_argument("--atol", type=float, default=1e-10)
-    compare.add_argument("--reg-covar", type=float, default=0.0,
+    compare.add_argument("--rtol", type=_finite_float, default=1e-8)
+    compare.add_argument("--atol", type=_finite_float, default=1e-10)
+    compare.add_argument("--reg-covar", type=_finite_float, default=0.0,
                          help="regulariser of the derived update (default 0: the exact update)")
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
@@ -86,7 +101,7 @@ def main(argv=None):
         args = _parser().parse_args(argv)
         return _COMMANDS[args.command](args)
     except DeclaremError as exc:
-        print(f"declarem: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"declarem: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("declarem: interrupted", file=sys.stderr)
@@ -95,6 +110,16 @@ def main(argv=None):
         # The reader of standard output went away (as `| head` does): stop quietly.
         sys.stdout = open(os.devnull, "w")
         return 0
+
+
+def _one_line(message):
+    """The message on one line, with characters a terminal would act on shown as escapes.
+
+    Messages quote file contents (column names, cells), which may hold control
+    characters or line separators.
+    """
+    words = " ".join(message.split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in words)
 
 
 def _load(spec):
@@ -110,26 +135,36 @@ def _data_source(model, path):
     return source
 
 
-def _read_params(path):
-    try:
-        with open(path) as handle:
-            stored = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OptionError(f"{path}: cannot read parameters: {exc}") from None
+def _read_params(path, model, complete=False):
+    """Parameters from a JSON file ({node: {param: list}}, or a fit), checked against the model.
+
+    Parameters
+    ----------
+    path : str
+    model : Model
+    complete : bool
+        Require every parameter (sampling); otherwise some may be left out (an init).
+    """
+    from .fit import checked_params, read_json
+    stored = read_json(path, "parameter file", OptionError)
     if isinstance(stored, dict) and "params" in stored and isinstance(stored["params"], dict):
         stored = stored["params"]
     if not isinstance(stored, dict):
         raise OptionError(f"{path}: expected a JSON object of node -> parameter -> array")
-    return stored
+    return checked_params(model, stored, path, complete=complete)
 
 
 def _fit(args):
     from .data import read_model_data
+    from .fit import check_output_path
     model = _load(args.spec)
+    if args.out:
+        # Refuse an unwritable --out before the fit, not after it.
+        check_output_path(args.out)
     source = _data_source(model, args.data)
     columns, spec_weights = read_model_data(model, source)
     weights = args.weights or spec_weights
-    init = _read_params(args.init) if args.init else None
+    init = _read_params(args.init, model) if args.init else None
     started = time.perf_counter()
 
     def progress(iteration, objective, change):
@@ -181,23 +216,72 @@ def _check(args):
 
 
 def _sample(args):
+    from .fit import atomic_output, check_output_path
+    if args.n < 1:
+        raise OptionError(f"--n must be a positive number of rows, found {args.n}")
+    if args.seed < 0:
+        raise OptionError(f"--seed must be a non-negative integer, found {args.seed}")
     model = _load(args.spec)
-    params = _read_params(args.params)
+    _check_sample_memory(model, args.n)
+    if args.out:
+        check_output_path(args.out)
+    params = _read_params(args.params, model, complete=True)
     columns = model.sample(args.n, params, seed=args.seed)
     if args.observed_only:
         columns = {k: v for k, v in columns.items() if k not in model.latent}
     names = list(columns)
-    handle = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(handle)
-        writer.writerow(names)
-        table = np.column_stack([columns[n] for n in names])
-        for row in table:
-            writer.writerow([_format(v) for v in row])
-    finally:
-        if args.out:
-            handle.close()
+    table = np.column_stack([columns[n] for n in names])
+    if args.out:
+        with atomic_output(args.out, newline="") as handle:
+            _write_csv(handle, names, table)
+    else:
+        _write_csv(sys.stdout, names, table)
     return 0
+
+
+def _write_csv(handle, names, table):
+    writer = csv.writer(handle)
+    writer.writerow(names)
+    for row in table:
+        writer.writerow([_format(v) for v in row])
+
+
+def _check_sample_memory(model, n_rows):
+    """Refuse a sample whose arrays cannot fit in the memory available now.
+
+    Per row, sampling holds a float per drawn column (every node, latent ones too),
+    the table written out, and the widest working array of one node (a categorical
+    node's cumulative probabilities, a normal node's Cholesky factor).
+    """
+    drawn = sum(node.dim for node in model.nodes.values())
+    working = max((node.k or 1) if node.is_discrete else node.dim * node.dim for node in model.nodes.values())
+    width = 2 * drawn + working
+    needed = n_rows * width * 8
+    available = _available_memory()
+    if needed > available:
+        raise OptionError(f"--n {n_rows}: sampling needs about {_bytes(needed)} ({n_rows} rows x {width} values "
+                          f"x 8 bytes), more than the {_bytes(available)} of memory available; sample fewer "
+                          "rows, or several batches with different --seed")
+
+
+def _available_memory():
+    """Bytes of memory available now: MemAvailable from /proc/meminfo, else a fixed cap."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        # No /proc (not Linux) or a format we do not know: fall back to the cap.
+        return FALLBACK_MEMORY
+    return FALLBACK_MEMORY
+
+
+def _bytes(count):
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if count < 1000 or unit == "PB":
+            return f"{count:.3g} {unit}" if unit != "bytes" else f"{count} bytes"
+        count /= 1000
 
 
 def _format(value):
@@ -213,7 +297,7 @@ def _compare(args):
     source = _data_source(model, args.data)
     columns, weights = read_model_data(model, source)
     reference = load_reference(args.reference)
-    init = _read_params(args.init) if args.init else None
+    init = _read_params(args.init, model) if args.init else None
     result = compare(model, columns, reference, init=init, iterations=args.iterations,
                      reg_covar=args.reg_covar, seed=args.seed, weights=args.weights or weights, rtol=args.rtol,
                      atol=args.atol, source=source)
@@ -235,11 +319,10 @@ def _top(args):
         raise OptionError(f"--n must be a positive integer, found {args.n}")
     labels = None
     if args.labels:
-        try:
-            with open(args.labels) as handle:
-                labels = [line.rstrip("\n") for line in handle]
-        except OSError as exc:
-            raise OptionError(f"{args.labels}: cannot read labels: {exc}") from None
+        from .data import decode_text, read_input
+        text = decode_text(read_input(args.labels, "labels file", OptionError), args.labels, "labels file",
+                           OptionError)
+        labels = text.splitlines()
     listed = fit.top(node, n=args.n, labels=labels)
     parents = model.nodes[node].parents
     if not parents:

@@ -1,11 +1,16 @@
 """Fit: the result of EM, its diagnostics, and an exact JSON round trip."""
 
+import contextlib
 import json
 import math
+import numbers
+import os
+import stat
+import tempfile
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, OptionError
 
 
 class Fit:
@@ -105,7 +110,10 @@ class Fit:
             One list per parameter set, in the order of the flattened parent values
             (a single list when the node has no parents).
         """
-        if node not in self.params or "probs" not in self.params[node]:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise OptionError(f"n must be a positive integer, found {n!r}")
+        if not isinstance(node, str) or not isinstance(self.params.get(node), dict) \
+                or "probs" not in self.params[node]:
             raise DataError(f"'{node}' is not a categorical node of the model")
         probs = np.asarray(self.params[node]["probs"])
         k = probs.shape[-1]
@@ -136,29 +144,318 @@ class Fit:
         }
 
     def save(self, path):
-        """Write the fit as JSON; floats are written exactly (shortest round-trip repr)."""
-        with open(path, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=1, allow_nan=True)
+        """Write the fit as JSON; floats are written exactly (shortest round-trip repr).
+
+        The file is replaced atomically: a failure leaves what was at ``path`` before.
+
+        Raises
+        ------
+        OptionError
+            Naming ``path`` when it cannot be written (missing directory, a
+            directory, permission denied, disk full).
+        """
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=True)
+        with atomic_output(path) as handle:
+            handle.write(text)
 
     @classmethod
     def load(cls, path, model=None):
-        """Read a fit written by ``save``; the model is rebuilt from the stored declaration."""
+        """Read a fit written by ``save``, and check every value in it against the model.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        model : Model, optional
+            Default: the model rebuilt from the declaration stored in the fit.
+
+        Raises
+        ------
+        DeclaremError
+            Naming the file, for a file that is not a fit, or one whose parameters
+            are missing, of the wrong shape, outside their domains or not finite,
+            or whose loglik, history and counts are not numbers of the right kind.
+        """
         from .spec import model_from_spec
-        try:
-            with open(path) as handle:
-                stored = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: cannot read a fit: {exc}") from None
+        path = os.fspath(path)
+        stored = read_json(path, "fit file", DataError)
+        if not isinstance(stored, dict):
+            raise DataError(f"{path}: expected a JSON object (a fit written by `declarem fit --out`), found "
+                            f"{_json_type(stored)}")
+        missing = [key for key in FIT_KEYS if key not in stored]
+        if missing:
+            raise DataError(f"{path}: not a fit: no {', '.join(repr(k) for k in missing)}; write fits with "
+                            "`declarem fit --out` or Fit.save")
         if model is None:
-            model = model_from_spec(stored["model"], source=str(path))
-        params = {node: {name: np.asarray(value, dtype=float) for name, value in values.items()}
-                  if isinstance(values, dict) else float(values)
-                  for node, values in stored["params"].items()}
-        return cls(model=model, params=params, loglik=stored["loglik"], history=stored["history"],
-                   converged=stored["converged"], n_iter=stored["n_iter"],
-                   n_observations=stored["n_observations"], hard=stored.get("hard", False),
-                   log_prior=stored.get("log_prior", 0.0))
+            if "model" not in stored:
+                raise DataError(f"{path}: the fit stores no model declaration; pass the model "
+                                "(Fit.load(path, model=...))")
+            model = model_from_spec(stored["model"], source=path)
+        params = checked_params(model, stored["params"], path, complete=True)
+        history = stored["history"]
+        if not isinstance(history, list) or not history:
+            raise DataError(f"{path}: 'history' must be a non-empty list of numbers, found {_json_type(history)}")
+        history = [_finite(value, f"history[{i}]", path) for i, value in enumerate(history)]
+        n_iter = stored["n_iter"]
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+            raise DataError(f"{path}: 'n_iter' must be an integer >= 0, found {_json_type(n_iter)} {n_iter!r:.40}")
+        for key in ("converged", "hard"):
+            if not isinstance(stored.get(key, False), bool):
+                raise DataError(f"{path}: '{key}' must be true or false, found {_json_type(stored[key])}")
+        n_observations = _finite(stored["n_observations"], "n_observations", path)
+        if n_observations <= 0:
+            raise DataError(f"{path}: 'n_observations' must be positive, found {n_observations!r}")
+        for key in ("bic", "aic"):
+            # Recomputed from loglik on use; a stored value must still be a number.
+            if key in stored:
+                _finite(stored[key], key, path)
+        return cls(model=model, params=params, loglik=_finite(stored["loglik"], "loglik", path), history=history,
+                   converged=stored["converged"], n_iter=n_iter, n_observations=n_observations,
+                   hard=stored.get("hard", False), log_prior=_finite(stored.get("log_prior", 0.0), "log_prior", path))
 
     def __repr__(self):
         return (f"Fit(model={self.model.name!r}, loglik={self.loglik:.6g}, n_iter={self.n_iter}, "
                 f"converged={self.converged})")
+
+
+# Integers in a JSON input beyond this do not fit a 64-bit float (numpy would raise OverflowError).
+MAX_FLOAT_INT = int(np.finfo(float).max)
+# Entries every fit file has; ``hard``, ``log_prior``, ``bic``, ``aic`` and ``model`` are optional.
+FIT_KEYS = ("params", "loglik", "history", "n_iter", "converged", "n_observations")
+
+
+def _json_type(value):
+    """The JSON name of a parsed value's type, for messages."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _finite(value, label, path):
+    """A JSON number as a finite float, or DataError naming the entry."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        shown = repr(value) if isinstance(value, (int, float)) else _json_type(value)
+        raise DataError(f"{path}: '{label}' must be a finite number, found {shown:.40}")
+    return float(value)
+
+
+def checked_params(model, params, path, complete=False):
+    """Parameters read from a JSON file, validated against the model.
+
+    Every entry is checked for its shape, domain and finiteness (``check_init``).
+
+    Parameters
+    ----------
+    model : Model
+    params : object
+        Parsed JSON; must be ``{node: {param: nested list}}`` with free parameters
+        as numbers at the top level.
+    path : str
+        The file, named in every message.
+    complete : bool
+        Require every parameter of the model (a fit, or parameters to sample from).
+
+    Returns
+    -------
+    dict
+        ``{node: {param: ndarray}}`` plus free parameters as floats; with
+        ``complete``, also the probabilities of nodes written in free parameters.
+    """
+    from .em import check_init
+    if not isinstance(params, dict):
+        raise DataError(f"{path}: 'params' must be a JSON object of node -> parameter -> array, found "
+                        f"{_json_type(params)}")
+    compiled = model.compiled
+    given, free = check_init(compiled, params, where=path)
+    if not complete:
+        return {**given, **free}
+    pairs, free_names = compiled.required()
+    missing = [f"{node}.{p}" for node, p in pairs if p not in given.get(node, {})]
+    missing += [name for name in free_names if name not in free]
+    if missing:
+        raise DataError(f"{path}: parameters missing: {', '.join(missing)}; the model needs every parameter")
+    checked = {**given, **free}
+    if compiled.block:
+        # Probabilities written in free parameters follow from them (check_init held any stored ones equal).
+        external = compiled.to_external(compiled.to_internal(checked, {}), {})
+        for name, factor in compiled.factors.items():
+            if getattr(factor, "expressed", False):
+                checked[name] = external[name]
+    return {name: checked[name] for name in [*params, *checked] if name in checked}
+
+
+def read_json(path, what, error):
+    """Parse a JSON input file, naming the file in every error.
+
+    Parameters
+    ----------
+    path : str
+    what : str
+        What the file should be ("fit file", "parameter file").
+    error : type
+        The DeclaremError subclass to raise.
+
+    Returns
+    -------
+    object
+        The parsed JSON; integers too large for a float are refused here, since
+        every number in a parameter file becomes a float.
+    """
+    from .data import decode_text, read_input
+
+    def parse_int(text):
+        number = int(text)
+        if abs(number) > MAX_FLOAT_INT:
+            raise error(f"{path}: the number {text[:20]}... is too large for a 64-bit float")
+        return number
+
+    text = decode_text(read_input(path, what, error), path, what, error)
+    try:
+        return json.loads(text, parse_int=parse_int)
+    except RecursionError:
+        raise error(f"{path}: not a {what}: JSON nested too deeply") from None
+    except ValueError as exc:
+        # JSONDecodeError, and int() refusing a number with thousands of digits.
+        raise error(f"{path}: not valid JSON: {exc}") from None
+
+
+def check_output_path(path):
+    """Refuse an output path that cannot be written, before any work is spent on the output.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    target : str
+        The path to write (a symbolic link resolved to the file it names).
+    special : bool
+        True for an existing non-regular file (``/dev/null``, a FIFO), which is
+        written in place: only a regular file can be replaced atomically.
+
+    Raises
+    ------
+    OptionError
+        Naming the path: a directory, a missing directory, no permission.
+    """
+    path = os.fspath(path)
+    if "\0" in path:
+        raise OptionError(f"{path!r}: a path cannot contain a NUL character")
+    target = os.path.realpath(path)
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise OptionError(f"{path}: is a directory; give the path of a file to write")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        if not os.access(target, os.W_OK):
+            raise OptionError(f"{path}: cannot write: permission denied")
+        return target, True
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise OptionError(f"{path}: cannot write: directory {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OptionError(f"{path}: cannot write: permission denied in directory {directory}")
+    return target, False
+
+
+@contextlib.contextmanager
+def atomic_output(path, newline=None):
+    """A text handle whose content replaces ``path`` only once it is complete.
+
+    The text goes to a temporary file in the same directory, which is flushed to
+    disk and then renamed over ``path``; on any failure the temporary file is
+    removed and whatever was at ``path`` before is left as it was.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    newline : str, optional
+        As for ``open`` (``""`` for the csv module).
+
+    Yields
+    ------
+    file object
+        Open for writing text (UTF-8).
+
+    Raises
+    ------
+    OptionError
+        Naming ``path`` when it cannot be written.
+    """
+    path = os.fspath(path)
+    target, special = check_output_path(path)
+    if special:
+        try:
+            with open(target, "w", encoding="utf-8", newline=newline) as handle:
+                yield handle
+        except OSError as exc:
+            raise OptionError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    directory = os.path.dirname(target)
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.",
+                                                 suffix=".tmp")
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot write: cannot create a file in {directory}: {exc.strerror or exc}") \
+            from None
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), mode)
+        os.replace(temporary, target)
+    except OSError as exc:
+        _remove(temporary)
+        raise OptionError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        # Interrupted or failed while producing the content: leave no partial file behind.
+        _remove(temporary)
+        raise
+    _sync_directory(directory)
+
+
+def _remove(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _sync_directory(directory):
+    """Flush the rename to disk where the system allows fsync on a directory."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        # Not every system opens a directory for reading; the rename has happened regardless.
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        # Some file systems refuse fsync on a directory; the rename itself has happened.
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _umask():
+    """The process's umask, read without changing it where /proc says it."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        # No /proc/self/status (not Linux, or a kernel before 4.7): ask the umask itself below.
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current

@@ -1,6 +1,7 @@
 """The command line: fit, derive, check, sample; exit status 2 with one line for user errors."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -29,7 +30,9 @@ parents = ["z"]
 
 
 def run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "declarem", *map(str, args)], cwd=cwd,
+    # The checkout on the path, so that `python -m declarem` runs from any directory without an install.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "declarem", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
