@@ -16,7 +16,7 @@ TOP_KEYS = ("model", "data", "params", "nodes", "families")
 MODEL_KEYS = {"name": str, "description": str}
 DATA_KEYS = {"path": str, "weights": str, "rows": str, "columns": str}
 TYPE_NAMES = {str: "a string", dict: "a table", list: "a list", bool: "true or false", int: "an integer",
-              float: "a number"}
+              float: "a number", type(None): "null"}
 
 
 def load_model(path):
