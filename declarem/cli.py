@@ -292,10 +292,12 @@ def _format(value):
 
 def _compare(args):
     from .compare import compare, load_reference
-    from .data import read_model_data
+    from .data import check_regular_file, read_model_data
     model = _load(args.spec)
     source = _data_source(model, args.data)
     columns, weights = read_model_data(model, source)
+    # A directory or device as the reference would fail inside importlib (or never return): refuse it here.
+    check_regular_file(args.reference.partition(":")[0], "reference file", OptionError)
     reference = load_reference(args.reference)
     init = _read_params(args.init, model) if args.init else None
     result = compare(model, columns, reference, init=init, iterations=args.iterations,

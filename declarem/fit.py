@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import DataError, OptionError
+from .errors import DataError, InitError, OptionError
 
 
 class Fit:
@@ -265,6 +265,12 @@ def checked_params(model, params, path, complete=False):
         raise DataError(f"{path}: 'params' must be a JSON object of node -> parameter -> array, found "
                         f"{_json_type(params)}")
     compiled = model.compiled
+    for node, values in params.items():
+        if node in compiled.free_names:
+            _require_numbers(values, node, path)
+        elif node in compiled.factors and isinstance(values, dict):
+            for name, value in values.items():
+                _require_numbers(value, f"{node}.{name}", path)
     given, free = check_init(compiled, params, where=path)
     if not complete:
         return {**given, **free}
@@ -281,6 +287,31 @@ def checked_params(model, params, path, complete=False):
             if getattr(factor, "expressed", False):
                 checked[name] = external[name]
     return {name: checked[name] for name in [*params, *checked] if name in checked}
+
+
+def _require_numbers(value, label, path):
+    """Refuse anything but numbers and (nested) lists of them where a parameter is given.
+
+    numpy would read the string "0.5" or ``true`` as a number; in a parameter file
+    either is a mistake. The walk keeps its own stack, so any depth of nesting
+    is safe.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, np.ndarray):
+            if item.dtype.kind not in "iuf":
+                raise InitError(f"{path}: '{label}' holds {item.dtype} values; expected numbers")
+        elif isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Real):
+            raise InitError(f"{path}: '{label}' is not numeric: found {_json_type(item)} {_shown(item)} where "
+                            "a number belongs")
+
+
+def _shown(value, limit=40):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_json(path, what, error):
@@ -357,8 +388,14 @@ def check_output_path(path):
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
         raise OptionError(f"{path}: cannot write: directory {directory} does not exist; create it first")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise OptionError(f"{path}: cannot write: permission denied in directory {directory}")
+    # Only creating a file tells for sure (read-only mounts, /proc, quotas): try it now, not after the work.
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot write: cannot create a file in {directory}: {exc.strerror or exc}") \
+            from None
+    os.close(descriptor)
+    _remove(probe)
     return target, False
 
 
