@@ -241,6 +241,32 @@ class Factor:
             return np.eye(spec.own_shape[-1])
         return np.full(spec.own_shape, DEFAULT_START[spec.domain])
 
+    def describe_set(self, index):
+        """Which parent values a parameter set serves, for messages: ``z = 1`` (or ``the only set``)."""
+        if not self.parents:
+            return "its only parameter set"
+        values = np.unravel_index(int(index), self.parent_sizes)
+        return "the set " + ", ".join(f"{p} = {v}" for p, v in zip(self.parents, values))
+
+    def smallest_spread(self, params):
+        """Per parameter set, the smallest variance (or covariance eigenvalue) of the regularised parameters.
+
+        Returns
+        -------
+        ndarray of shape (n_sets,), or None when the factor has no such parameter
+        """
+        smallest = None
+        for name in self.regularized:
+            value = np.asarray(params[name], dtype=float).reshape((self.n_sets,) + self.params[name].own_shape)
+            if self.params[name].symmetric:
+                finite = np.isfinite(value).all(axis=(-2, -1))
+                spread = np.full(self.n_sets, np.nan)
+                spread[finite] = np.linalg.eigvalsh(value[finite]).min(axis=-1)
+            else:
+                spread = value.reshape(self.n_sets, -1).min(axis=1)
+            smallest = spread if smallest is None else np.fmin(smallest, spread)
+        return smallest
+
     def _regularize(self, params, reg_covar):
         for name in self.regularized:
             value = params[name]

@@ -10,56 +10,18 @@ import warnings
 import numpy as np
 
 from .data import group_identical_rows, node_data, read_model_data
-from .errors import FitError, InitError, OptionError
+from .errors import FitError, OptionError
 from .fit import Fit
 from .inference import expected_statistics, prepare_rows, statistics_from_posterior
+from .monitor import ConvergenceMonitor, EMRun
+from .params import check_init
 from .squarem import run_squarem
 
 KMEANS_ITERATIONS = 10
 ACCELERATORS = (None, "squarem")
 INITIAL_SOFTENING = 0.1
-FALL_TOLERANCE = 1e-10
-
-
-class ConvergenceMonitor:
-    """Records the objective, decides convergence, and warns when the objective falls.
-
-    Parameters
-    ----------
-    tol : float
-        Converged when |change| < tol * |objective|; with tol = 0 never.
-    """
-
-    def __init__(self, tol):
-        self.tol = tol
-        self.history = []
-
-    def record(self, objective):
-        """Add the objective after an iteration; return its change from the previous one."""
-        previous = self.history[-1] if self.history else None
-        self.history.append(float(objective))
-        if previous is None:
-            return math.nan
-        change = objective - previous
-        if change < -FALL_TOLERANCE * max(abs(previous), 1.0):
-            warnings.warn(f"EM objective fell from {previous!r} to {objective!r} at iteration "
-                          f"{len(self.history) - 1}: a bug or numerical inaccuracy (with reg_covar > 0 "
-                          "small falls can occur)", RuntimeWarning, stacklevel=3)
-        return change
-
-    def iteration(self, n_iter, objective, progress):
-        """Record the objective after iteration ``n_iter``, report progress; return whether converged."""
-        change = self.record(objective)
-        if progress is not None:
-            progress(n_iter, objective, change)
-        return self.converged
-
-    @property
-    def converged(self):
-        if len(self.history) < 2:
-            return False
-        change = self.history[-1] - self.history[-2]
-        return abs(change) < self.tol * abs(self.history[-1])
+#: A variance this small relative to its node's data variance is a collapsed component.
+COLLAPSE_RATIO = 1e-10
 
 
 def _check_options(max_iter, tol, restarts, reg_covar, seed):
@@ -75,68 +37,58 @@ def _check_options(max_iter, tol, restarts, reg_covar, seed):
         raise OptionError(f"seed must be a non-negative integer, found {seed!r}")
 
 
-def check_init(compiled, init, where="init"):
-    """Validate a user ``init`` mapping.
-
-    Returns
-    -------
-    nodes : dict
-        ``{node: {param: array}}`` in the user's shapes.
-    free : dict
-        ``{free parameter: float}``.
-    """
-    if init is None:
-        return {}, {}
-    if not hasattr(init, "items"):
-        raise InitError(f"{where}: expected a mapping of node to parameters, found {type(init).__name__}")
-    checked, free, implied = {}, {}, {}
-    for node, params in init.items():
-        if node in compiled.free_names:
-            free[node] = params
-            continue
-        if getattr(compiled.factors.get(node), "expressed", False):
-            implied[node] = params
-            continue
-        if node not in compiled.factors:
-            known = list(compiled.factors) + compiled.free_names
-            raise InitError(f"{where}: '{node}' is not a node or free parameter of the model; known: "
-                            f"{', '.join(known)}")
-        if not hasattr(params, "items"):
-            raise InitError(f"{where}: '{node}' must map parameter names to arrays")
-        factor = compiled.factors[node]
-        checked[node] = {name: factor.check_param(name, value, where) for name, value in params.items()}
-    if free:
-        free = compiled.block.check(free, where)
-    _check_implied(compiled, implied, free, where)
-    return checked, free
-
-
-def _check_implied(compiled, implied, free, where):
-    """Probabilities written in free parameters may be given (a saved fit has them) if they agree."""
-    if not implied:
-        return
-    if compiled.free_names and set(compiled.free_names) - set(free):
-        node = next(iter(implied))
-        raise InitError(f"{where}: the probs of node '{node}' are expressions in free parameters; "
-                        "give those parameters (top-level entries of init) instead")
-    computed = compiled.block.probs(free)
-    for node, params in implied.items():
-        given = np.asarray(params.get("probs") if hasattr(params, "get") else params, dtype=float)
-        if set(params) - {"probs"} or given.shape != computed[node][0].shape or \
-                not np.allclose(given, computed[node][0], rtol=1e-9, atol=1e-12):
-            raise InitError(f"{where}: the probs of node '{node}' disagree with the free parameters given; "
-                            "give only the free parameters")
-
-
 def mstep(compiled, stats, old, reg_covar):
     """New internal parameters of every factor (and free parameter) from expected statistics."""
     new = {name: factor.mstep(stats.sums[name], stats.set_weights[name],
                               None if old is None else old[name], reg_covar)
            for name, factor in compiled.factors.items()}
+    _check_spread(compiled, new, reg_covar)
     if compiled.block:
         previous = None if old is None else {n: old[n] for n in compiled.free_names}
         compiled.set_free(new, compiled.block.solve(stats, previous))
     return new
+
+
+def _check_spread(compiled, params, reg_covar):
+    """Stop with the node and set named when a variance or covariance collapses to singular."""
+    for name, factor in compiled.factors.items():
+        spread = factor.smallest_spread(params[name])
+        if spread is None:
+            continue
+        bad = np.flatnonzero(~(spread > 0))
+        if len(bad):
+            raise FitError(f"node '{name}': the variance of {factor.describe_set(bad[0])} became singular "
+                           f"(smallest variance {spread[bad[0]]:.3g}) in the M-step: the component collapsed "
+                           f"onto too few distinct rows. Use reg_covar > 0 (now {reg_covar:g}), fewer "
+                           "components, or another seed")
+
+
+def _collapse_warning(compiled, rows, params):
+    """Name the sets whose variance shrank to almost nothing relative to their node's data.
+
+    The likelihood of a normal mixture is unbounded: a component that closes on a few
+    rows raises it without limit, so such a fit is not near an optimum.
+
+    Returns
+    -------
+    bool
+        Whether some set collapsed.
+    """
+    collapsed = False
+    for name, factor in compiled.factors.items():
+        spread = factor.smallest_spread(params[name])
+        values = rows.factors[name].values
+        if spread is None or values is None:
+            continue
+        scale = float(np.min(np.var(values.reshape(rows.n_rows, -1), axis=0)))
+        tiny = np.flatnonzero(spread < COLLAPSE_RATIO * scale)
+        if len(tiny) and scale > 0:
+            collapsed = True
+            warnings.warn(f"node '{name}': the variance of {factor.describe_set(tiny[0])} collapsed to "
+                          f"{spread[tiny[0]]:.3g} (the data's variance is {scale:.3g}); the likelihood is "
+                          "unbounded there, so the fit is not converged. Use reg_covar > 0 or fewer components",
+                          RuntimeWarning, stacklevel=4)
+    return collapsed
 
 
 def initial_params(compiled, rows, rng, given, reg_covar):
@@ -171,7 +123,8 @@ def _initial_posterior(compiled, rows, rng):
     n_configurations = compiled.n_configurations
     if n_configurations == 1:
         return np.ones((rows.n_rows, 1))
-    features = _clustering_features(compiled, rows)
+    # k-means needs at least as many rows as centres (and costs a pass per centre).
+    features = _clustering_features(compiled, rows) if n_configurations <= rows.n_rows else None
     if features is not None:
         labels = _kmeans(features, rows.weights, n_configurations, rng)
         # Softened, so that no parameter starts on its domain's boundary (a Bernoulli p of 0 or 1
@@ -238,12 +191,7 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
 
     Returns
     -------
-    params : dict
-        Internal parameters after the last M-step.
-    history : list of float
-        The objective at the parameters after 0, 1, ..., n_iter iterations.
-    converged : bool
-    n_iter : int
+    EMRun
     """
     monitor = ConvergenceMonitor(tol)
     if accelerate == "squarem":
@@ -256,17 +204,17 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
 
         return run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress, estep, step, monitor)
     stats, objective = expected_statistics(compiled, rows, params, hard=hard)
-    monitor.record(objective + compiled.log_prior(params))
+    monitor.record(objective + compiled.log_prior(params), params)
     n_iter = 0
     converged = False
     while n_iter < max_iter:
         params = mstep(compiled, stats, params, reg_covar)
         n_iter += 1
         stats, objective = expected_statistics(compiled, rows, params, hard=hard)
-        if monitor.iteration(n_iter, objective + compiled.log_prior(params), progress):
+        if monitor.iteration(n_iter, objective + compiled.log_prior(params), progress, params):
             converged = True
             break
-    return params, monitor.history, converged, n_iter
+    return EMRun(params, monitor.history, converged, n_iter)
 
 
 def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
@@ -300,7 +248,7 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
                 raise
             failures.append(f"restart {index}: {exc}")
             continue
-        if best is None or result[1][-1] > best[1][-1]:
+        if best is None or result.history[-1] > best.history[-1]:
             best = result
     if best is None:
         raise FitError("every restart failed: " + "; ".join(failures))
@@ -308,11 +256,15 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
                       RuntimeWarning, stacklevel=3)
     params, history, converged, n_iter = best
+    if _collapse_warning(compiled, rows, params):
+        converged = False
     log_prior = compiled.log_prior(params)
-    if hard:
+    if hard or log_prior != 0.0:
+        # Recomputed rather than taken as objective - log prior, which cancels catastrophically
+        # when a strong prior dominates the objective.
         _, loglik = expected_statistics(compiled, rows, params, hard=False)
     else:
-        loglik = history[-1] - log_prior
+        loglik = history[-1]
     return Fit(model=model, params=compiled.to_external(params, rows.shifts), loglik=float(loglik),
                history=history, converged=converged, n_iter=n_iter,
                n_observations=float(rows.weights.sum()), hard=hard, log_prior=float(log_prior))

@@ -33,6 +33,10 @@ class OptionError(DeclaremError):
     """An option passed to fit or to the command line is out of range."""
 
 
+class SizeError(DeclaremError):
+    """The model or the fit would need more memory than the machine has available."""
+
+
 class FitError(DeclaremError):
     """The fit cannot proceed (a row has zero probability under the model, and similar)."""
 

@@ -17,6 +17,13 @@ MAX_LENGTH = 2000
 MAX_DEPTH = 60  # brackets and calls; chains such as a + b + c may be longer
 MAX_TREE_DEPTH = 400
 MAX_CONSTANT_DIGITS = 400
+MAX_EXPONENT = 100
+#: Bound on the number of terms the expression has when multiplied out (sympy's expand).
+MAX_EXPANDED_TERMS = 5000
+#: Largest constant argument of a special function, which sympy would evaluate exactly
+#: (gamma(10**8) is a factorial with 800 million digits).
+MAX_SPECIAL_ARGUMENT = 1000
+SPECIAL = ("gamma", "lgamma", "digamma")
 
 FUNCTIONS = {
     "log": sympy.log,
@@ -75,9 +82,40 @@ def parse_expression(text, symbols, where="expression"):
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise ExpressionError(f"{where}: cannot parse {text!r}: {exc}") from None
     try:
-        return _Builder(symbols, where, text).build(tree.body, 0)
+        expression = _Builder(symbols, where, text).build(tree.body, 0)
     except RecursionError:
         raise ExpressionError(f"{where}: expression is too deeply nested") from None
+    if expanded_terms(expression) > MAX_EXPANDED_TERMS:
+        raise ExpressionError(f"{where}: {text!r} multiplies out to more than {MAX_EXPANDED_TERMS} terms; "
+                              "write it with fewer or smaller powers")
+    return expression
+
+
+def expanded_terms(expression):
+    """An upper bound on the number of terms of ``expression`` multiplied out.
+
+    Sums add, products multiply, and a sum of t terms raised to a positive
+    integer power n has at most C(n + t - 1, t - 1) terms. The bound is exceeded
+    as soon as any part exceeds it, so the work stays small.
+    """
+    if expression.is_Atom:
+        return 1
+    if expression.is_Add:
+        return sum(expanded_terms(a) for a in expression.args)
+    if expression.is_Mul:
+        return math.prod(min(expanded_terms(a), MAX_EXPANDED_TERMS + 1) for a in expression.args)
+    if expression.is_Pow:
+        base = min(expanded_terms(expression.base), MAX_EXPANDED_TERMS + 1)
+        expanded_terms(expression.exp)
+        exponent = expression.exp
+        if exponent.is_Integer and base > 1:
+            n = abs(int(exponent))
+            return math.comb(n + base - 1, base - 1) if n <= MAX_EXPONENT else MAX_EXPANDED_TERMS + 1
+        return base
+    for argument in expression.args:
+        if expanded_terms(argument) > MAX_EXPANDED_TERMS:
+            return MAX_EXPANDED_TERMS + 1
+    return 1
 
 
 def _bracket_depth(text):
@@ -152,7 +190,11 @@ class _Builder:
             self.fail(f"the call '{called}(...)' is not allowed")
         if node.keywords or len(node.args) != 1:
             self.fail(f"'{node.func.id}' takes exactly one positional argument")
-        return FUNCTIONS[node.func.id](self.build(node.args[0], depth + 1))
+        argument = self.build(node.args[0], depth + 1)
+        if node.func.id in SPECIAL and argument.is_number and not _is_small(argument):
+            self.fail(f"'{node.func.id}' of a constant larger than {MAX_SPECIAL_ARGUMENT} (sympy would "
+                      "evaluate it exactly); write its value instead")
+        return FUNCTIONS[node.func.id](argument)
 
     def check_power(self, base, exponent):
         # Constant powers are evaluated eagerly by sympy; refuse ones too large to represent.
@@ -163,5 +205,12 @@ class _Builder:
                 self.fail("a constant power is too large")
             if magnitude > 300:
                 self.fail("a constant power is too large")
-        elif exponent.is_number and abs(exponent) > 1000:
-            self.fail("an exponent is too large")
+        elif exponent.is_number and abs(exponent) > MAX_EXPONENT:
+            self.fail(f"an exponent is larger than {MAX_EXPONENT}")
+
+
+def _is_small(number):
+    try:
+        return abs(complex(number)) <= MAX_SPECIAL_ARGUMENT
+    except (TypeError, OverflowError):
+        return False

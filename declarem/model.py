@@ -18,6 +18,7 @@ from .errors import SpecError
 from .expressions import parse_expression
 from .families import FamilyRegistry
 from .families.builtin import PRIOR_TABLE
+from .resources import check_model_size
 
 NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
              "probs", "table", "prior", "description")
@@ -25,6 +26,8 @@ GRAPH_KEYS = ("families", "params", "model", "data")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 DISCRETE_KINDS = ("indicator", "table")
 PARAM_DOMAINS = ("real", "positive", "unit")
+#: Largest value of a family constant (binomial trials): the derivation's checks sum over its support.
+MAX_CONSTANT = 10 ** 7
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +121,7 @@ class Model:
         self.observed = [name for name, node in self.nodes.items() if not node.latent]
         if not self.observed:
             raise SpecError(f"{source}: every node is latent; at least one node must be observed")
+        check_model_size(self)
         self._compiled = None
 
     def _check_acyclic(self):
@@ -247,8 +251,9 @@ class Model:
             if constant not in attrs:
                 raise SpecError(f"{where}: a {family.name} node needs '{constant}'")
             value = attrs[constant]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SpecError(f"{where}: '{constant}' must be a positive integer, found {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONSTANT:
+                raise SpecError(f"{where}: '{constant}' must be an integer from 1 to {MAX_CONSTANT:,}, "
+                                f"found {value!r}")
             values.append((constant, value))
         for key in ("trials",):
             if key in attrs and key not in family.constants:
@@ -277,6 +282,10 @@ class Model:
         if array.shape not in allowed:
             raise SpecError(f"{where}: the {name} prior has shape {array.shape}; give a number, a list of "
                             f"{k} (one per category), or shape {sizes + (k,)} (one row per parent value)")
+        if np.any(array > entry["maximum"]):
+            raise SpecError(f"{where}: {name} = {value!r}: every value must be at most {entry['maximum']:g}; "
+                            "beyond it the prior all but fixes the probabilities, and its log-density is too large "
+                            "for float64 to carry the likelihood's digits beside it")
         if not np.all(np.isfinite(array)) or np.any(array < entry["minimum"]):
             raise SpecError(f"{where}: {name} = {value!r}: every value must be >= {entry['minimum']:g}; "
                             f"below it the MAP estimate is undefined when a category's expected count is 0 "

@@ -16,43 +16,14 @@ vectors keep summing to one; positivity and positive definiteness are checked.
 import numpy as np
 
 from .errors import DeclaremError
+from .monitor import EMRun
+from .params import check_init, flatten_params
 
 BACKTRACKS = 4
 
 
-def _flatten(params):
-    """The internal parameters as one vector, and a function that rebuilds them."""
-    layout = []
-    pieces = []
-    for name, value in params.items():
-        if isinstance(value, dict):
-            for param, array in value.items():
-                array = np.asarray(array, dtype=float)
-                layout.append((name, param, array.shape))
-                pieces.append(array.ravel())
-        else:
-            layout.append((name, None, ()))
-            pieces.append(np.atleast_1d(np.asarray(value, dtype=float)))
-    vector = np.concatenate(pieces) if pieces else np.zeros(0)
-
-    def rebuild(flat):
-        out, position = {}, 0
-        for name, param, shape in layout:
-            size = int(np.prod(shape, dtype=int))
-            chunk = flat[position:position + size].reshape(shape)
-            position += size
-            if param is None:
-                out[name] = np.asarray(chunk.reshape(()))
-            else:
-                out.setdefault(name, {})[param] = chunk.copy()
-        return out
-
-    return vector, rebuild
-
-
 def _valid(compiled, params, shifts):
     """Whether extrapolated parameters lie in their domains (checked as a user's init would be)."""
-    from .em import check_init
     try:
         external = compiled.to_external(params, shifts)
         check_init(compiled, {k: v for k, v in external.items()
@@ -69,7 +40,7 @@ def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress
     and after each accepted cycle.
     """
     stats, objective = estep(params)
-    monitor.record(objective)
+    monitor.record(objective, params)
     n_iter = 0
     converged = False
     while n_iter < max_iter:
@@ -78,15 +49,15 @@ def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress
         n_iter += 1
         if n_iter >= max_iter:
             params = first
-            converged = monitor.iteration(n_iter, first_objective, progress)
+            converged = monitor.iteration(n_iter, first_objective, progress, params)
             break
         second = mstep(first_stats, first)
         second_stats, second_objective = estep(second)
         n_iter += 1
         accepted = (second, second_stats, second_objective)
-        start, rebuild = _flatten(params)
-        one, _ = _flatten(first)
-        two, _ = _flatten(second)
+        start, rebuild = flatten_params(params)
+        one, _ = flatten_params(first)
+        two, _ = flatten_params(second)
         r = one - start
         v = two - 2.0 * one + start
         norm_v = np.linalg.norm(v)
@@ -95,6 +66,8 @@ def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress
             if step > -1.0 or n_iter >= max_iter:
                 break
             extrapolated = rebuild(start - 2.0 * step * r + step * step * v)
+            # Probabilities written in free parameters follow the extrapolated parameters.
+            compiled.set_free(extrapolated, {n: extrapolated[n] for n in compiled.free_names})
             if _valid(compiled, extrapolated, rows.shifts):
                 try:
                     jump_stats, _ = estep(extrapolated)
@@ -109,7 +82,7 @@ def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress
                         break
             step = (step - 1.0) / 2.0
         params, stats, objective = accepted
-        if monitor.iteration(n_iter, objective, progress):
+        if monitor.iteration(n_iter, objective, progress, params):
             converged = True
             break
-    return params, monitor.history, converged, n_iter
+    return EMRun(params, monitor.history, converged, n_iter)

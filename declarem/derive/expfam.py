@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..errors import FamilyError
-from ..expressions import parse_expression
+from ..expressions import MAX_SPECIAL_ARGUMENT, parse_expression
 
 _SUPPORT_ASSUMPTIONS = {
     "real": {"real": True},
@@ -90,8 +90,7 @@ def decompose(family, constants, where):
     constant_symbols = {name: sympy.Symbol(name, positive=True) for name in family.constants}
     names.update(constant_symbols)
     logpdf = parse_expression(family.logpdf, names, f"{where}: family '{family.name}' logpdf")
-    logpdf = logpdf.subs({constant_symbols[name]: sympy.Integer(value) if float(value).is_integer()
-                          else sympy.nsimplify(value) for name, value in constants.items()})
+    logpdf = _bind_constants(logpdf, {constant_symbols[name]: value for name, value in constants.items()})
     missing = [p.name for p in params if not logpdf.has(p)]
     if missing:
         raise FamilyError(f"{where}: family '{family.name}': logpdf does not use parameter(s) "
@@ -127,3 +126,21 @@ def decompose(family, constants, where):
     natural = tuple(coefficients[t] for t in statistics)
     return ExpFamForm(x=x, params=params, logpdf=logpdf, statistics=statistics, natural=natural,
                       log_partition=log_partition, base=base)
+
+
+def _bind_constants(logpdf, values):
+    """Substitute the constants' values, evaluating functions of constants alone in floating point.
+
+    sympy evaluates a special function of an integer exactly: lgamma(trials + 1)
+    becomes the logarithm of a factorial with millions of digits for a large
+    ``trials``. Such calls depend on no variable or parameter, so their values are
+    taken numerically; everything else receives the exact value.
+    """
+    exact = {symbol: sympy.Integer(value) if float(value).is_integer() else sympy.nsimplify(value)
+             for symbol, value in values.items()}
+    if all(abs(value) <= MAX_SPECIAL_ARGUMENT for value in values.values()):
+        return logpdf.subs(exact)
+    numeric = {symbol: sympy.Float(value) for symbol, value in values.items()}
+    calls = {call: call.xreplace(numeric) for call in logpdf.atoms(sympy.Function)
+             if call.free_symbols and call.free_symbols <= set(values)}
+    return logpdf.xreplace(calls).subs(exact)

@@ -76,7 +76,7 @@ BUILTIN_TABLE = {
 PRIOR_TABLE = {
     "dirichlet": dict(
         applies_to="indicator", element_logpdf="(a - 1)*log(p)", hyperparameter="a",
-        minimum=1.0, log_normaliser=lambda a: gammaln(a.sum(axis=-1)) - gammaln(a).sum(axis=-1),
+        minimum=1.0, maximum=1e6, log_normaliser=lambda a: gammaln(a.sum(axis=-1)) - gammaln(a).sum(axis=-1),
         description="Dirichlet(a) on each probability row: MAP adds a - 1 pseudo-counts per category."),
 }
 

@@ -1,10 +1,12 @@
 """Per-fit row data in the form the E-step consumes: statistics computed once."""
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
+
+from ..resources import available_memory, check_rows_size
+from .enumeration import CHUNK_ROWS
 
 
 @dataclass
@@ -110,6 +112,7 @@ def prepare_rows(compiled, node_data, memory_budget=None):
     -------
     Rows
     """
+    check_rows_size(compiled, node_data.n_rows, CHUNK_ROWS)
     budget = available_memory() // 2 if memory_budget is None else memory_budget
     dense_bytes = sum(8 * node_data.n_rows * factor.width for name, factor in compiled.factors.items()
                       if factor.layout == "dense" and name in node_data.values)
@@ -155,14 +158,6 @@ def prepare_rows(compiled, node_data, memory_budget=None):
 
 
 BASE_CHUNK = 65536
-
-
-def available_memory():
-    """Bytes of physical memory available now (a large number where the system does not say)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2 ** 62
 
 
 def _strides(sizes):

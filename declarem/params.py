@@ -1,0 +1,109 @@
+"""Parameters as users give them and as the EM loop moves them: validation and flattening.
+
+One home for checking a user's ``init`` (or a saved fit's parameters) against a
+compiled model, used by the EM loop, sampling and SQUAREM alike.
+"""
+
+import numpy as np
+
+from .errors import InitError
+
+
+def check_init(compiled, init, where="init"):
+    """Validate a user ``init`` mapping.
+
+    Returns
+    -------
+    nodes : dict
+        ``{node: {param: array}}`` in the user's shapes.
+    free : dict
+        ``{free parameter: float}``.
+    """
+    if init is None:
+        return {}, {}
+    if not hasattr(init, "items"):
+        raise InitError(f"{where}: expected a mapping of node to parameters, found {type(init).__name__}")
+    checked, free, implied = {}, {}, {}
+    for node, params in init.items():
+        if node in compiled.free_names:
+            free[node] = params
+            continue
+        if getattr(compiled.factors.get(node), "expressed", False):
+            implied[node] = params
+            continue
+        if node not in compiled.factors:
+            known = list(compiled.factors) + compiled.free_names
+            raise InitError(f"{where}: '{node}' is not a node or free parameter of the model; known: "
+                            f"{', '.join(known)}")
+        if not hasattr(params, "items"):
+            raise InitError(f"{where}: '{node}' must map parameter names to arrays")
+        factor = compiled.factors[node]
+        checked[node] = {name: factor.check_param(name, value, where) for name, value in params.items()}
+    if free:
+        free = compiled.block.check(free, where)
+    _check_implied(compiled, implied, free, where)
+    return checked, free
+
+
+def _check_implied(compiled, implied, free, where):
+    """Probabilities written in free parameters may be given (a saved fit has them) if they agree."""
+    if not implied:
+        return
+    if compiled.free_names and set(compiled.free_names) - set(free):
+        node = next(iter(implied))
+        raise InitError(f"{where}: the probs of node '{node}' are expressions in free parameters; "
+                        "give those parameters (top-level entries of init) instead")
+    computed = compiled.block.probs(free)
+    for node, params in implied.items():
+        given = np.asarray(params.get("probs") if hasattr(params, "get") else params, dtype=float)
+        if set(params) - {"probs"} or given.shape != computed[node][0].shape or \
+                not np.allclose(given, computed[node][0], rtol=1e-9, atol=1e-12):
+            raise InitError(f"{where}: the probs of node '{node}' disagree with the free parameters given; "
+                            "give only the free parameters")
+
+
+def flatten_params(params):
+    """Internal parameters as one float vector, and a function that rebuilds them.
+
+    Parameters
+    ----------
+    params : dict
+        ``{node: {param: array}}`` with free parameters as top-level scalars.
+
+    Returns
+    -------
+    vector : ndarray of shape (n_values,)
+    rebuild : callable
+        ``rebuild(vector)`` returns parameters of the same structure.
+    """
+    layout = []
+    pieces = []
+    for name, value in params.items():
+        if isinstance(value, dict):
+            if not value:
+                layout.append((name, {}, None))  # a factor without parameters (deterministic)
+            for param, array in value.items():
+                array = np.asarray(array, dtype=float)
+                layout.append((name, param, array.shape))
+                pieces.append(array.ravel())
+        else:
+            layout.append((name, None, ()))
+            pieces.append(np.atleast_1d(np.asarray(value, dtype=float)))
+    vector = np.concatenate(pieces) if pieces else np.zeros(0)
+
+    def rebuild(flat):
+        out, position = {}, 0
+        for name, param, shape in layout:
+            if shape is None:
+                out[name] = {}
+                continue
+            size = int(np.prod(shape, dtype=int))
+            chunk = flat[position:position + size].reshape(shape)
+            position += size
+            if param is None:
+                out[name] = np.asarray(chunk.reshape(()))
+            else:
+                out.setdefault(name, {})[param] = chunk.copy()
+        return out
+
+    return vector, rebuild

@@ -1,0 +1,96 @@
+"""Memory a model and a fit will need, estimated before anything is allocated.
+
+A spec is untrusted text: ``k = 10**12`` must be refused with the node and the
+size, not met with a MemoryError half-way through building arrays. Estimates
+count float64 arrays only, so they are lower bounds of the real need.
+"""
+
+import math
+import os
+
+from .errors import SizeError
+
+#: Working copies of a chunk's joint posterior that the E-step holds at once.
+CHUNK_COPIES = 3
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation now (MemAvailable where Linux reports it)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 62
+
+
+def describe_bytes(count):
+    """A size for people: 1.5 GiB, 80.0 MiB."""
+    for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def parameter_bytes(model, name):
+    """Bytes of one node's parameters: one set per parent configuration, each of the node's own size."""
+    node = model.nodes[name]
+    sets = math.prod(model.nodes[p].k or 1 for p in node.parents)
+    if node.k is not None:
+        own = node.k
+    else:
+        own = node.dim * max(len(node.family.params), 1) + (node.dim ** 2 if node.dim > 1 else 0)
+    return 8 * sets * own
+
+
+def check_model_size(model):
+    """Refuse a model whose parameters alone would not fit in memory, naming the node.
+
+    Raises
+    ------
+    SizeError
+    """
+    available = available_memory()
+    total = 0
+    for name in model.nodes:
+        size = parameter_bytes(model, name)
+        total += size
+        if size > available // 2:
+            raise SizeError(f"{model.source}: node '{name}': its parameters would take {describe_bytes(size)}, "
+                            f"more than half the memory available ({describe_bytes(available)}); reduce 'k' "
+                            "of the node or of its parents")
+    if total > available // 2:
+        raise SizeError(f"{model.source}: the model's parameters would take {describe_bytes(total)}, more than "
+                        f"half the memory available ({describe_bytes(available)}); reduce the nodes' 'k'")
+
+
+def check_rows_size(compiled, n_rows, chunk_rows):
+    """Refuse an E-step whose posterior would not fit in memory, naming the latent nodes.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+    n_rows : int
+        Rows of the data (after grouping).
+    chunk_rows : int
+        Rows per E-step chunk.
+
+    Raises
+    ------
+    SizeError
+    """
+    configurations = compiled.n_configurations
+    if configurations <= 1:
+        return
+    need = 8 * configurations * (CHUNK_COPIES * min(n_rows, chunk_rows) + n_rows)
+    available = available_memory()
+    if need > available:
+        sizes = ", ".join(f"{name} (k = {k})" for name, k in zip(compiled.latent, compiled.latent_sizes))
+        raise SizeError(f"{compiled.model.source}: the latent nodes {sizes} have {configurations} joint "
+                        f"configurations; the posterior over {n_rows} rows needs {describe_bytes(need)} and "
+                        f"{describe_bytes(available)} is available; reduce 'k' or the number of latent nodes")
