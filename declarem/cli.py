@@ -34,7 +34,6 @@ def _finite_float(text):
 
 
 # Where /proc/meminfo does not say how much memory is available, sampling assumes this many bytes.
-FALLBACK_MEMORY = 4 * 2 ** 30
 
 
 def _parser():
@@ -217,12 +216,13 @@ def _check(args):
 
 def _sample(args):
     from .fit import atomic_output, check_output_path
+    from .resources import check_sample_size
     if args.n < 1:
         raise OptionError(f"--n must be a positive number of rows, found {args.n}")
     if args.seed < 0:
         raise OptionError(f"--seed must be a non-negative integer, found {args.seed}")
     model = _load(args.spec)
-    _check_sample_memory(model, args.n)
+    check_sample_size(model, args.n, label="--n ")
     if args.out:
         check_output_path(args.out)
     params = _read_params(args.params, model, complete=True)
@@ -246,44 +246,6 @@ def _write_csv(handle, names, table):
         writer.writerow([_format(v) for v in row])
 
 
-def _check_sample_memory(model, n_rows):
-    """Refuse a sample whose arrays cannot fit in the memory available now.
-
-    Per row, sampling holds a float per drawn column (every node, latent ones too),
-    the table written out, and the widest working array of one node (a categorical
-    node's cumulative probabilities, a normal node's Cholesky factor).
-    """
-    drawn = sum(node.dim for node in model.nodes.values())
-    working = max((node.k or 1) if node.is_discrete else node.dim * node.dim for node in model.nodes.values())
-    width = 2 * drawn + working
-    needed = n_rows * width * 8
-    available = _available_memory()
-    if needed > available:
-        raise OptionError(f"--n {n_rows}: sampling needs about {_bytes(needed)} ({n_rows} rows x {width} values "
-                          f"x 8 bytes), more than the {_bytes(available)} of memory available; sample fewer "
-                          "rows, or several batches with different --seed")
-
-
-def _available_memory():
-    """Bytes of memory available now: MemAvailable from /proc/meminfo, else a fixed cap."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        # No /proc (not Linux) or a format we do not know: fall back to the cap.
-        return FALLBACK_MEMORY
-    return FALLBACK_MEMORY
-
-
-def _bytes(count):
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if count < 1000 or unit == "PB":
-            return f"{count:.3g} {unit}" if unit != "bytes" else f"{count} bytes"
-        count /= 1000
-
-
 def _format(value):
     if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return str(int(value))
@@ -292,12 +254,11 @@ def _format(value):
 
 def _compare(args):
     from .compare import compare, load_reference
-    from .data import check_regular_file, read_model_data
+    from .data import read_model_data
     model = _load(args.spec)
     source = _data_source(model, args.data)
     columns, weights = read_model_data(model, source)
     # A directory or device as the reference would fail inside importlib (or never return): refuse it here.
-    check_regular_file(args.reference.partition(":")[0], "reference file", OptionError)
     reference = load_reference(args.reference)
     init = _read_params(args.init, model) if args.init else None
     result = compare(model, columns, reference, init=init, iterations=args.iterations,

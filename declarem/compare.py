@@ -8,15 +8,15 @@ largest absolute and relative difference is recorded, with both objectives.
 """
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import node_data
-from .em import check_init, initial_params, mstep
+from .data import check_regular_file, node_data
+from .em import initial_params, mstep
 from .errors import OptionError, ReferenceUpdateError
 from .inference import expected_statistics, prepare_rows
+from .params import check_init
 
 
 @dataclass
@@ -80,8 +80,7 @@ def load_reference(text):
     """Load ``FILE.py[:FUNCTION]`` (default function ``step``) and return the function."""
     path, _, function = text.partition(":")
     function = function or "step"
-    if not os.path.exists(path):
-        raise OptionError(f"{path}: no such reference file")
+    check_regular_file(path, "reference file", OptionError)
     spec = importlib.util.spec_from_file_location(f"declarem_reference_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     try:

@@ -31,6 +31,7 @@ from .derive.lambdify import to_numpy
 from .errors import FamilyError, InitError
 from .families.builtin import PRIOR_TABLE
 from .numeric import FROM_DOMAIN, maximize_rows
+from .params import as_float_array
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
 
@@ -160,10 +161,7 @@ class Factor:
         if spec is None:
             raise InitError(f"{where}: node '{self.name}' has no parameter '{name}'; "
                             f"its parameters are {', '.join(self.params)}")
-        try:
-            array = np.asarray(value, dtype=float)
-        except (TypeError, ValueError):
-            raise InitError(f"{where}: '{self.name}.{name}' is not numeric") from None
+        array = as_float_array(value, f"{self.name}.{name}", where)
         expected = self.external_shape(spec)
         if array.shape != expected:
             raise InitError(f"{where}: '{self.name}.{name}' has shape {array.shape}; expected {expected}"
@@ -639,10 +637,11 @@ class FreeBlock:
         """Validate user-given free parameters; return them as floats."""
         checked = {}
         for name, value in values.items():
-            try:
-                number = float(np.asarray(value, dtype=float))
-            except (TypeError, ValueError):
-                raise InitError(f"{where}: free parameter '{name}' must be a number") from None
+            array = as_float_array(value, name, where)
+            if array.shape != ():
+                raise InitError(f"{where}: free parameter '{name}' must be a single number, found shape "
+                                f"{array.shape}")
+            number = float(array)
             domain = self.domains[name]
             bad = {"real": not np.isfinite(number), "positive": not number > 0,
                    "unit": not 0 < number < 1, "simplex": not 0 < number < 1}[domain]

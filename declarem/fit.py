@@ -260,7 +260,7 @@ def checked_params(model, params, path, complete=False):
         ``{node: {param: ndarray}}`` plus free parameters as floats; with
         ``complete``, also the probabilities of nodes written in free parameters.
     """
-    from .em import check_init
+    from .params import check_init
     if not isinstance(params, dict):
         raise DataError(f"{path}: 'params' must be a JSON object of node -> parameter -> array, found "
                         f"{_json_type(params)}")

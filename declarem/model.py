@@ -18,7 +18,8 @@ from .errors import SpecError
 from .expressions import parse_expression
 from .families import FamilyRegistry
 from .families.builtin import PRIOR_TABLE
-from .resources import check_model_size
+from .resources import check_model_size, check_sample_size
+from .tables import DATA_KEYS, MODEL_KEYS, check_table, type_name
 
 NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
              "probs", "table", "prior", "description")
@@ -105,6 +106,11 @@ class Model:
         if unknown:
             raise SpecError(f"{source}: unknown graph attribute(s) {', '.join(unknown)}; "
                             f"allowed are {', '.join(GRAPH_KEYS)}")
+        for key, allowed in (("model", MODEL_KEYS), ("data", DATA_KEYS)):
+            table = graph.graph.get(key)
+            if table is not None and not isinstance(table, dict):
+                raise SpecError(f"{source}: [{key}] must be a table, found {type_name(table)}")
+            check_table(table or {}, allowed, key, source)
         info = graph.graph.get("model", {}) or {}
         self.name = str(info.get("name", "model"))
         self.description = str(info.get("description", ""))
@@ -147,6 +153,9 @@ class Model:
                 raise SpecError(f"{where}: unknown attribute '{key}'{hint}")
         if "family" not in attrs:
             raise SpecError(f"{where}: missing 'family'")
+        if not isinstance(attrs["family"], str):
+            raise SpecError(f"{where}: 'family' must be a family's name (a string), found "
+                            f"{type_name(attrs['family'])}")
         family = self.registry.get(attrs["family"], where)
         latent = attrs.get("latent", False)
         if not isinstance(latent, bool):
@@ -469,6 +478,8 @@ class Model:
             One column per data column, latent nodes included.
         """
         from .sampling import sample_rows
+        if isinstance(n_rows, (int, np.integer)) and not isinstance(n_rows, bool) and n_rows > 0:
+            check_sample_size(self, int(n_rows))
         return sample_rows(self, n_rows, params, seed)
 
     def to_spec(self):

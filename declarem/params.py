@@ -9,6 +9,54 @@ import numpy as np
 from .errors import InitError
 
 
+def as_float_array(value, label, where):
+    """A user-given parameter value as a float array, refusing what only looks numeric.
+
+    Strings ("0.5"), booleans, ragged lists and integers beyond the float range are
+    refused, not converted: numpy would read "0.5" as 0.5 and True as 1.
+
+    Parameters
+    ----------
+    value : array-like
+    label : str
+        The parameter, for messages (``"x.mean"``).
+    where : str
+        Where the value came from (``"init"``, a file).
+
+    Returns
+    -------
+    ndarray of float
+    """
+    if _holds_non_number(value):
+        raise InitError(f"{where}: '{label}' is not numeric: it holds text or true/false")
+    try:
+        raw = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise InitError(f"{where}: '{label}' is not numeric: not a number or a regular array of numbers") from None
+    if raw.dtype.kind == "O":
+        if any(isinstance(item, (bool, str, bytes, np.bool_)) or not np.isscalar(item) for item in raw.flat):
+            raise InitError(f"{where}: '{label}' is not numeric: it holds something other than numbers")
+    elif raw.dtype.kind not in "iuf":
+        raise InitError(f"{where}: '{label}' is not numeric: found {raw.dtype.name} values")
+    try:
+        array = raw.astype(float)
+    except (ValueError, TypeError, OverflowError):
+        raise InitError(f"{where}: '{label}' is not numeric: a number too large for a float") from None
+    return array
+
+
+def _holds_non_number(value):
+    """Whether nested lists hold a boolean or text, which numpy would silently turn into numbers."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (bool, np.bool_, str, bytes)):
+            return True
+        if isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return False
+
+
 def check_init(compiled, init, where="init"):
     """Validate a user ``init`` mapping.
 
@@ -55,7 +103,7 @@ def _check_implied(compiled, implied, free, where):
                         "give those parameters (top-level entries of init) instead")
     computed = compiled.block.probs(free)
     for node, params in implied.items():
-        given = np.asarray(params.get("probs") if hasattr(params, "get") else params, dtype=float)
+        given = as_float_array(params.get("probs") if hasattr(params, "get") else params, f"{node}.probs", where)
         if set(params) - {"probs"} or given.shape != computed[node][0].shape or \
                 not np.allclose(given, computed[node][0], rtol=1e-9, atol=1e-12):
             raise InitError(f"{where}: the probs of node '{node}' disagree with the free parameters given; "

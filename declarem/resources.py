@@ -94,3 +94,32 @@ def check_rows_size(compiled, n_rows, chunk_rows):
         raise SizeError(f"{compiled.model.source}: the latent nodes {sizes} have {configurations} joint "
                         f"configurations; the posterior over {n_rows} rows needs {describe_bytes(need)} and "
                         f"{describe_bytes(available)} is available; reduce 'k' or the number of latent nodes")
+
+
+def check_sample_size(model, n_rows, label="n_rows = "):
+    """Refuse drawing more rows than the memory available can hold.
+
+    Per row, sampling holds a float per drawn column (every node, latent ones too),
+    the table written out, and the widest working array of one node (a categorical
+    node's cumulative probabilities, a normal node's Cholesky factor).
+
+    Parameters
+    ----------
+    model : Model
+    n_rows : int
+    label : str
+        How the request is named in the message (``"--n "`` on the command line).
+
+    Raises
+    ------
+    SizeError
+    """
+    drawn = sum(node.dim for node in model.nodes.values())
+    working = max((node.k or 1) if node.is_discrete else node.dim * node.dim for node in model.nodes.values())
+    width = 2 * drawn + working
+    need = n_rows * width * 8
+    available = available_memory()
+    if need > available:
+        raise SizeError(f"{label}{n_rows}: sampling needs about {describe_bytes(need)} ({n_rows} rows x {width} "
+                        f"values x 8 bytes), more than the {describe_bytes(available)} of memory available; "
+                        "sample fewer rows, or several batches with different seeds")

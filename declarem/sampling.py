@@ -108,7 +108,7 @@ def sample_rows(model, n_rows, params, seed=0):
     if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 1:
         raise InitError(f"the number of rows to sample must be a positive integer, found {n_rows!r}")
     compiled = model.compiled
-    from .em import check_init
+    from .params import check_init
     given, free = check_init(compiled, params, where="params")
     pairs, free_names = compiled.required()
     missing = [f"{node}.{p}" for node, p in pairs if p not in given.get(node, {})]

@@ -9,14 +9,9 @@ import networkx as nx
 from .data import decode_text, read_input
 from .errors import SpecError
 from .model import Model
+from .tables import shown, type_name
 
 TOP_KEYS = ("model", "data", "params", "nodes", "families")
-# The keys of [model] and [data] that declarem reads, each with the type its value must have; a key
-# outside these would be ignored without a word (`weight = "count"` would drop the counts).
-MODEL_KEYS = {"name": str, "description": str}
-DATA_KEYS = {"path": str, "weights": str, "rows": str, "columns": str}
-TYPE_NAMES = {str: "a string", dict: "a table", list: "a list", bool: "true or false", int: "an integer",
-              float: "a number", type(None): "null"}
 
 
 def load_model(path):
@@ -49,42 +44,6 @@ def model_from_spec(spec, source="spec", base_dir=None):
     return Model(graph_from_spec(spec, source), source=source, base_dir=base_dir)
 
 
-def did_you_mean(key, allowed):
-    """A hint for an unknown key: the closest allowed one, or the list of them.
-
-    Parameters
-    ----------
-    key : str
-    allowed : sequence of str
-
-    Returns
-    -------
-    str
-    """
-    close = difflib.get_close_matches(str(key), list(allowed), n=1)
-    return f"did you mean '{close[0]}'?" if close else f"allowed are {', '.join(allowed)}"
-
-
-def _type_name(value):
-    return TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _shown(value, limit=60):
-    """A value's repr, cut short so that a message stays one readable line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _check_table(table, allowed, name, source):
-    """Refuse keys of table ``[name]`` outside ``allowed`` (with did-you-mean) and values of the wrong type."""
-    for key, value in table.items():
-        if key not in allowed:
-            raise SpecError(f"{source}: unknown key '{key}' in [{name}]; {did_you_mean(key, allowed)}")
-        if not isinstance(value, allowed[key]):
-            raise SpecError(f"{source}: [{name}] {key} must be {TYPE_NAMES[allowed[key]]}, found "
-                            f"{_type_name(value)} {_shown(value)}")
-
-
 def graph_from_spec(spec, source="spec"):
     """Turn a spec's tables into a networkx DiGraph with the contract's attributes.
 
@@ -100,7 +59,7 @@ def graph_from_spec(spec, source="spec"):
     networkx.DiGraph
     """
     if not isinstance(spec, dict):
-        raise SpecError(f"{source}: expected tables at the top level, found {_type_name(spec)}")
+        raise SpecError(f"{source}: expected tables at the top level, found {type_name(spec)}")
     for key in spec:
         if key not in TOP_KEYS:
             close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
@@ -108,9 +67,7 @@ def graph_from_spec(spec, source="spec"):
             raise SpecError(f"{source}: unknown table [{key}]; {hint}")
     for key in ("model", "data", "families", "params", "nodes"):
         if key in spec and not isinstance(spec[key], dict):
-            raise SpecError(f"{source}: [{key}] must be a table, found {_type_name(spec[key])}")
-    _check_table(spec.get("model", {}), MODEL_KEYS, "model", source)
-    _check_table(spec.get("data", {}), DATA_KEYS, "data", source)
+            raise SpecError(f"{source}: [{key}] must be a table, found {type_name(spec[key])}")
     nodes = spec.get("nodes")
     if not nodes:
         raise SpecError(f"{source}: no [nodes.NAME] tables; declare at least one node")
@@ -120,7 +77,7 @@ def graph_from_spec(spec, source="spec"):
             graph.graph[key] = spec[key]
     for name, attrs in nodes.items():
         if not isinstance(attrs, dict):
-            raise SpecError(f"{source}: node '{name}' must be a table [nodes.{name}], found {_type_name(attrs)}")
+            raise SpecError(f"{source}: node '{name}' must be a table [nodes.{name}], found {type_name(attrs)}")
         graph.add_node(name, **attrs)
     for name, attrs in nodes.items():
         parents = attrs.get("parents", [])
@@ -129,7 +86,7 @@ def graph_from_spec(spec, source="spec"):
         for parent in parents:
             if not isinstance(parent, str):
                 raise SpecError(f"{source}: node '{name}': 'parents' must be a list of node names, found "
-                                f"{_type_name(parent)} {_shown(parent)}")
+                                f"{type_name(parent)} {shown(parent)}")
             if parent not in nodes:
                 raise SpecError(f"{source}: node '{name}': parent '{parent}' is not declared; "
                                 f"add [nodes.{parent}]")

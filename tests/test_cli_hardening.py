@@ -18,7 +18,6 @@ import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from declarem import cli
 from declarem.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -372,21 +371,24 @@ def test_random_json_as_sample_params(capsys, spec, tmp_path, value):
 
 def test_sample_refuses_more_rows_than_memory(capsys, spec, fitted):
     line = user_error(capsys, "sample", spec, "--params", fitted, "--n", str(10 ** 12))
-    assert "--n 1000000000000" in line and "TB" in line and "memory available" in line, line
+    assert "--n 1000000000000" in line and "TiB" in line and "memory available" in line, line
 
 
 def test_sample_memory_limit_is_the_available_memory(capsys, spec, fitted, monkeypatch):
-    monkeypatch.setattr(cli, "_available_memory", lambda: 10_000)
+    monkeypatch.setattr("declarem.resources.available_memory", lambda: 10_000)
     line = user_error(capsys, "sample", spec, "--params", fitted, "--n", "1000")
-    assert "--n 1000: sampling needs about" in line and "10 KB of memory available" in line, line
+    assert "--n 1000: sampling needs about" in line and "9.8 KiB of memory available" in line, line
     assert main(["sample", str(spec), "--params", str(fitted), "--n", "10"]) == 0
 
 
 def test_available_memory_reads_proc_meminfo():
-    available = cli._available_memory()
+    from declarem.resources import available_memory
+    available = available_memory()
     assert isinstance(available, int) and available > 0
     if os.path.exists("/proc/meminfo"):
-        assert available != cli.FALLBACK_MEMORY
+        with open("/proc/meminfo") as handle:
+            reported = next(int(line.split()[1]) for line in handle if line.startswith("MemAvailable:"))
+        assert abs(available - 1024 * reported) < 2 ** 30
 
 
 @pytest.mark.parametrize("n", ["0", "-3"])

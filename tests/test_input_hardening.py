@@ -23,7 +23,7 @@ from declarem import data as data_module
 from declarem.data import node_data, read_csv, read_data, read_input, read_model_data
 from declarem.errors import DataError, DeclaremError, InitError, OptionError, SpecError
 from declarem.fit import Fit, atomic_output, checked_params
-from declarem.spec import graph_from_spec, load_model
+from declarem.spec import load_model, model_from_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -329,7 +329,7 @@ def test_known_data_keys_load(tmp_path):
 ])
 def test_stored_declarations_are_checked_like_spec_files(spec, fragment):
     with pytest.raises(SpecError, match=".*".join(map(__import__("re").escape, fragment.split("*")))):
-        graph_from_spec(spec, source="fit.json")
+        model_from_spec(spec, source="fit.json")
 
 
 # --- 3. integer data beyond float64's exact integers; odd arrays and weights --------------------------------

@@ -72,6 +72,8 @@ class FamilyRegistry:
             self.families[name] = family_from_table(name, table, where)
 
     def get(self, name, where):
+        if not isinstance(name, str):
+            raise FamilyError(f"{where}: 'family' must be a family's name (a string), found {name!r}")
         if name in self.families and name not in INTERNAL:
             return self.families[name]
         choices = [n for n in self.families if n not in INTERNAL]
