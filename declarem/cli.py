@@ -102,6 +102,11 @@ def main(argv=None):
     except DeclaremError as exc:
         print(f"declarem: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except MemoryError:
+        # Estimates refuse what clearly cannot fit; this catches what slips past them.
+        print("declarem: error: out of memory: the model or the data is too large for the memory "
+              "available; reduce the nodes' 'k', the dimensions or the number of rows", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("declarem: interrupted", file=sys.stderr)
         return 1

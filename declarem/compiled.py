@@ -155,8 +155,8 @@ class Factor:
             out[name] = value
         return out
 
-    def check_param(self, name, value, where):
-        """Validate a user-given parameter's shape and domain; return it as a float array."""
+    def check_param(self, name, value, where, closed=False):
+        """Validate a user-given parameter's shape and domain (closed: boundary allowed); return floats."""
         spec = self.params.get(name)
         if spec is None:
             raise InitError(f"{where}: node '{self.name}' has no parameter '{name}'; "
@@ -168,10 +168,13 @@ class Factor:
                             f" ({self._shape_story(spec)})")
         if not np.all(np.isfinite(array)):
             raise InitError(f"{where}: '{self.name}.{name}' has non-finite values")
-        if spec.domain == "positive" and not spec.symmetric and np.any(array <= 0):
-            raise InitError(f"{where}: '{self.name}.{name}' must be positive")
-        if spec.domain == "unit" and np.any((array <= 0) | (array >= 1)) and not spec.simplex:
-            raise InitError(f"{where}: '{self.name}.{name}' must lie strictly between 0 and 1")
+        if spec.domain == "positive" and not spec.symmetric and \
+                np.any(array < 0 if closed else array <= 0):
+            raise InitError(f"{where}: '{self.name}.{name}' must be {'>= 0' if closed else 'positive'}")
+        outside = (array < 0) | (array > 1) if closed else (array <= 0) | (array >= 1)
+        if spec.domain == "unit" and np.any(outside) and not spec.simplex:
+            raise InitError(f"{where}: '{self.name}.{name}' must lie "
+                            f"{'between 0 and 1' if closed else 'strictly between 0 and 1'}")
         if spec.simplex:
             if np.any(array < 0) or not np.allclose(array.sum(axis=-1), 1.0, atol=1e-8):
                 raise InitError(f"{where}: '{self.name}.{name}' rows must be probabilities summing to 1")
@@ -458,10 +461,11 @@ class CategoricalFactor(Factor):
         self.statistic_count = self.k
         # Probabilities written in free parameters are set by the model's FreeBlock, not here.
         self.expressed = node.probs is not None
+        # A read-only broadcast view: a node with many categories allocates nothing here.
         shape = (self.n_sets, self.k)
         self.concentration = np.broadcast_to(
-            node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape).copy() \
-            if node.prior else np.ones(shape)
+            node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape) \
+            if node.prior else np.broadcast_to(1.0, shape)
 
     def statistics(self, values):
         return values
@@ -490,11 +494,11 @@ class CategoricalFactor(Factor):
     def n_free(self):
         return 0 if self.expressed else super().n_free()
 
-    def check_param(self, name, value, where):
+    def check_param(self, name, value, where, closed=False):
         if self.expressed:
             raise InitError(f"{where}: the probs of node '{self.name}' are expressions in free parameters; "
                             "give those parameters (top-level entries of init) instead")
-        return super().check_param(name, value, where)
+        return super().check_param(name, value, where, closed)
 
     def mstep(self, sums, set_weights, old, reg_covar):
         if self.expressed:
@@ -633,8 +637,8 @@ class FreeBlock:
                 coordinates.append(float(FROM_DOMAIN[domain](value)))
         return np.array(coordinates)
 
-    def check(self, values, where):
-        """Validate user-given free parameters; return them as floats."""
+    def check(self, values, where, closed=False):
+        """Validate user-given free parameters (closed: boundary allowed); return them as floats."""
         checked = {}
         for name, value in values.items():
             array = as_float_array(value, name, where)
@@ -643,8 +647,9 @@ class FreeBlock:
                                 f"{array.shape}")
             number = float(array)
             domain = self.domains[name]
-            bad = {"real": not np.isfinite(number), "positive": not number > 0,
-                   "unit": not 0 < number < 1, "simplex": not 0 < number < 1}[domain]
+            inside = 0 <= number <= 1 if closed else 0 < number < 1
+            bad = {"real": not np.isfinite(number), "positive": not (number >= 0 if closed else number > 0),
+                   "unit": not inside, "simplex": not inside}[domain] or not np.isfinite(number)
             if bad:
                 raise InitError(f"{where}: free parameter '{name}' = {number!r} is outside its domain ({domain})")
             checked[name] = number

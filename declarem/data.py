@@ -239,7 +239,7 @@ def sparse_columns(matrix, rows, columns, source="matrix"):
 
 # What a damaged or foreign .npz raises from inside zipfile, zlib and numpy's reader.
 NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, RuntimeError, NotImplementedError,
-              zipfile.BadZipFile, zlib.error)
+              zipfile.BadZipFile, zlib.error, AttributeError)
 
 
 def read_npz(path, rows, columns):

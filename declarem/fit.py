@@ -252,7 +252,8 @@ def checked_params(model, params, path, complete=False):
     path : str
         The file, named in every message.
     complete : bool
-        Require every parameter of the model (a fit, or parameters to sample from).
+        Require every parameter of the model (a fit, or parameters to sample from);
+        such parameters may lie on the boundary of their domains (p = 0 or 1).
 
     Returns
     -------
@@ -271,7 +272,9 @@ def checked_params(model, params, path, complete=False):
         elif node in compiled.factors and isinstance(values, dict):
             for name, value in values.items():
                 _require_numbers(value, f"{node}.{name}", path)
-    given, free = check_init(compiled, params, where=path)
+    # A fit may end on the boundary of a domain (p = 1 when every row is a success): parameters
+    # used as they are accept it; a starting point for EM, which could never leave it, does not.
+    given, free = check_init(compiled, params, where=path, closed=complete)
     if not complete:
         return {**given, **free}
     pairs, free_names = compiled.required()

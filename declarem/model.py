@@ -7,6 +7,7 @@ contract (``family``, ``latent``, ``k``, ``parents``, ``columns``, ``dim``,
 """
 
 import difflib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import networkx as nx
@@ -14,7 +15,7 @@ import numpy as np
 
 import sympy
 
-from .errors import SpecError
+from .errors import SizeError, SpecError
 from .expressions import parse_expression
 from .families import FamilyRegistry
 from .families.builtin import PRIOR_TABLE
@@ -29,6 +30,16 @@ DISCRETE_KINDS = ("indicator", "table")
 PARAM_DOMAINS = ("real", "positive", "unit")
 #: Largest value of a family constant (binomial trials): the derivation's checks sum over its support.
 MAX_CONSTANT = 10 ** 7
+
+
+@contextmanager
+def _memory_as_size_error(model, doing):
+    """Report running out of memory as a SizeError: the estimates refuse what clearly cannot fit."""
+    try:
+        yield
+    except MemoryError:
+        raise SizeError(f"{model.source}: out of memory while {doing}; the model or the data is too large "
+                        "for the memory available: reduce the nodes' 'k', the dimensions or the rows") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -313,7 +324,7 @@ class Model:
                 raise SpecError(f"{where}: '{name}' is also a node; give the parameter another name")
             if not isinstance(entry, dict) or set(entry) - {"domain", "simplex"} or not entry:
                 raise SpecError(f"{where}: '{name}' must be {{ domain = \"unit\" }} (real, positive or unit) "
-                                "or {{ simplex = \"GROUP\" }}")
+                                "or { simplex = \"GROUP\" }")
             if "simplex" in entry:
                 group = entry["simplex"]
                 if "domain" in entry or not isinstance(group, str):
@@ -409,7 +420,8 @@ class Model:
         """The compiled model (derivations turned into numpy callables), built once."""
         if self._compiled is None:
             from .compiled import CompiledModel
-            self._compiled = CompiledModel(self)
+            with _memory_as_size_error(self, "compiling"):
+                self._compiled = CompiledModel(self)
         return self._compiled
 
     def fit(self, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
@@ -453,9 +465,10 @@ class Model:
         Fit
         """
         from .em import fit_model
-        return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
-                         restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress,
-                         accelerate=accelerate, memory_budget=memory_budget)
+        with _memory_as_size_error(self, "fitting"):
+            return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
+                             restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress,
+                             accelerate=accelerate, memory_budget=memory_budget)
 
     def derive(self):
         """The derivation of every factor: expected statistics and M-step, as text and LaTeX."""

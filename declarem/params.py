@@ -57,8 +57,19 @@ def _holds_non_number(value):
     return False
 
 
-def check_init(compiled, init, where="init"):
-    """Validate a user ``init`` mapping.
+def check_init(compiled, init, where="init", closed=False):
+    """Validate a user ``init`` mapping (or parameters read from a fit).
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+    init : mapping or None
+        ``{node: {param: array}}`` with free parameters at the top level.
+    where : str
+        Where the parameters came from, for messages.
+    closed : bool
+        Accept the boundary of each domain (p = 0 or 1, a rate of 0): a fit may end
+        there, but EM started there could never leave it.
 
     Returns
     -------
@@ -86,9 +97,10 @@ def check_init(compiled, init, where="init"):
         if not hasattr(params, "items"):
             raise InitError(f"{where}: '{node}' must map parameter names to arrays")
         factor = compiled.factors[node]
-        checked[node] = {name: factor.check_param(name, value, where) for name, value in params.items()}
+        checked[node] = {name: factor.check_param(name, value, where, closed)
+                         for name, value in params.items()}
     if free:
-        free = compiled.block.check(free, where)
+        free = compiled.block.check(free, where, closed)
     _check_implied(compiled, implied, free, where)
     return checked, free
 

@@ -15,7 +15,17 @@ CHUNK_COPIES = 3
 
 
 def available_memory():
-    """Bytes of memory available to a new allocation now (MemAvailable where Linux reports it)."""
+    """Bytes of memory available to a new allocation now.
+
+    The least of: the system's available memory (MemAvailable where Linux reports
+    it), what the container's memory limit leaves (cgroup v2 ``memory.max`` less
+    ``memory.current``), and this process's address-space limit (``ulimit -v``).
+    """
+    limits = [_system_available(), _cgroup_available(), _address_space_available()]
+    return min(limit for limit in limits if limit is not None)
+
+
+def _system_available():
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -27,6 +37,31 @@ def available_memory():
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 2 ** 62
+
+
+def _cgroup_available():
+    try:
+        with open("/sys/fs/cgroup/memory.max") as handle:
+            limit = handle.read().strip()
+        if limit == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current") as handle:
+            return max(int(limit) - int(handle.read().strip()), 0)
+    except (OSError, ValueError):
+        return None
+
+
+def _address_space_available():
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm") as handle:
+            used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        return max(soft - used, 0)
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
 
 
 def describe_bytes(count):

@@ -109,7 +109,7 @@ def sample_rows(model, n_rows, params, seed=0):
         raise InitError(f"the number of rows to sample must be a positive integer, found {n_rows!r}")
     compiled = model.compiled
     from .params import check_init
-    given, free = check_init(compiled, params, where="params")
+    given, free = check_init(compiled, params, where="params", closed=True)
     pairs, free_names = compiled.required()
     missing = [f"{node}.{p}" for node, p in pairs if p not in given.get(node, {})]
     missing += [n for n in free_names if n not in free]
@@ -176,7 +176,12 @@ def _draw_scalar(factor, node, params, sets, rng):
               for name in factor.param_names}
     constants = dict(node.constants)
     if node.family.sampler:
-        return _draw_declared(node.family, values, constants, rng)
+        try:
+            return _draw_declared(node.family, values, constants, rng)
+        except ValueError as exc:
+            # numpy refuses parameters beyond its algorithms' range (a Poisson rate above ~1e19).
+            raise FitError(f"node '{node.name}': cannot sample family '{node.family.name}' at these "
+                           f"parameters: numpy says {exc}") from None
     return _draw_exact(node, values, constants, rng)
 
 

@@ -1,13 +1,23 @@
-"""The on-disk derivation cache: a second process does no sympy solving; bad entries are recomputed."""
+"""The on-disk derivation cache: a second process does no sympy solving; bad entries are never used.
+
+Two processes run end to end (a warm start solves nothing; planted entries are derived again);
+the other checks read entries in this process, from a cache directory one compile filled.
+"""
 
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import networkx as nx
 import pytest
+
+import declarem
+from declarem.derive import cache
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILE = "import declarem; m = declarem.load_model('models/gamma_mixture.toml'); m.compiled; print('ok')"
@@ -15,168 +25,209 @@ NO_SOLVING = ("import sympy\n"
               "def refuse(*a, **k):\n    raise AssertionError('sympy solved on a warm start')\n"
               "sympy.solve = refuse\n"
               "import sympy.solvers.solvers\nsympy.solvers.solvers.solve = refuse\n")
+HOSTILE_VALUES = [
+    {"record": "Popen", "fields": {"args": "touch MARKER"}},
+    {"expr": ["__import__", ["Symbol", "os", {}]]},
+    {"expr": ["Symbol", "x", {"__class__": True}]},
+    {"expr": ["Function", ["Symbol", "touch MARKER", {}]]},
+    {"record": "ScalarSolution", "fields": {"form": {"expr": ["eval", ["Integer", "1"]]}}},
+    {"list": [{"expr": ["Integer", "9" * 5000]}]},
+]
 
 
-def run(code, cache):
-    env = dict(os.environ, DECLAREM_CACHE_DIR=str(cache))
+def run(code, cache_dir):
+    env = dict(os.environ, DECLAREM_CACHE_DIR=str(cache_dir))
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
 
 
-def test_second_process_loads_the_derivation(tmp_path):
-    first = run(COMPILE, tmp_path)
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    """A cache directory filled by one process compiling the gamma mixture."""
+    directory = tmp_path_factory.mktemp("filled") / "cache"
+    first = run(COMPILE, directory)
     assert first.returncode == 0, first.stderr
-    entries = sorted(p.name for p in tmp_path.iterdir())
-    assert any(name.startswith("scalar-") for name in entries)
-    assert any(name.startswith("simplex-") for name in entries)
-    second = run(NO_SOLVING + COMPILE, tmp_path)
+    return directory
+
+
+@pytest.fixture
+def entries(filled, tmp_path, monkeypatch):
+    """A private copy of the filled cache, as this process's cache: (path, kind, key, value) per entry."""
+    directory = tmp_path / "cache"
+    shutil.copytree(filled, directory)
+    directory.chmod(0o700)
+    monkeypatch.setenv("DECLAREM_CACHE_DIR", str(directory))
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        stored = json.loads(path.read_text())
+        value = cache._load(str(path), stored["kind"], stored["key"])
+        assert value is not None, path
+        found.append((path, stored["kind"], stored["key"], value))
+    assert {kind for _, kind, _, _ in found} == {"scalar", "simplex"}
+    return found
+
+
+def _plant(path, kind, key, value_data):
+    """Write an entry with a correct checksum around arbitrary data, as someone who read the format could."""
+    stored = json.loads(path.read_text())
+    planted = dict(stored, value=json.dumps(value_data))
+    planted["sha256"] = cache._digest(kind, key, planted["value"])
+    path.write_text(json.dumps(planted))
+
+
+def test_second_process_loads_the_derivation(filled, tmp_path):
+    directory = tmp_path / "cache"
+    shutil.copytree(filled, directory)
+    names = sorted(p.name for p in directory.iterdir())
+    second = run(NO_SOLVING + COMPILE, directory)
     assert second.returncode == 0, second.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == entries
+    assert sorted(p.name for p in directory.iterdir()) == names
 
 
-def test_unreadable_entries_are_recomputed(tmp_path):
-    assert run(COMPILE, tmp_path).returncode == 0
-    for entry in tmp_path.iterdir():
-        entry.write_bytes(b"not a pickle")
-    again = run(COMPILE, tmp_path)
-    assert again.returncode == 0, again.stderr
-    refused = run(NO_SOLVING + COMPILE, tmp_path)
-    assert refused.returncode == 0, refused.stderr
+def test_entries_are_json_and_private(entries):
+    for path, kind, _, _ in entries:
+        stored = json.loads(path.read_text())
+        assert stored["format"] == "declarem-derivation" and stored["kind"] == kind
+        assert path.stat().st_mode & 0o022 == 0
+    assert path.parent.stat().st_mode & 0o077 == 0
 
 
-def test_cache_can_be_turned_off(tmp_path):
-    result = run(COMPILE, "off")
-    assert result.returncode == 0, result.stderr
-    assert not (ROOT / "off").exists()
+def test_unreadable_entries_are_derived_again(entries):
+    for path, kind, key, value in entries:
+        original = path.read_bytes()
+        for damage in (b"", b"not json", original[: len(original) // 2], b"[]", b'{"format": 1}'):
+            path.write_bytes(damage)
+            assert cache._load(str(path), kind, key) is None
+        assert cache.cached(kind, key, lambda: value) == value
+        assert path.read_bytes() == original
 
 
-def test_entries_are_json_and_private(tmp_path):
-    assert run(COMPILE, tmp_path).returncode == 0
-    entries = list(tmp_path.iterdir())
-    assert entries and all(p.suffix == ".json" for p in entries)
-    for entry in entries:
-        stored = json.loads(entry.read_text())
-        assert stored["format"] == "declarem-derivation"
-        assert entry.stat().st_mode & 0o022 == 0
+def test_flipped_byte_is_recomputed_not_used(entries):
+    """A corrupted entry that still parses (a changed digit) fails its checksum and is derived again."""
+    for path, kind, key, value in entries:
+        original = path.read_bytes()
+        raw = bytearray(original)
+        position = next(i for i in range(len(raw) // 2, len(raw))
+                        if chr(raw[i]).isdigit() and raw[i] != ord("7"))
+        raw[position] = ord("7")
+        path.write_bytes(bytes(raw))
+        assert cache._load(str(path), kind, key) is None
+        assert cache.cached(kind, key, lambda: value) == value
+        assert path.read_bytes() == original
 
 
-def _plant_pickle(path, marker):
+def test_planted_pickle_does_not_run(entries, tmp_path):
+    """An entry replaced by a pickle whose loading runs a command: refused, never unpickled."""
+    marker = tmp_path / "planted-marker"
+
     class Payload:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    path.write_bytes(pickle.dumps(("key", Payload())))
-
-
-def test_planted_pickle_does_not_run(tmp_path):
-    """An entry replaced by a pickle whose loading runs a command: refused, recomputed, never run."""
-    assert run(COMPILE, tmp_path).returncode == 0
-    marker = tmp_path.parent / "planted-marker"
-    for entry in list(tmp_path.iterdir()):
-        _plant_pickle(entry, marker)
-        _plant_pickle(entry.with_suffix(".pickle"), marker)  # where the first cache format kept entries
-    again = run(COMPILE, tmp_path)
-    assert again.returncode == 0, again.stderr
+    for path, kind, key, _ in entries:
+        path.write_bytes(pickle.dumps((key, Payload())))
+        path.with_suffix(".pickle").write_bytes(pickle.dumps((key, Payload())))  # the first format's name
+        assert cache._load(str(path), kind, key) is None
     assert not marker.exists()
-    assert run(NO_SOLVING + COMPILE, tmp_path).returncode == 0, "entries were not recomputed"
 
 
-def test_planted_json_with_foreign_classes_is_refused(tmp_path):
-    """A well-formed entry with a correct checksum that names classes outside the whitelist is not used."""
-    assert run(COMPILE, tmp_path).returncode == 0
-    from declarem.derive import cache
-    marker = tmp_path.parent / "json-marker"
-    hostile_values = [
-        {"record": "Popen", "fields": {"args": f"touch {marker}"}},
-        {"expr": ["__import__", ["Symbol", "os", {}]]},
-        {"expr": ["Symbol", "x", {"__class__": True}]},
-        {"expr": ["Function", ["Symbol", f"touch {marker}", {}]]},
-    ]
-    for index, value in enumerate(hostile_values):
-        for entry in tmp_path.glob("*.json"):
-            stored = json.loads(entry.read_text())
-            stored["value"] = json.dumps(value)
-            stored["sha256"] = cache._digest(stored["kind"], stored["key"], stored["value"])
-            entry.write_text(json.dumps(stored))
-        again = run(NO_SOLVING + COMPILE, tmp_path)
-        assert again.returncode != 0, f"hostile value {index} was accepted instead of recomputed"
-        assert "sympy solved on a warm start" in again.stderr
-        assert not marker.exists()
-        assert run(COMPILE, tmp_path).returncode == 0
+def test_planted_json_with_foreign_classes_is_refused(entries):
+    """Well-formed entries with correct checksums that name classes outside the whitelist are not used."""
+    for value_data in HOSTILE_VALUES:
+        for path, kind, key, _ in entries:
+            original = path.read_text()
+            _plant(path, kind, key, value_data)
+            assert cache._load(str(path), kind, key) is None, value_data
+            path.write_text(original)
 
 
-def test_flipped_byte_is_recomputed_not_used(tmp_path):
-    """A corrupted entry never changes a fit: the checksum refuses it and it is derived again."""
-    fit = ("import declarem; m = declarem.load_model('models/gamma_mixture.toml');"
-           "f = m.fit('models/gamma_mixture.csv', max_iter=5, tol=0); print(repr(f.loglik))")
-    cold = run(fit, tmp_path)
-    assert cold.returncode == 0, cold.stderr
-    originals = {p: p.read_bytes() for p in tmp_path.iterdir()}
-    scalar = next(p for p in originals if p.name.startswith("scalar-"))
-    raw = bytearray(originals[scalar])
-    # Change a digit of the stored derivation, the kind of damage that parses but is wrong.
-    position = next(i for i in range(len(raw) // 2, len(raw)) if chr(raw[i]).isdigit() and raw[i] != ord("7"))
-    raw[position] = ord("7")
-    scalar.write_bytes(bytes(raw))
-    warm = run(fit, tmp_path)
-    assert warm.returncode == 0, warm.stderr
-    assert warm.stdout == cold.stdout
-    assert scalar.read_bytes() == originals[scalar]
+def test_a_process_derives_again_rather_than_use_planted_entries(filled, tmp_path):
+    directory = tmp_path / "cache"
+    shutil.copytree(filled, directory)
+    for path in directory.glob("*.json"):
+        stored = json.loads(path.read_text())
+        _plant(path, stored["kind"], stored["key"], HOSTILE_VALUES[0])
+    again = run(NO_SOLVING + COMPILE, directory)
+    assert again.returncode != 0 and "sympy solved on a warm start" in again.stderr
+    assert run(COMPILE, directory).returncode == 0
 
 
-def test_directory_writable_by_others_is_refused(tmp_path):
+def test_directory_writable_by_others_is_refused(tmp_path, monkeypatch):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    result = run(COMPILE, shared)
-    assert result.returncode == 0, result.stderr
-    assert "running without a cache" in result.stderr
+    monkeypatch.setenv("DECLAREM_CACHE_DIR", str(shared))
+    monkeypatch.setattr(cache, "_refused", set())
+    with pytest.warns(RuntimeWarning, match="running without a cache"):
+        assert cache.usable_dir() is None
+    assert cache.cached("scalar", "key", lambda: 1) == 1
     assert list(shared.iterdir()) == []
 
 
+def test_a_created_directory_is_private(tmp_path, monkeypatch):
+    directory = tmp_path / "new" / "cache"
+    monkeypatch.setenv("DECLAREM_CACHE_DIR", str(directory))
+    assert cache.usable_dir() == str(directory)
+    assert directory.stat().st_mode & 0o077 == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
-def test_entry_owned_by_someone_else_is_not_used(tmp_path):
-    assert run(COMPILE, tmp_path).returncode == 0
-    for entry in tmp_path.iterdir():
-        os.chown(entry, 65534, 65534)
-    result = run(NO_SOLVING + COMPILE, tmp_path)
-    assert result.returncode != 0 and "sympy solved on a warm start" in result.stderr
+def test_entry_owned_by_someone_else_is_not_used(entries):
+    for path, kind, key, _ in entries:
+        os.chown(path, 65534, 65534)
+        assert cache._load(str(path), kind, key) is None
 
 
-def test_provisional_derivation_is_not_cached(tmp_path):
-    """A derivation whose budget ran out serves its process only; the next process derives it again."""
-    starved = ("import warnings; warnings.simplefilter('always')\n"
-               "import declarem.derive.budget as b; b.CPU_SECONDS = 1e-4\n"
-               "import declarem; m = declarem.load_model('models/abo.toml'); m.compiled\n"
-               "print(m.derive().free.status)\n")
-    result = run(starved, tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "numeric"
-    assert "not cached" in result.stderr
-    assert not list(tmp_path.glob("free-*"))
-    normal = run("import declarem; m = declarem.load_model('models/abo.toml'); m.compiled\n"
-                 "print(m.derive().free.status)\n", tmp_path)
-    assert normal.stdout.strip() == "closed"
-    assert list(tmp_path.glob("free-*"))
+def test_cache_can_be_turned_off(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DECLAREM_CACHE_DIR", "off")
+    assert cache.usable_dir() is None
+    assert cache.cached("scalar", "key", lambda: 1) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_route_does_not_depend_on_a_busy_machine(tmp_path):
+def _poisson_family():
+    graph = nx.DiGraph()
+    graph.add_node("x", family="poisson")
+    return declarem.Model(graph).nodes["x"].family
+
+
+def test_provisional_derivation_is_not_cached(tmp_path, monkeypatch):
+    """A derivation whose budget ran out serves its process only; a later one derives it again."""
+    from declarem.derive import budget, scalar_solution
+    monkeypatch.setenv("DECLAREM_CACHE_DIR", str(tmp_path))
+    family = _poisson_family()
+    monkeypatch.setattr(budget, "CPU_SECONDS", 0.0)
+    with pytest.warns(RuntimeWarning, match="not cached"):
+        starved = scalar_solution.__wrapped__(family, ())
+    assert starved.provisional and starved.status == "numeric"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(budget, "CPU_SECONDS", 20.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normal = scalar_solution.__wrapped__(family, ())
+    assert not normal.provisional and normal.status == "closed"
+    assert len(list(tmp_path.glob("scalar-*.json"))) == 1
+
+
+def test_route_does_not_depend_on_a_busy_machine(monkeypatch):
     """With every core busy, the hardest catalog derivation still closes (the budget is CPU time)."""
+    from declarem.compiled import FreeBlock, free_solution
+    monkeypatch.setenv("DECLAREM_CACHE_DIR", "off")
+    model = declarem.load_model(ROOT / "models" / "abo.toml")
+    free_solution.cache_clear()
     spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
     spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 2)]
     try:
-        result = run("import declarem; m = declarem.load_model('models/abo.toml'); m.compiled\n"
-                     "print(m.derive().free.status)\n", tmp_path)
+        solution = FreeBlock(model).solution
     finally:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "closed"
+    assert solution.status == "closed" and not solution.provisional
 
 
 def test_stored_derivations_read_back_equal():
-    import declarem
     from declarem.derive.serial import FormatError, from_data, to_data
     for name in ("gamma_mixture", "abo", "topic_model"):
         compiled = declarem.load_model(ROOT / "models" / f"{name}.toml").compiled

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 POISSON_SPEC = """
@@ -30,7 +31,11 @@ parents = ["z"]
 
 
 def run(*args, cwd=ROOT):
-    # The checkout on the path, so that `python -m declarem` runs from any directory without an install.
+    return run_cli(*args, cwd=cwd)
+
+
+def run_process(*args, cwd=ROOT):
+    """The real ``python -m declarem``, with the checkout on the path (so no install is needed)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "declarem", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -48,7 +53,7 @@ def spec(tmp_path):
 
 def test_fit_writes_json_and_shows_progress(spec, tmp_path):
     out = tmp_path / "fit.json"
-    result = run("fit", spec, "--out", out, "--seed", "2")
+    result = run_process("fit", spec, "--out", out, "--seed", "2")
     assert result.returncode == 0, result.stderr
     assert "iter     1" in result.stderr and "objective" in result.stderr and "change" in result.stderr
     stored = json.loads(out.read_text())

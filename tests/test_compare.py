@@ -1,12 +1,11 @@
 """`compare`: a correct hand-coded update agrees with the derived one; a wrong one is caught."""
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import run_cli
 
 import declarem
 from declarem.compare import compare, load_reference
@@ -64,8 +63,7 @@ def files(tmp_path):
 
 
 def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "declarem", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return run_cli(*args, cwd=cwd)
 
 
 def test_correct_reference_agrees(files):

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -70,7 +71,7 @@ def run_declarem(arguments, cwd):
 
 def check_command(command, shown, cwd, where):
     words = shlex.split(command)
-    result = run_declarem(words[1:], cwd)
+    result = run_cli(*words[1:], cwd=cwd)
     expected_status = 2 if shown.startswith("declarem: error:") else 0
     got = (result.stderr + result.stdout).strip("\n")
     assert result.returncode == expected_status, (

@@ -463,7 +463,7 @@ def delete(keys):
     (set_in(["params", "z", "probs"], {"a": 1}), "'z.probs' is not numeric"),
     (set_in(["params", "count", "rate"], [1.0, float("nan"), 3.0]), "'count.rate' has non-finite values"),
     (set_in(["params", "count", "rate"], [1.0, float("inf"), 3.0]), "'count.rate' has non-finite values"),
-    (set_in(["params", "count", "rate"], [1.0, -2.0, 3.0]), "'count.rate' must be positive"),
+    (set_in(["params", "count", "rate"], [1.0, -2.0, 3.0]), "'count.rate' must be >= 0"),
     (set_in(["params", "count", "rate"], 7), "'count.rate' has shape ()"),
     (set_in(["params", "count", "scale"], [1.0, 2.0, 3.0]), "node 'count' has no parameter 'scale'"),
     (set_in(["params", "count"], [1.0, 2.0, 3.0]), "'count' must map parameter names to arrays"),

@@ -9,14 +9,13 @@ very uniforms they were made from.
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import pytest
+from support import run_cli
 import scipy.stats
 
 import declarem
@@ -277,8 +276,7 @@ family = "mygamma"
 
 
 def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "declarem", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return run_cli(*args, cwd=cwd)
 
 
 def test_command_line_samples_a_user_family(tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pytest
+from support import run_cli
 import scipy.sparse
 
 import declarem
@@ -194,8 +195,7 @@ def test_hard_em_objective_never_falls(model, data):
 # ---------------------------------------------------------------------------------------------
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "declarem", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return run_cli(*args, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")

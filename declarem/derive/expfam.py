@@ -89,14 +89,14 @@ def decompose(family, constants, where):
     names = {"x": x, **{p.name: p for p in params}}
     constant_symbols = {name: sympy.Symbol(name, positive=True) for name in family.constants}
     names.update(constant_symbols)
-    logpdf = parse_expression(family.logpdf, names, f"{where}: family '{family.name}' logpdf")
+    logpdf = parse_expression(family.logpdf, names, f"{where} logpdf")
     logpdf = _bind_constants(logpdf, {constant_symbols[name]: value for name, value in constants.items()})
     missing = [p.name for p in params if not logpdf.has(p)]
     if missing:
-        raise FamilyError(f"{where}: family '{family.name}': logpdf does not use parameter(s) "
+        raise FamilyError(f"{where}: logpdf does not use parameter(s) "
                           f"{', '.join(missing)}")
     if not logpdf.has(x):
-        raise FamilyError(f"{where}: family '{family.name}': logpdf does not use x")
+        raise FamilyError(f"{where}: logpdf does not use x")
 
     # Only terms with x are expanded: x-free terms keep their declared form, which sympy's
     # solver handles better (the zero-truncated Poisson closes only in its declared form).
@@ -111,7 +111,7 @@ def decompose(family, constants, where):
         param_part, x_part = term.as_independent(x, as_Add=False)
         if x_part.free_symbols & param_set:
             raise FamilyError(
-                f"{where}: family '{family.name}' is not an exponential family in its parameters: "
+                f"{where} is not an exponential family in its parameters: "
                 f"the term {term} does not split into a function of x times a function of the "
                 f"parameters; fix a parameter that mixes with x as a known constant")
         if not (term.free_symbols & param_set):
@@ -121,7 +121,7 @@ def decompose(family, constants, where):
         else:
             coefficients[x_part] = coefficients.get(x_part, 0) + param_part
     if not coefficients:
-        raise FamilyError(f"{where}: family '{family.name}' has no term joining x and a parameter")
+        raise FamilyError(f"{where} has no term joining x and a parameter")
     statistics = tuple(sorted(coefficients, key=sympy.default_sort_key))
     natural = tuple(coefficients[t] for t in statistics)
     return ExpFamForm(x=x, params=params, logpdf=logpdf, statistics=statistics, natural=natural,

@@ -54,16 +54,16 @@ def solve_simplex(family, prior_logpdf, where):
     count = sympy.Symbol("n", nonnegative=True)
     pseudo = sympy.Symbol("a", positive=True)
     multiplier = sympy.Symbol("lambda", real=True)
-    element = count * parse_expression(family.logpdf, {"p": p}, f"{where}: family '{family.name}' logpdf")
+    element = count * parse_expression(family.logpdf, {"p": p}, f"{where} logpdf")
     if prior_logpdf is not None:
         element += parse_expression(prior_logpdf, {"p": p, "a": pseudo}, f"{where}: prior")
     solutions = sympy.solve(sympy.diff(element, p) + multiplier, p)
     if len(solutions) != 1:
-        raise FamilyError(f"{where}: family '{family.name}': the simplex update has {len(solutions)} "
+        raise FamilyError(f"{where}: the simplex update has {len(solutions)} "
                           "stationary points; expected one")
     numerator, scale = solutions[0].as_independent(multiplier, as_Add=False)
     if scale.has(count, pseudo):
-        raise FamilyError(f"{where}: family '{family.name}': the simplex update does not separate "
+        raise FamilyError(f"{where}: the simplex update does not separate "
                           "into a count part and a multiplier part")
     sign = sympy.sign(scale.subs(multiplier, -1))
     return SimplexSolution(count=count, pseudo=pseudo, element_objective=element,

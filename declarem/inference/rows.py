@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
+from ..errors import DataError
 from ..resources import available_memory, check_rows_size
 from .enumeration import CHUNK_ROWS
 
@@ -142,15 +143,24 @@ def prepare_rows(compiled, node_data, memory_budget=None):
         statistics = shift = centred = None
         if not node.latent:
             values = node_data.values[name]
-            shift = factor.shift_for(values, weights)
-            centred = values - shift if shift is not None else values
-            if factor.layout == "dense" and stream:
-                statistics = None
-            else:
-                statistics = factor.statistics(centred)
-            for first in range(0, node_data.n_rows, BASE_CHUNK):
-                block = slice(first, first + BASE_CHUNK)
-                base_total += float(np.dot(weights[block], factor.base(centred[block])))
+            with np.errstate(over="ignore", invalid="ignore"):
+                shift = factor.shift_for(values, weights)
+                centred = values - shift if shift is not None else values
+                if factor.layout == "dense" and stream:
+                    statistics = None
+                    for first in range(0, node_data.n_rows, BASE_CHUNK):
+                        block = slice(first, first + BASE_CHUNK)
+                        _check_finite(name, factor, centred[block], values[block], first)
+                else:
+                    statistics = factor.statistics(centred)
+                    if factor.layout == "dense":
+                        _check_finite(name, factor, centred, values, 0, statistics)
+                for first in range(0, node_data.n_rows, BASE_CHUNK):
+                    block = slice(first, first + BASE_CHUNK)
+                    base_total += float(np.dot(weights[block], factor.base(centred[block])))
+            if shift is not None and not np.all(np.isfinite(shift)):
+                raise DataError(f"node '{name}': the data's mean overflows float64; its values are too large "
+                                "to fit (rescale the column)")
         factors[name] = FactorRows(statistics=statistics, observed_offset=observed_offset,
                                    latent_axes=tuple(a for a, _, _ in latent_parents),
                                    latent_set_index=latent_set_index, shift=shift, values=centred)
@@ -160,6 +170,20 @@ def prepare_rows(compiled, node_data, memory_budget=None):
 BASE_CHUNK = 65536
 
 
+def _check_finite(name, factor, centred, values, first, statistics=None):
+    """Refuse rows whose sufficient statistics overflow float64 (1e200 squared), naming the row.
+
+    The row is found in the uncentred data: one huge value moves the centring shift and so
+    every centred row.
+    """
+    statistics = factor.statistics(centred) if statistics is None else statistics
+    if np.isfinite(statistics).all():
+        return
+    raw = factor.statistics(values)
+    finite = np.isfinite(raw).reshape(len(raw), -1).all(axis=1)
+    row = first + int(np.flatnonzero(~finite)[0]) if not finite.all() else first
+    raise DataError(f"node '{name}', row {row}: the value is too large; its sufficient statistics "
+                    "overflow float64 (rescale the column)")
 def _strides(sizes):
     """Row-major strides of a parameter-set index over parents of the given sizes."""
     strides = []

@@ -1,0 +1,38 @@
+"""Helpers shared by the tests: the command line run in this process.
+
+A fresh interpreter per command costs the import of declarem (with sympy and scipy) every time;
+most tests run ``declarem.cli.main`` here instead, with standard output, standard error and
+warnings captured as a process would show them. A few tests still run the real
+``python -m declarem`` (tests/test_cli.py, tests/test_docs.py) to hold this emulation to it.
+"""
+
+import contextlib
+import io
+import subprocess
+import warnings
+
+
+def run_cli(*args, cwd="."):
+    """Run ``declarem ARGS`` in this process.
+
+    Parameters
+    ----------
+    *args : str or path-like
+    cwd : path-like
+        The working directory of the run.
+
+    Returns
+    -------
+    subprocess.CompletedProcess
+        With ``returncode``, ``stdout`` and ``stderr`` as text.
+    """
+    from declarem.cli import main
+    arguments = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings():
+        warnings.simplefilter("default")
+        status = main(arguments)
+    # As subprocess.run(..., text=True) reads a process's output: universal newlines.
+    stdout, stderr = (stream.getvalue().replace("\r\n", "\n") for stream in (out, err))
+    return subprocess.CompletedProcess(["declarem", *arguments], status, stdout, stderr)
