@@ -38,6 +38,8 @@ FUNCTIONS = {
     "tanh": sympy.tanh,
 }
 CONSTANTS = {"pi": sympy.pi, "e": sympy.E}
+#: Names an expression gives a meaning of its own: no parameter or node may take them.
+RESERVED_NAMES = frozenset(FUNCTIONS) | frozenset(CONSTANTS)
 
 _BINARY = {
     ast.Add: lambda a, b: a + b,

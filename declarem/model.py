@@ -16,7 +16,7 @@ import numpy as np
 import sympy
 
 from .errors import SizeError, SpecError
-from .expressions import parse_expression
+from .expressions import RESERVED_NAMES, parse_expression
 from .families import FamilyRegistry
 from .families.builtin import PRIOR_TABLE
 from .resources import check_model_size, check_sample_size
@@ -318,8 +318,10 @@ class Model:
             raise SpecError(f"{where} must be a table of name = {{ domain = ... }}")
         domains, groups = {}, {}
         for name, entry in declared.items():
-            if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or name == "x":
-                raise SpecError(f"{where}: {name!r} cannot name a parameter")
+            if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or name == "x" \
+                    or name in RESERVED_NAMES:
+                raise SpecError(f"{where}: {name!r} cannot name a parameter (it must be an identifier other than "
+                                "x and the functions and constants of expressions)")
             if name in self.graph:
                 raise SpecError(f"{where}: '{name}' is also a node; give the parameter another name")
             if not isinstance(entry, dict) or set(entry) - {"domain", "simplex"} or not entry:

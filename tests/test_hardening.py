@@ -1,5 +1,6 @@
 """Hardening of the core: bounded work for any declaration, honest convergence, no silent wrong result."""
 
+import re
 import time
 from pathlib import Path
 
@@ -218,3 +219,34 @@ def test_loglik_under_a_dominant_prior_is_the_likelihood():
 def test_a_prior_beyond_the_limit_is_refused(strength):
     with pytest.raises(SpecError, match="at most"):
         _latent_class(strength)
+
+
+# -- graph attributes and names of the wrong kind ----------------------------------------------
+
+def _graph(**graph_attributes):
+    graph = nx.DiGraph(**graph_attributes)
+    graph.add_node("x", family="poisson")
+    return graph
+
+
+@pytest.mark.parametrize("attributes, fragment", [
+    ({"families": "abc"}, "[families] must be a table"),
+    ({"params": ["a"]}, "[params] must be a table"),
+    ({"model": 3}, "[model] must be a table"),
+    ({"data": {"path": 3}}, "[data] path must be a string"),
+    ({"data": {"weight": "n"}}, "did you mean 'weights'"),
+    ({"families": {"f": "x"}}, "family 'f' must be a table"),
+    ({"params": {"log": {"domain": "unit"}}}, "'log' cannot name a parameter"),
+])
+def test_graph_attributes_of_the_wrong_kind_are_one_error(attributes, fragment):
+    with pytest.raises(declarem.DeclaremError, match=re.escape(fragment)):
+        declarem.Model(_graph(**attributes))
+
+
+@pytest.mark.parametrize("name", ["log", "exp", "pi", "e", "lgamma"])
+def test_a_family_parameter_may_not_shadow_a_function_or_constant(name):
+    graph = _graph(families={"f": {"logpdf": f"x*log({name}) - {name} - lgamma(x + 1)",
+                                   "support": "nonnegative-integer", "params": {name: "positive"}}})
+    graph.nodes["x"]["family"] = "f"
+    with pytest.raises(declarem.DeclaremError, match=f"'{name}' is the name of a function or constant"):
+        declarem.Model(graph)

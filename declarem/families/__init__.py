@@ -5,7 +5,7 @@ import difflib
 import sympy
 
 from ..errors import FamilyError
-from ..expressions import parse_expression
+from ..expressions import RESERVED_NAMES, parse_expression
 from .builtin import INTERNAL, builtin_families
 from .family import DOMAINS, SUPPORTS, CovarianceForm, Family
 
@@ -51,6 +51,9 @@ def family_from_table(name, table, where):
                               f"use one of {', '.join(DOMAINS)}")
         if param == "x" or not param.isidentifier() or param.startswith("_"):
             raise FamilyError(f"{where}: family '{name}': '{param}' cannot name a parameter")
+        if param in RESERVED_NAMES:
+            raise FamilyError(f"{where}: family '{name}': '{param}' is the name of a function or constant in "
+                              "expressions; give the parameter another name")
     # Parse now, so a bad expression is reported when the spec is read, not at the first fit.
     names = {n: sympy.Symbol(n) for n in ["x", *params]}
     parse_expression(table["logpdf"], names, f"{where}: family '{name}' logpdf")
@@ -66,6 +69,9 @@ class FamilyRegistry:
 
     def __init__(self, user_tables=None, where="graph"):
         self.families = builtin_families()
+        if user_tables is not None and not isinstance(user_tables, dict):
+            raise FamilyError(f"{where}: [families] must be a table of NAME = {{ logpdf, support, params }}, "
+                              f"found {type(user_tables).__name__}")
         for name, table in (user_tables or {}).items():
             if name in self.families:
                 raise FamilyError(f"{where}: family '{name}' is built in; give yours another name")
