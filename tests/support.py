@@ -11,6 +11,24 @@ import io
 import subprocess
 import warnings
 
+#: A two-component Poisson mixture reading counts.csv beside it: the small model of the CLI tests.
+POISSON_SPEC = """
+[model]
+name = "counts"
+
+[data]
+path = "counts.csv"
+
+[nodes.z]
+family = "categorical"
+latent = true
+k = 2
+
+[nodes.c]
+family = "poisson"
+parents = ["z"]
+"""
+
 
 def run_cli(*args, cwd="."):
     """Run ``declarem ARGS`` in this process.

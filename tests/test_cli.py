@@ -9,27 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import run_cli
+from support import POISSON_SPEC, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-POISSON_SPEC = """
-[model]
-name = "counts"
-
-[data]
-path = "counts.csv"
-
-[nodes.z]
-family = "categorical"
-latent = true
-k = 2
-
-[nodes.c]
-family = "poisson"
-parents = ["z"]
-"""
-
-
 def run(*args, cwd=ROOT):
     return run_cli(*args, cwd=cwd)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import POISSON_SPEC
 import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,23 +24,6 @@ from declarem.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 FAST = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-SPEC = """
-[model]
-name = "counts"
-
-[data]
-path = "counts.csv"
-
-[nodes.z]
-family = "categorical"
-latent = true
-k = 2
-
-[nodes.c]
-family = "poisson"
-parents = ["z"]
-"""
 
 MATRIX_SPEC = """
 [data]
@@ -68,7 +52,7 @@ parents = ["topic"]
 def work(tmp_path_factory):
     """A directory with a Poisson mixture spec, its data and a fit of it."""
     directory = tmp_path_factory.mktemp("cli_hardening")
-    (directory / "counts.toml").write_text(SPEC)
+    (directory / "counts.toml").write_text(POISSON_SPEC)
     rng = np.random.default_rng(0)
     counts = rng.poisson(np.where(rng.random(200) < 0.5, 2.0, 12.0))
     (directory / "counts.csv").write_text("c\n" + "\n".join(str(v) for v in counts) + "\n")
@@ -151,7 +135,7 @@ def test_data_path_that_is_not_a_regular_file(capsys, spec, tmp_path, special, f
 
 def test_spec_data_path_to_dev_zero_is_refused_at_once(tmp_path):
     """The real program (python -m declarem), not the in-process main: one line, exit 2."""
-    spec = write(tmp_path / "zero.toml", SPEC.replace('"counts.csv"', '"/dev/zero"'))
+    spec = write(tmp_path / "zero.toml", POISSON_SPEC.replace('"counts.csv"', '"/dev/zero"'))
     result = run("fit", spec, "--quiet", timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == ["declarem: error: /dev/zero: is a character device, not a data file; "

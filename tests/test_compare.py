@@ -5,24 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import run_cli
+from support import POISSON_SPEC, run_cli
 
 import declarem
 from declarem.compare import compare, load_reference
 from declarem.errors import ReferenceUpdateError
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = """
-[data]
-path = "counts.csv"
-[nodes.z]
-family = "categorical"
-latent = true
-k = 2
-[nodes.c]
-family = "poisson"
-parents = ["z"]
-"""
 REFERENCE = '''
 import numpy as np
 from scipy.stats import poisson
@@ -57,7 +46,7 @@ def files(tmp_path):
     rng = np.random.default_rng(0)
     counts = rng.poisson(np.where(rng.random(400) < 0.4, 3.0, 11.0))
     (tmp_path / "counts.csv").write_text("c\n" + "\n".join(map(str, counts)) + "\n")
-    (tmp_path / "spec.toml").write_text(textwrap.dedent(SPEC))
+    (tmp_path / "spec.toml").write_text(textwrap.dedent(POISSON_SPEC))
     (tmp_path / "reference.py").write_text(REFERENCE)
     return tmp_path
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import POISSON_SPEC
 import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,24 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 FAST = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-POISSON = """
-[model]
-name = "counts"
-
-[data]
-path = "counts.csv"
-
-[nodes.z]
-family = "categorical"
-latent = true
-k = 2
-
-[nodes.c]
-family = "poisson"
-parents = ["z"]
-"""
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
@@ -151,7 +134,7 @@ def test_directories_are_refused(tmp_path, poisson):
 
 
 def test_spec_data_path_to_a_device_is_refused(tmp_path):
-    spec = write(tmp_path / "zero.toml", POISSON.replace('"counts.csv"', '"/dev/zero"'))
+    spec = write(tmp_path / "zero.toml", POISSON_SPEC.replace('"counts.csv"', '"/dev/zero"'))
     model = load_model(spec)
     with pytest.raises(DataError, match="/dev/zero: is a character device"):
         read_model_data(model, declarem.spec.data_path(model))
@@ -306,15 +289,15 @@ def test_random_bytes_as_spec_load_or_raise_declarem_error(tmp_path, content):
 ])
 def test_spec_tables_refuse_unknown_keys_and_wrong_types(tmp_path, edit, fragment):
     old, new = edit
-    assert old in POISSON
-    path = write(tmp_path / "spec.toml", POISSON.replace(old, new, 1))
+    assert old in POISSON_SPEC
+    path = write(tmp_path / "spec.toml", POISSON_SPEC.replace(old, new, 1))
     with pytest.raises(SpecError) as info:
         load_model(path)
     assert str(info.value).startswith(f"{path}:") and fragment in str(info.value), str(info.value)
 
 
 def test_known_data_keys_load(tmp_path):
-    text = POISSON.replace("[data]", "[data]\nweights = \"n\"\nrows = \"z\"\ncolumns = \"c\"")
+    text = POISSON_SPEC.replace("[data]", "[data]\nweights = \"n\"\nrows = \"z\"\ncolumns = \"c\"")
     model = load_model(write(tmp_path / "spec.toml", text))
     assert model.data_info["weights"] == "n"
 
@@ -363,14 +346,14 @@ def test_int64_counts_beyond_the_limit_are_refused_before_rounding(poisson):
     ("bernoulli", "", 2.0 ** 54),
 ])
 def test_integer_supports_refuse_huge_values(tmp_path, family, extra, value):
-    text = POISSON.replace('family = "poisson"', f'family = "{family}"\n{extra}')
+    text = POISSON_SPEC.replace('family = "poisson"', f'family = "{family}"\n{extra}')
     model = load_model(write(tmp_path / "spec.toml", text))
     with pytest.raises(DataError, match="column 'c', row 0"):
         node_data(model, {"c": np.array([value, 1.0])})
 
 
 def test_user_family_with_integer_support_refuses_huge_values(tmp_path):
-    text = POISSON.replace('family = "poisson"', 'family = "twos"') + textwrap.dedent("""
+    text = POISSON_SPEC.replace('family = "poisson"', 'family = "twos"') + textwrap.dedent("""
         [families.twos]
         logpdf = "x*log(l) - l - lgamma(x + 1)"
         support = "integer"
