@@ -27,7 +27,7 @@ The headline ratio is declarem against the faster hand-written implementation (t
 at most 1.2x). All three must agree: the script prints the largest relative difference of their
 parameters and objectives after the last repeat.
 
---profile then runs cProfile over declarem's E-step (declarem.inference.enumeration.expected_statistics)
+--profile then runs cProfile over declarem's E-step (the engine's expected_statistics)
 and prints where its time goes, by function, and by line for the E-step's own functions.
 
 Model compilation is excluded: declarem's model is built and fitted once on the data (max_iter=1) before
@@ -180,20 +180,22 @@ def profile_estep(model, data, init, n_calls=10, top=14):
     import pstats
 
     from declarem.data import node_data
-    from declarem.inference import enumeration, prepare_rows
+    from declarem.inference import engine_for, prepare_rows
+    from declarem.inference import enumeration
 
     compiled = model.compiled
     rows = prepare_rows(compiled, node_data(model, data, "count"))
+    engine = engine_for(compiled, rows)
     params = compiled.to_internal(init, rows.shifts)
-    enumeration.expected_statistics(compiled, rows, params)                      # warm
+    engine.expected_statistics(params)                      # warm
     started = time.perf_counter()
     for _ in range(n_calls):
-        enumeration.expected_statistics(compiled, rows, params)
+        engine.expected_statistics(params)
     per_call = (time.perf_counter() - started) / n_calls
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(n_calls):
-        enumeration.expected_statistics(compiled, rows, params)
+        engine.expected_statistics(params)
     profiler.disable()
     print(f"\ndeclarem E-step (expected_statistics), {rows.n_rows:,} rows: {per_call * 1e3:.1f} ms per call "
           f"without the profiler; cProfile over {n_calls} calls, by own time:")
@@ -204,13 +206,13 @@ def profile_estep(model, data, init, n_calls=10, top=14):
         where = f"{os.path.relpath(filename) if filename.startswith('/') else filename}:{line}({name})"
         print(f"  {100 * tottime / total:5.1f}%  {tottime / n_calls * 1e3:7.2f} ms/call  "
               f"cum {cumtime / n_calls * 1e3:7.2f}  calls {ncalls // n_calls:5d}  {where}")
-    _line_shares(compiled, rows, params, enumeration, n_calls)
+    _line_shares(engine, params, enumeration, n_calls)
 
 
-def _line_shares(compiled, rows, params, enumeration, n_calls):
+def _line_shares(engine, params, enumeration, n_calls):
     """Per-line time of the E-step's functions by tracing (sys.setprofile is function-level; use settrace)."""
     functions = {enumeration._joint.__code__, enumeration._normalise.__code__, enumeration._accumulate.__code__,
-                 enumeration.expected_statistics.__code__}
+                 enumeration.expected_statistics.__code__, enumeration.bilinear_expected_statistics.__code__}
     times = {}
     state = {"key": None, "start": 0.0}
 
@@ -231,7 +233,7 @@ def _line_shares(compiled, rows, params, enumeration, n_calls):
     sys.settrace(tracer)
     try:
         for _ in range(n_calls):
-            enumeration.expected_statistics(compiled, rows, params)
+            engine.expected_statistics(params)
     finally:
         sys.settrace(None)
     total = sum(times.values())

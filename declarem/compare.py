@@ -15,7 +15,7 @@ import numpy as np
 from .data import check_regular_file, node_data
 from .em import initial_params, mstep
 from .errors import OptionError, ReferenceUpdateError
-from .inference import expected_statistics, prepare_rows
+from .inference import engine_for, prepare_rows
 from .params import check_init
 
 
@@ -133,13 +133,14 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
     if weights is None:
         weights = model.data_info.get("weights")
     rows = prepare_rows(compiled, node_data(model, data, weights, source=source))
+    engine = engine_for(compiled, rows)
     given = check_init(compiled, init)
-    start = initial_params(compiled, rows, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]),
+    start = initial_params(engine, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]),
                            given, reg_covar)
     start_external = compiled.to_external(start, rows.shifts)
 
     def objective(internal):
-        return expected_statistics(compiled, rows, internal)[1] + compiled.log_prior(internal)
+        return engine.expected_statistics(internal)[1] + compiled.log_prior(internal)
 
     derived = start
     reference_external = start_external
@@ -150,7 +151,7 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
     derived_objective = [objective(start)]
     reference_objective = [derived_objective[0]]
     for i in range(iterations):
-        stats, _ = expected_statistics(compiled, rows, derived)
+        stats, _ = engine.expected_statistics(derived)
         derived = mstep(compiled, stats, derived, reg_covar)
         derived_objective.append(objective(derived))
         try:

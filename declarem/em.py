@@ -12,7 +12,7 @@ import numpy as np
 from .data import group_identical_rows, node_data, read_model_data
 from .errors import FitError, OptionError
 from .fit import Fit
-from .inference import expected_statistics, prepare_rows, statistics_from_posterior
+from .inference import engine_for, prepare_rows
 from .monitor import ConvergenceMonitor, EMRun
 from .params import check_init
 from .squarem import run_squarem
@@ -91,7 +91,7 @@ def _collapse_warning(compiled, rows, params):
     return collapsed
 
 
-def initial_params(compiled, rows, rng, given, reg_covar):
+def initial_params(engine, rng, given, reg_covar):
     """Starting parameters: an M-step from a seeded posterior, then the user's ``init`` on top.
 
     When ``init`` gives every parameter, it is the start and nothing is drawn.
@@ -100,12 +100,13 @@ def initial_params(compiled, rows, rng, given, reg_covar):
     dense observed children when there is one latent node, and random
     responsibilities otherwise.
     """
+    compiled, rows = engine.compiled, engine.rows
     given, free = given
     pairs, free_names = compiled.required()
     if all(p in given.get(node, {}) for node, p in pairs) and set(free_names) <= set(free):
         return compiled.to_internal({**given, **free}, rows.shifts)
     posterior = _initial_posterior(compiled, rows, rng)
-    params = mstep(compiled, statistics_from_posterior(compiled, rows, posterior), None, reg_covar)
+    params = mstep(compiled, engine.statistics_from_posterior(posterior), None, reg_covar)
     for node, values in given.items():
         factor = compiled.factors[node]
         shift = rows.factors[node].shift
@@ -183,7 +184,7 @@ def _kmeans(features, weights, k, rng):
     return labels
 
 
-def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None, accelerate=None):
+def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accelerate=None):
     """Iterate E- and M-steps from ``params`` (plain, or accelerated by SQUAREM).
 
     The objective is the log-likelihood (with ``hard``, the complete-data
@@ -193,24 +194,25 @@ def run_em(compiled, rows, params, max_iter, tol, hard, reg_covar, progress=None
     -------
     EMRun
     """
+    compiled, rows = engine.compiled, engine.rows
     monitor = ConvergenceMonitor(tol)
     if accelerate == "squarem":
         def estep(current):
-            stats, objective = expected_statistics(compiled, rows, current, hard=hard)
+            stats, objective = engine.expected_statistics(current, hard=hard)
             return stats, objective + compiled.log_prior(current)
 
         def step(stats, old):
             return mstep(compiled, stats, old, reg_covar)
 
         return run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress, estep, step, monitor)
-    stats, objective = expected_statistics(compiled, rows, params, hard=hard)
+    stats, objective = engine.expected_statistics(params, hard=hard)
     monitor.record(objective + compiled.log_prior(params), params)
     n_iter = 0
     converged = False
     while n_iter < max_iter:
         params = mstep(compiled, stats, params, reg_covar)
         n_iter += 1
-        stats, objective = expected_statistics(compiled, rows, params, hard=hard)
+        stats, objective = engine.expected_statistics(params, hard=hard)
         if monitor.iteration(n_iter, objective + compiled.log_prior(params), progress, params):
             converged = True
             break
@@ -235,14 +237,15 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
                                       or not isinstance(memory_budget, (int, np.integer))):
         raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
     rows = prepare_rows(compiled, prepared, memory_budget)
+    engine = engine_for(compiled, rows)
     given = check_init(compiled, init)
     best = None
     failures = []
     for index, child in enumerate(np.random.SeedSequence(int(seed)).spawn(restarts)):
         rng = np.random.default_rng(child)
         try:
-            start = initial_params(compiled, rows, rng, given, reg_covar)
-            result = run_em(compiled, rows, start, max_iter, tol, hard, reg_covar, progress, accelerate)
+            start = initial_params(engine, rng, given, reg_covar)
+            result = run_em(engine, start, max_iter, tol, hard, reg_covar, progress, accelerate)
         except FitError as exc:
             if restarts == 1:
                 raise
@@ -262,7 +265,7 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     if hard or log_prior != 0.0:
         # Recomputed rather than taken as objective - log prior, which cancels catastrophically
         # when a strong prior dominates the objective.
-        _, loglik = expected_statistics(compiled, rows, params, hard=False)
+        _, loglik = engine.expected_statistics(params, hard=False)
     else:
         loglik = history[-1]
     return Fit(model=model, params=compiled.to_external(params, rows.shifts), loglik=float(loglik),

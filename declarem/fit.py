@@ -65,6 +65,14 @@ class Fit:
         """Akaike information criterion, -2 loglik + 2 n_parameters; lower is better."""
         return -2.0 * self.loglik + 2.0 * self.n_parameters
 
+    def _engine(self, data, weights):
+        """The E-step engine over ``data``, and the fitted parameters in its internal form."""
+        from .data import node_data
+        from .inference import engine_for, prepare_rows
+        compiled = self.model.compiled
+        rows = prepare_rows(compiled, node_data(self.model, data, weights))
+        return engine_for(compiled, rows), compiled.to_internal(self.params, rows.shifts)
+
     def posterior(self, data, weights=None):
         """Posterior marginals of the latent nodes for each row of ``data``.
 
@@ -72,22 +80,32 @@ class Fit:
         -------
         dict of str to ndarray of shape (n_rows, k)
         """
-        from .data import node_data
-        from .inference import posterior_marginals, prepare_rows
-        compiled = self.model.compiled
-        rows = prepare_rows(compiled, node_data(self.model, data, weights))
-        params = compiled.to_internal(self.params, rows.shifts)
-        marginals, _ = posterior_marginals(compiled, rows, params)
+        engine, params = self._engine(data, weights)
+        marginals, _ = engine.posterior_marginals(params)
         return marginals
+
+    def decode(self, data, lengths=None):
+        """Each row's most probable joint configuration of the latent nodes, read off per node.
+
+        Parameters
+        ----------
+        data : mapping, DataFrame or path
+        lengths : None
+            Sequence lengths, for models with chains; models without a chain take none.
+
+        Returns
+        -------
+        dict of str to ndarray of int, shape (n_rows,)
+        """
+        if lengths is not None:
+            raise DataError("lengths apply to models with a chain (a lag edge); this model has none")
+        engine, params = self._engine(data, None)
+        return engine.most_probable(params)
 
     def score(self, data, weights=None):
         """Observed-data log-likelihood of ``data`` at the fitted parameters (weighted sum)."""
-        from .data import node_data
-        from .inference import expected_statistics, prepare_rows
-        compiled = self.model.compiled
-        rows = prepare_rows(compiled, node_data(self.model, data, weights))
-        params = compiled.to_internal(self.params, rows.shifts)
-        return float(expected_statistics(compiled, rows, params)[1])
+        engine, params = self._engine(data, weights)
+        return float(engine.expected_statistics(params)[1])
 
     def top(self, node, n=10, labels=None):
         """The most probable categories of a categorical node, for each value of its parents.

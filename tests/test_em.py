@@ -11,7 +11,7 @@ import scipy.stats
 
 import declarem
 from declarem.em import ConvergenceMonitor
-from declarem.inference import expected_statistics, prepare_rows
+from declarem.inference import engine_for, prepare_rows
 from declarem.data import node_data
 
 
@@ -268,7 +268,7 @@ def test_parameters_on_the_boundary_are_evaluated_from_the_density():
     rows = prepare_rows(compiled, node_data(model, data))
     params = {"z": {"probs": np.array([0.5, 0.5])}, "b": {"p": np.array([[0.0, 0.5], [1.0, 0.5]])}}
     internal = compiled.to_internal(params, rows.shifts)
-    _, loglik = expected_statistics(compiled, rows, internal)
+    _, loglik = engine_for(compiled, rows).expected_statistics(internal)
     # Component 0 has p = (0, 0.5), component 1 p = (1, 0.5): each row is possible under exactly one.
     manual = 0.0
     for b1, b2 in zip(data["b1"], data["b2"]):
@@ -302,3 +302,28 @@ def test_fit_options_are_checked():
         gmm().fit(blobs(), reg_covar=-1.0)
     with pytest.raises(declarem.DeclaremError, match="weights"):
         gmm().fit(blobs(), weights=-np.ones(450))
+
+
+def test_decode_gives_each_rows_most_probable_joint_configuration():
+    """fit.decode equals brute-force enumeration of every latent configuration per row."""
+    graph = nx.DiGraph()
+    graph.add_node("z1", family="categorical", latent=True, k=2)
+    graph.add_node("z2", family="categorical", latent=True, k=3)
+    graph.add_node("x", family="normal")
+    graph.add_edge("z1", "z2")
+    graph.add_edge("z2", "x")
+    graph.add_edge("z1", "x")
+    model = declarem.Model(graph)
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=40) * 3}
+    fit = model.fit(data, max_iter=5, tol=0)
+    decoded = fit.decode(data)
+    p = fit.params
+    for row, x in enumerate(data["x"]):
+        scores = {(a, b): np.log(p["z1"]["probs"][a]) + np.log(p["z2"]["probs"][a, b])
+                  + scipy.stats.norm.logpdf(x, p["x"]["mean"][a, b], np.sqrt(p["x"]["var"][a, b]))
+                  for a in range(2) for b in range(3)}
+        best = max(scores, key=scores.get)
+        assert (decoded["z1"][row], decoded["z2"][row]) == best
+    with pytest.raises(declarem.DeclaremError, match="lengths"):
+        fit.decode(data, lengths=[40])

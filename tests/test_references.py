@@ -155,7 +155,10 @@ def test_a_wrong_catalog_reference_fails(spec, template, reference, wrong, tmp_p
 def test_every_reference_names_its_spec():
     """Each models/*_reference.py file is exercised above, against the spec it is named after."""
     references = {p.name for p in MODELS.glob("*_reference.py")}
-    covered = {ref.split(":")[0] for _, ref, _ in CASES.values()} | {"topic_model_reference.py"}
+    # The Poisson HMM reference waits for chains (issue #9); until then tests/test_poisson_hmm_reference.py
+    # holds it to brute-force enumeration, hmmlearn and Zucchini & MacDonald's published tables.
+    covered = {ref.split(":")[0] for _, ref, _ in CASES.values()} | {"topic_model_reference.py",
+                                                                     "poisson_hmm_reference.py"}
     assert references <= covered, references - covered
 
 

@@ -1,8 +1,7 @@
-"""E-step engines over numpy. Each returns expected statistics keyed by node."""
+"""E-step engines over numpy, behind one interface (``engine.py``); each returns expected statistics by node."""
 
-from .enumeration import (ExpectedStatistics, expected_statistics, posterior_marginals,
-                          statistics_from_posterior)
+from .engine import BilinearEngine, EnumerationEngine, engine_for
+from .enumeration import ExpectedStatistics
 from .rows import Rows, prepare_rows
 
-__all__ = ["ExpectedStatistics", "expected_statistics", "posterior_marginals",
-           "statistics_from_posterior", "Rows", "prepare_rows"]
+__all__ = ["ExpectedStatistics", "EnumerationEngine", "BilinearEngine", "engine_for", "Rows", "prepare_rows"]

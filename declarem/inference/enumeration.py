@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse
 
 from ..errors import FitError
-from .bilinear import bilinear_plan, bilinear_statistics
+from .bilinear import bilinear_statistics
 
 CHUNK_ROWS = 8192
 UNDERFLOW = 1e-280
@@ -75,20 +75,8 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
     tables = _natural_tables(compiled, params)
     stats = ExpectedStatistics(compiled)
     objective = rows.base_total
-    varying = _varying_factors(compiled, rows)
-    probability_space = not hard and _categorical_only(compiled, varying)
-    plan = bilinear_plan(compiled, rows, varying) if probability_space else None
-    if plan is not None:
-        row_loglik = bilinear_statistics(plan, tables, rows, stats)
-        if row_loglik is not None:
-            for start in range(0, rows.n_rows, chunk_rows):
-                chunk = slice(start, min(start + chunk_rows, rows.n_rows))
-                row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
-            _check_rows(row_loglik, 0)
-            stats.add(_fixed_statistics(compiled, rows, varying))
-            stats.finish(compiled)
-            return stats, objective + float(np.dot(rows.weights, row_loglik))
-        stats = ExpectedStatistics(compiled)
+    varying = varying_factors(compiled, rows)
+    probability_space = not hard and categorical_only(compiled, varying)
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         weights = rows.weights[chunk]
@@ -116,13 +104,52 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
     return stats, objective
 
 
-def _varying_factors(compiled, rows):
+def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=CHUNK_ROWS):
+    """The E-step by the bilinear plan (see ``bilinear.py``), or (None, None) when a row underflows."""
+    tables = _natural_tables(compiled, params)
+    stats = ExpectedStatistics(compiled)
+    varying = varying_factors(compiled, rows)
+    row_loglik = bilinear_statistics(plan, tables, rows, stats)
+    if row_loglik is None:
+        return None, None
+    for start in range(0, rows.n_rows, chunk_rows):
+        chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+        row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
+    _check_rows(row_loglik, 0)
+    stats.add(_fixed_statistics(compiled, rows, varying))
+    stats.finish(compiled)
+    return stats, rows.base_total + float(np.dot(rows.weights, row_loglik))
+
+
+def most_probable(compiled, rows, params, chunk_rows=CHUNK_ROWS):
+    """Each row's most probable joint configuration of the latent nodes, read off per node.
+
+    Returns
+    -------
+    dict of str to ndarray of int, shape (n_rows,)
+    """
+    tables = _natural_tables(compiled, params)
+    varying = varying_factors(compiled, rows)
+    best = np.empty(rows.n_rows, dtype=np.intp)
+    for start in range(0, rows.n_rows, chunk_rows):
+        chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+        joint = _joint(compiled, rows, tables, chunk, varying)
+        _check_rows(joint.max(axis=1), start)
+        best[chunk] = np.argmax(joint, axis=1)
+    if not compiled.latent:
+        return {}
+    per_node = np.unravel_index(best, compiled.latent_sizes)
+    return {name: values.astype(np.intp) for name, values in zip(compiled.latent, per_node)}
+
+
+def varying_factors(compiled, rows):
     """Factors whose scope holds a latent node: only they enter the posterior."""
     return [name for name, view in rows.factors.items()
             if view.latent_axes or name in compiled.latent]
 
 
-def _categorical_only(compiled, varying):
+def categorical_only(compiled, varying):
+    """Whether every factor in the posterior is categorical (so it can be formed from probabilities)."""
     return bool(varying) and all(compiled.factors[name].layout != "dense" for name in varying)
 
 
@@ -210,7 +237,7 @@ def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
     tables = _natural_tables(compiled, params)
     marginals = {name: np.empty((rows.n_rows, k)) for name, k in zip(compiled.latent, compiled.latent_sizes)}
     row_loglik = np.empty(rows.n_rows)
-    varying = _varying_factors(compiled, rows)
+    varying = varying_factors(compiled, rows)
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         joint = _joint(compiled, rows, tables, chunk, varying)

@@ -1,0 +1,96 @@
+"""The E-step behind one small interface, with an implementation per kind of model.
+
+The EM loop, SQUAREM, restarts, the initialisation, ``compare`` and ``Fit`` talk
+to an engine only: it is prepared once for a data set (the rows' fixed views,
+any sparse pattern) and then answers, at given parameters, the expected
+statistics with the objective, the posterior marginals, and each row's most
+probable latent configuration. ``engine_for`` picks the implementation from the
+model's shape:
+
+- ``EnumerationEngine``: exact enumeration of the latent configurations within
+  a row, in chunks of rows (any DAG of discrete latent nodes);
+- ``BilinearEngine``: one latent category between two observed categorical
+  indices (the topic model), whose expected counts are two sparse products;
+  it answers everything else by enumeration.
+"""
+
+from . import enumeration
+from .bilinear import bilinear_plan
+
+
+class EnumerationEngine:
+    """Exact E-step by enumerating each row's latent configurations.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+    rows : Rows
+        The data set, prepared once (``prepare_rows``).
+    """
+
+    def __init__(self, compiled, rows):
+        self.compiled = compiled
+        self.rows = rows
+
+    def expected_statistics(self, params, hard=False):
+        """Expected statistics at ``params`` and the objective there.
+
+        Returns
+        -------
+        stats : ExpectedStatistics
+        objective : float
+            The observed-data log-likelihood, or with ``hard`` the complete-data
+            log-likelihood at each row's most probable configuration.
+        """
+        return enumeration.expected_statistics(self.compiled, self.rows, params, hard=hard)
+
+    def statistics_from_posterior(self, posterior):
+        """Expected statistics for a given posterior of shape (n_rows, n_configurations)."""
+        return enumeration.statistics_from_posterior(self.compiled, self.rows, posterior)
+
+    def posterior_marginals(self, params):
+        """Each latent node's posterior marginal, ``{node: (n_rows, k)}``, and each row's log-likelihood."""
+        return enumeration.posterior_marginals(self.compiled, self.rows, params)
+
+    def most_probable(self, params):
+        """Each row's most probable joint latent configuration, read off per node: ``{node: (n_rows,)}``."""
+        return enumeration.most_probable(self.compiled, self.rows, params)
+
+
+class BilinearEngine(EnumerationEngine):
+    """The topic model's E-step: expected counts by two sparse products, no per-row posterior."""
+
+    def __init__(self, compiled, rows, plan):
+        super().__init__(compiled, rows)
+        self.plan = plan
+
+    def expected_statistics(self, params, hard=False):
+        if not hard:
+            stats, objective = enumeration.bilinear_expected_statistics(self.compiled, self.rows, params,
+                                                                       self.plan)
+            if stats is not None:
+                return stats, objective
+        return super().expected_statistics(params, hard=hard)
+
+
+def engine_for(compiled, rows):
+    """The engine for a model and a prepared data set.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+    rows : Rows
+
+    Returns
+    -------
+    EnumerationEngine
+    """
+    varying = enumeration.varying_factors(compiled, rows)
+    if enumeration.categorical_only(compiled, varying):
+        plan = bilinear_plan(compiled, rows, varying)
+        if plan is not None:
+            return BilinearEngine(compiled, rows, plan)
+    return EnumerationEngine(compiled, rows)
+
+
+__all__ = ["EnumerationEngine", "BilinearEngine", "engine_for"]
