@@ -510,6 +510,57 @@ class CategoricalFactor(Factor):
         return self._keep_empty_sets({"probs": probs}, old, total[:, 0])
 
 
+class ChainFactor(CategoricalFactor):
+    """A hidden Markov chain's node: its distribution at a sequence's first step and after each state.
+
+    Internally one categorical factor whose parent is the previous state, with one
+    more parent value, "no previous step": set 0 holds ``start`` (k,) and sets
+    1..k the rows of ``probs`` (k, k). So the derived simplex update, and any
+    Dirichlet prior, serve both unchanged; the chain engine supplies the counts
+    (first-step posteriors and expected transitions).
+    """
+
+    def __init__(self, model, node):
+        super().__init__(model, node)
+        self.n_sets = self.k + 1
+        self.parent_sizes = ()
+        shape = (self.n_sets, self.k)
+        self.concentration = np.broadcast_to(
+            node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape) \
+            if node.prior else np.broadcast_to(1.0, shape)
+        self.params = {"start": ParamSpec("start", (self.k,), "unit", simplex=True),
+                       "probs": ParamSpec("probs", (self.k, self.k), "unit", simplex=True)}
+
+    def external_shape(self, spec):
+        return spec.own_shape
+
+    def to_external(self, internal, shift=None):
+        rows = np.array(internal["probs"], dtype=float)
+        return {"start": rows[0].copy(), "probs": rows[1:].copy()}
+
+    def to_internal(self, external, shift=None):
+        start = np.asarray(external["start"], dtype=float).reshape(1, self.k)
+        probs = np.asarray(external["probs"], dtype=float).reshape(self.k, self.k)
+        return {"probs": np.vstack([start, probs])}
+
+    def n_free(self):
+        return (self.k - 1) * (self.k + 1)
+
+    def describe_set(self, index):
+        return "the start" if index == 0 else f"the row after state {index - 1}"
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        """Each row (start, then after each state) from its expected counts; a row never reached keeps its values."""
+        numerator = self.kernels.numerator(sums, self.concentration)
+        total = numerator.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            probs = numerator / total
+        empty = ~(total[:, 0] > 0)
+        if empty.any():
+            probs[empty] = 1.0 / self.k if old is None else old["probs"][empty]
+        return {"probs": probs}
+
+
 class DeterministicFactor(Factor):
     """An observed category that is a fixed function (``table``) of its parent's: no parameters.
 
@@ -675,6 +726,8 @@ def free_solution(key):
 def build_factor(model, node):
     """The compiled factor for a node, chosen by its family's kind and covariance form."""
     family = node.family
+    if node.chain:
+        return ChainFactor(model, node)
     if family.kind == "table":
         return DeterministicFactor(model, node)
     if family.kind == "indicator":

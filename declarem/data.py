@@ -55,8 +55,8 @@ def group_identical_rows(model, checked):
         Unchanged when some observed node is not discrete, or nothing repeats.
     """
     names = list(checked.values)
-    if not names or not all(model.nodes[n].is_discrete for n in names):
-        return checked
+    if not names or not all(model.nodes[n].is_discrete for n in names) or model.chain is not None:
+        return checked  # a chain's rows are time steps in order: never regrouped
     sizes = [model.nodes[n].k for n in names]
     if np.prod(np.array(sizes, dtype=float)) >= 2.0 ** 62:
         return checked

@@ -65,46 +65,51 @@ class Fit:
         """Akaike information criterion, -2 loglik + 2 n_parameters; lower is better."""
         return -2.0 * self.loglik + 2.0 * self.n_parameters
 
-    def _engine(self, data, weights):
+    def _engine(self, data, weights, lengths=None):
         """The E-step engine over ``data``, and the fitted parameters in its internal form."""
         from .data import node_data
+        from .em import sequence_lengths
         from .inference import engine_for, prepare_rows
         compiled = self.model.compiled
-        rows = prepare_rows(compiled, node_data(self.model, data, weights))
-        return engine_for(compiled, rows), compiled.to_internal(self.params, rows.shifts)
+        checked = node_data(self.model, data, weights)
+        lengths = sequence_lengths(self.model, data, lengths, checked.n_rows)
+        rows = prepare_rows(compiled, checked)
+        return engine_for(compiled, rows, lengths), compiled.to_internal(self.params, rows.shifts)
 
-    def posterior(self, data, weights=None):
-        """Posterior marginals of the latent nodes for each row of ``data``.
+    def posterior(self, data, weights=None, lengths=None):
+        """Posterior marginals of the latent nodes for each row of ``data`` (for a chain, per step).
 
         Returns
         -------
         dict of str to ndarray of shape (n_rows, k)
         """
-        engine, params = self._engine(data, weights)
+        engine, params = self._engine(data, weights, lengths)
         marginals, _ = engine.posterior_marginals(params)
         return marginals
 
     def decode(self, data, lengths=None):
-        """Each row's most probable joint configuration of the latent nodes, read off per node.
+        """The most probable configuration of the latent nodes, read off per node.
+
+        For a chain, the most probable joint path of each sequence (Viterbi), over all
+        latent nodes of a step together; otherwise each row's most probable joint
+        configuration.
 
         Parameters
         ----------
         data : mapping, DataFrame or path
-        lengths : None
-            Sequence lengths, for models with chains; models without a chain take none.
+        lengths : sequence of int, optional
+            Rows per sequence, for a model with a chain.
 
         Returns
         -------
         dict of str to ndarray of int, shape (n_rows,)
         """
-        if lengths is not None:
-            raise DataError("lengths apply to models with a chain (a lag edge); this model has none")
-        engine, params = self._engine(data, None)
+        engine, params = self._engine(data, None, lengths)
         return engine.most_probable(params)
 
-    def score(self, data, weights=None):
+    def score(self, data, weights=None, lengths=None):
         """Observed-data log-likelihood of ``data`` at the fitted parameters (weighted sum)."""
-        engine, params = self._engine(data, weights)
+        engine, params = self._engine(data, weights, lengths)
         return float(engine.expected_statistics(params)[1])
 
     def top(self, node, n=10, labels=None):

@@ -23,13 +23,34 @@ from .resources import check_model_size, check_sample_size
 from .tables import DATA_KEYS, MODEL_KEYS, check_table, type_name
 
 NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
-             "probs", "table", "prior", "description")
+             "probs", "table", "prior", "description", "lagged")
 GRAPH_KEYS = ("families", "params", "model", "data")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 DISCRETE_KINDS = ("indicator", "table")
 PARAM_DOMAINS = ("real", "positive", "unit")
 #: Largest value of a family constant (binomial trials): the derivation's checks sum over its support.
 MAX_CONSTANT = 10 ** 7
+
+
+def _lag_edges_as_attributes(graph, source):
+    """Turn lag edges (``add_edge("z", "z", lag=1)``) into the ``lagged`` attribute of their target.
+
+    A lag edge says that the target at step t depends on the source at step t - 1; it is not
+    part of the within-step DAG, so it leaves the graph's edges.
+    """
+    for parent, child, data in list(graph.edges(data=True)):
+        lag = data.get("lag")
+        if lag is None:
+            continue
+        if isinstance(lag, bool) or lag != 1:
+            raise SpecError(f"{source}: edge {parent} -> {child}: lag {lag!r} is not supported; lags are 1 "
+                            "(the previous step)")
+        lagged = list(graph.nodes[child].get("lagged") or [])
+        if parent not in lagged:
+            lagged.append(parent)
+        graph.nodes[child]["lagged"] = lagged
+        graph.remove_edge(parent, child)
+    return graph
 
 
 @contextmanager
@@ -71,6 +92,9 @@ class Node:
         A categorical node's probabilities as expressions in free parameters.
     table : tuple of int or None
         A deterministic node's map from its parent's category to its own.
+    chain : bool
+        Whether the node's previous value is a parent (a lag edge to itself): a hidden
+        Markov chain with parameters ``start`` and ``probs``.
     """
 
     name: str
@@ -86,6 +110,7 @@ class Node:
 
     probs: tuple | None = None
     table: tuple | None = None
+    chain: bool = False
 
     @property
     def is_discrete(self):
@@ -112,7 +137,7 @@ class Model:
             raise SpecError(f"{source}: expected a networkx.DiGraph, found {type(graph).__name__}")
         self.source = source
         self.base_dir = base_dir
-        self.graph = graph.copy()
+        self.graph = _lag_edges_as_attributes(graph.copy(), source)
         unknown = sorted(set(graph.graph) - set(GRAPH_KEYS))
         if unknown:
             raise SpecError(f"{source}: unknown graph attribute(s) {', '.join(unknown)}; "
@@ -129,12 +154,13 @@ class Model:
         self.free_params, self.simplex_groups = self._validate_free_params(graph.graph.get("params") or {})
         self.registry = FamilyRegistry(graph.graph.get("families"), where=source)
         self._check_acyclic()
-        order = list(nx.lexicographical_topological_sort(graph, key=str))
+        order = list(nx.lexicographical_topological_sort(self.graph, key=str))
         self.nodes = {}
         for name in order:
             self.nodes[name] = self._validate_node(name)
         self._check_free_params_used()
         self.latent = [name for name, node in self.nodes.items() if node.latent]
+        self.chain = next((name for name, node in self.nodes.items() if node.chain), None)
         self.observed = [name for name, node in self.nodes.items() if not node.latent]
         if not self.observed:
             raise SpecError(f"{source}: every node is latent; at least one node must be observed")
@@ -188,9 +214,38 @@ class Model:
             k = attrs.get("k", max(table) + 1)
             if isinstance(k, bool) or not isinstance(k, int) or k <= max(table):
                 raise SpecError(f"{where}: 'k' = {k!r} is too small for the table's values 0..{max(table)}")
+        chain = self._validate_lagged(name, attrs, family, latent, parents, probs, where)
         return Node(name=name, family=family, latent=latent, k=k, parents=parents, columns=columns,
                     dim=dim, covariance=covariance, constants=constants, prior=prior, probs=probs,
-                    table=table)
+                    table=table, chain=chain)
+
+    def _validate_lagged(self, name, attrs, family, latent, parents, probs, where):
+        """Whether the node is a chain (``lagged = [itself]``); other lags are refused."""
+        lagged = attrs.get("lagged")
+        if lagged is None:
+            return False
+        if not isinstance(lagged, (list, tuple)) or not all(isinstance(n, str) for n in lagged):
+            raise SpecError(f"{where}: 'lagged' must be a list of node names whose previous value is a parent")
+        if not lagged:
+            return False
+        others = [n for n in lagged if n != name]
+        if others:
+            raise SpecError(f"{where}: a lag edge from '{others[0]}' to another node is not supported yet; "
+                            "a chain is a latent categorical node lagged on itself (lagged = "
+                            f"[\"{name}\"])")
+        if not (latent and family.kind == "indicator"):
+            raise SpecError(f"{where}: only a latent categorical node can be a chain (lagged on itself)")
+        if parents or probs is not None:
+            raise SpecError(f"{where}: a chain node takes no other parents and no 'probs' expressions (its "
+                            "parameters are 'start' and 'probs', estimated)")
+        if len(self.chains_declared()) > 1:
+            raise SpecError(f"{self.source}: more than one chain ({', '.join(self.chains_declared())}) is not "
+                            "supported yet; declare one latent node lagged on itself")
+        return True
+
+    def chains_declared(self):
+        """Names of the nodes lagged on themselves."""
+        return [n for n, a in self.graph.nodes(data=True) if n in (a.get("lagged") or ())]
 
     def _validate_k(self, attrs, family, where):
         if family.kind == "table":
@@ -427,7 +482,7 @@ class Model:
         return self._compiled
 
     def fit(self, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
-            reg_covar=1e-6, hard=False, progress=None, accelerate=None, memory_budget=None):
+            reg_covar=1e-6, hard=False, progress=None, accelerate=None, memory_budget=None, lengths=None):
         """Fit the model by EM.
 
         Parameters
@@ -461,6 +516,9 @@ class Model:
             Bytes the sufficient statistics T(X) may take; above it they are formed chunk by
             chunk in every E-step instead of once (same result, more time). Default: half of
             the memory available when the fit starts.
+        lengths : sequence of int, optional
+            For a model with a chain: rows per sequence, in order (as hmmlearn); default the
+            spec's ``[data] sequence`` column, else one sequence.
 
         Returns
         -------
@@ -470,7 +528,7 @@ class Model:
         with _memory_as_size_error(self, "fitting"):
             return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
                              restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress,
-                             accelerate=accelerate, memory_budget=memory_budget)
+                             accelerate=accelerate, memory_budget=memory_budget, lengths=lengths)
 
     def derive(self):
         """The derivation of every factor: expected statistics and M-step, as text and LaTeX."""

@@ -7,7 +7,7 @@ from .errors import SpecError
 # The keys of [model] and [data] that declarem reads, each with the type its value must have; a key
 # outside these would be ignored without a word (`weight = "count"` would drop the counts).
 MODEL_KEYS = {"name": str, "description": str}
-DATA_KEYS = {"path": str, "weights": str, "rows": str, "columns": str}
+DATA_KEYS = {"path": str, "weights": str, "rows": str, "columns": str, "sequence": str}
 TYPE_NAMES = {str: "a string", dict: "a table", list: "a list", bool: "true or false", int: "an integer",
               float: "a number", type(None): "null"}
 

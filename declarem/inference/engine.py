@@ -11,7 +11,9 @@ model's shape:
   a row, in chunks of rows (any DAG of discrete latent nodes);
 - ``BilinearEngine``: one latent category between two observed categorical
   indices (the topic model), whose expected counts are two sparse products;
-  it answers everything else by enumeration.
+  it answers everything else by enumeration;
+- ``ChainEngine`` (``chain.py``): a hidden Markov chain, forward-backward and
+  Viterbi over sequences of rows, with enumeration within each step.
 """
 
 from . import enumeration
@@ -73,18 +75,23 @@ class BilinearEngine(EnumerationEngine):
         return super().expected_statistics(params, hard=hard)
 
 
-def engine_for(compiled, rows):
+def engine_for(compiled, rows, lengths=None):
     """The engine for a model and a prepared data set.
 
     Parameters
     ----------
     compiled : CompiledModel
     rows : Rows
+    lengths : sequence of int, optional
+        Rows per sequence, for a model with a chain (default: one sequence).
 
     Returns
     -------
     EnumerationEngine
     """
+    if compiled.model.chain is not None:
+        from .chain import ChainEngine
+        return ChainEngine(compiled, rows, [rows.n_rows] if lengths is None else lengths)
     varying = enumeration.varying_factors(compiled, rows)
     if enumeration.categorical_only(compiled, varying):
         plan = bilinear_plan(compiled, rows, varying)
