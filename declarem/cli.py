@@ -71,6 +71,8 @@ def _parser():
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", help="CSV path (default: standard output)")
     sample.add_argument("--observed-only", action="store_true", help="leave out latent columns")
+    sample.add_argument("--lengths", help="for a model with a chain: rows per sequence, e.g. 100,50,50 "
+                        "(default: one sequence of --n rows)")
     compare = commands.add_parser("compare", help="hold a hand-coded EM update against the derived one")
     compare.add_argument("spec")
     compare.add_argument("--reference", required=True, help="FILE.py[:FUNCTION], a function "
@@ -84,6 +86,13 @@ def _parser():
                          help="regulariser of the derived update (default 0: the exact update)")
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
+
+    decode = commands.add_parser("decode", help="most probable latent values of each row (Viterbi path for "
+                                 "a chain), as CSV")
+    decode.add_argument("spec")
+    decode.add_argument("--fit", required=True, help="a fit written by `declarem fit --out`")
+    decode.add_argument("--data", help="data file (default: the spec's [data] path)")
+    decode.add_argument("--out", help="CSV path (default: standard output)")
 
     top = commands.add_parser("top", help="most probable categories of a categorical node, per parent value")
     top.add_argument("spec")
@@ -231,7 +240,7 @@ def _sample(args):
     if args.out:
         check_output_path(args.out)
     params = _read_params(args.params, model, complete=True)
-    columns = model.sample(args.n, params, seed=args.seed)
+    columns = model.sample(args.n, params, seed=args.seed, lengths=_lengths(args.lengths))
     if args.observed_only:
         columns = {k: v for k, v in columns.items() if k not in model.latent}
     names = list(columns)
@@ -273,6 +282,38 @@ def _compare(args):
     return 0 if result.agree else 1
 
 
+def _lengths(text):
+    """``--lengths 100,50,50`` as a list of integers, or None."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise OptionError(f"--lengths must be integers separated by commas, found {text!r}") from None
+
+
+def _decode(args):
+    from .data import read_model_data
+    from .fit import Fit, atomic_output, check_output_path
+    model = _load(args.spec)
+    if not model.latent:
+        raise OptionError(f"{model.source}: the model has no latent node to decode")
+    fit = Fit.load(args.fit, model=model)
+    source = _data_source(model, args.data)
+    if args.out:
+        check_output_path(args.out)
+    columns, _ = read_model_data(model, source)
+    decoded = fit.decode(columns)
+    names = list(decoded)
+    table = np.column_stack([decoded[n] for n in names]).astype(float)
+    if args.out:
+        with atomic_output(args.out, newline="") as handle:
+            _write_csv(handle, names, table)
+    else:
+        _write_csv(sys.stdout, names, table)
+    return 0
+
+
 def _top(args):
     from .fit import Fit
     model = _load(args.spec)
@@ -305,7 +346,7 @@ def _top(args):
 
 
 _COMMANDS = {"fit": _fit, "derive": _derive, "check": _check, "sample": _sample, "top": _top,
-             "compare": _compare}
+             "compare": _compare, "decode": _decode}
 
 
 if __name__ == "__main__":

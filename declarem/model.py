@@ -535,7 +535,7 @@ class Model:
         from .report import Derivation
         return Derivation(self)
 
-    def sample(self, n_rows, params, seed=0):
+    def sample(self, n_rows, params, seed=0, lengths=None):
         """Draw rows from the model at given parameters.
 
         Parameters
@@ -544,6 +544,8 @@ class Model:
         params : mapping
             ``{node: {param: array}}`` for every node.
         seed : int
+        lengths : sequence of int, optional
+            For a model with a chain: rows per sequence (default one sequence).
 
         Returns
         -------
@@ -553,7 +555,7 @@ class Model:
         from .sampling import sample_rows
         if isinstance(n_rows, (int, np.integer)) and not isinstance(n_rows, bool) and n_rows > 0:
             check_sample_size(self, int(n_rows))
-        return sample_rows(self, n_rows, params, seed)
+        return sample_rows(self, n_rows, params, seed, lengths)
 
     def to_spec(self):
         """The declaration as a plain dict (the TOML spec's structure), for saving with a fit."""

@@ -131,6 +131,8 @@ def _describe(model, name, factor):
     kind = type(factor).__name__
     if kind == "DeterministicFactor":
         return _describe_deterministic(node, role)
+    if kind == "ChainFactor":
+        return _describe_chain(node, factor, role)
     if kind == "CategoricalFactor" and factor.expressed:
         return _describe_expressed(node, role)
     if kind == "CategoricalFactor":
@@ -161,6 +163,34 @@ def _describe_categorical(node, factor, role):
         statistics=[f"n_j = sum over rows of weight * P({of} | row), j = 0..{node.k - 1}"],
         statistics_latex=[r"n_j &= \textstyle\sum_r w_r\, P(" + _tex_name(node.name) + r" = j \mid r)"],
         updates=[text], updates_latex=[latex], status="closed", notes=notes)
+
+
+def _describe_chain(node, factor, role):
+    """A chain's start and transition rows: the simplex update applied to first-step and transition counts."""
+    solution = factor.solution
+    j, i = sympy.Symbol("n_j"), sympy.Symbol("n_i")
+    a_j, a_i = sympy.Symbol("a_j"), sympy.Symbol("a_i")
+    numerator = solution.numerator.subs({solution.count: j, solution.pseudo: a_j})
+    denominator = solution.numerator.subs({solution.count: i, solution.pseudo: a_i})
+    z = node.name
+    updates = [f"start[j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}, with n_j = s_j",
+               f"probs[h, j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}, with n_j = n_hj"]
+    fraction = r"\frac{" + sympy.latex(numerator) + r"}{\sum_i \left(" + sympy.latex(denominator) + r"\right)}"
+    latex = [r"\mathrm{start}_j &= " + fraction + r", \quad n_j = s_j",
+             r"\mathrm{probs}_{hj} &= " + fraction + r", \quad n_j = n_{hj}"]
+    notes = [f"{z} is a chain (lagged on itself): forward-backward gives the expected counts; "
+             f"solved by sympy: stationarity of {solution.element_objective} + lambda*p on each row"]
+    if node.prior:
+        name, value = node.prior
+        notes.append(f"MAP under a {name} prior with a = {np.array2string(value)} on start and on each row")
+    return NodeDerivation(
+        node=z, family=node.family.name, role=role, parents=(f"{z} at the previous step",),
+        statistics=[f"s_j = sum over sequences of P({z} = j at the first step | sequence)",
+                    f"n_hj = sum over steps t > 0 of P({z} = h at t - 1, {z} = j at t | sequence)"],
+        statistics_latex=[r"s_j &= \textstyle\sum_{\mathrm{seq}} P(" + _tex_name(z) + r"_1 = j \mid \mathrm{seq})",
+                          r"n_{hj} &= \textstyle\sum_{t>1} P(" + _tex_name(z) + r"_{t-1} = h, " + _tex_name(z) +
+                          r"_t = j \mid \mathrm{seq})"],
+        updates=updates, updates_latex=latex, status="closed", notes=notes)
 
 
 def _describe_deterministic(node, role):

@@ -80,7 +80,7 @@ DISCRETE = ("integer", "nonnegative-integer", "positive-integer", "binary")
 DISCRETE_LOW = {"integer": None, "nonnegative-integer": 0, "positive-integer": 1, "binary": 0}
 
 
-def sample_rows(model, n_rows, params, seed=0):
+def sample_rows(model, n_rows, params, seed=0, lengths=None):
     """Draw ``n_rows`` rows; see ``Model.sample``.
 
     Parameters
@@ -90,6 +90,8 @@ def sample_rows(model, n_rows, params, seed=0):
     params : mapping
         ``{node: {param: array}}`` for every node, and free parameters by name.
     seed : int
+    lengths : sequence of int, optional
+        For a model with a chain: rows per sequence (default one sequence of n_rows).
 
     Returns
     -------
@@ -116,10 +118,18 @@ def sample_rows(model, n_rows, params, seed=0):
     if missing:
         raise InitError(f"params: sampling needs every parameter; missing {', '.join(missing)}")
     internal = compiled.to_internal({**given, **free}, {})
+    from .em import sequence_lengths
+    if lengths is not None:
+        lengths = sequence_lengths(model, {}, lengths, n_rows)
+    elif model.chain is not None:
+        lengths = [n_rows]
     rng = np.random.default_rng(seed)
     drawn = {}
     for name, factor in compiled.factors.items():
         node = model.nodes[name]
+        if node.chain:
+            drawn[name] = _draw_chain(factor, internal[name], lengths, rng)
+            continue
         sets = _set_index(factor, node, drawn, n_rows)
         drawn[name] = _draw(factor, node, internal[name], sets, rng)
     columns = {}
@@ -149,6 +159,29 @@ def _draw(factor, node, params, sets, rng):
             return sampler(factor, node, params, sets, rng)
     raise FitError(f"node '{node.name}': cannot sample family '{node.family.name}': its compiled factor "
                    "has no sampler")
+
+
+def _draw_chain(factor, params, lengths, rng):
+    """A chain's states, sequence by sequence: the first from ``start``, each next from its row of ``probs``.
+
+    One uniform per row, drawn up front, so equal seeds give equal chains; the
+    sequences advance together, one step at a time.
+
+    Returns
+    -------
+    ndarray of int, shape (sum(lengths),)
+    """
+    lengths = np.asarray(lengths, dtype=np.intp)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.intp)
+    cumulative = np.cumsum(params["probs"], axis=1)
+    uniform = rng.random(int(lengths.sum()))
+    states = np.empty(int(lengths.sum()), dtype=np.intp)
+    for t in range(int(lengths.max())):
+        rows = starts[lengths > t] + t
+        sets = np.zeros(len(rows), dtype=np.intp) if t == 0 else 1 + states[rows - 1]
+        table = cumulative[sets]
+        states[rows] = np.minimum((uniform[rows, None] * table[:, -1:] >= table).sum(axis=1), factor.k - 1)
+    return states
 
 
 def _draw_table(factor, node, params, sets, rng):

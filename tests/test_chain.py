@@ -215,3 +215,36 @@ def test_a_transition_row_that_does_not_sum_to_one_is_refused(quakes):
     init = {"z": {"start": [0.5, 0.5], "probs": [[0.9, 0.2], [0.1, 0.9]]}}
     with pytest.raises(declarem.DeclaremError, match="'z.probs' rows must be probabilities summing to 1"):
         poisson_hmm().fit(quakes, init=init)
+
+
+def test_sampled_sequences_recover_the_transitions():
+    """Sequences drawn from a chain are refitted close to the parameters that drew them."""
+    model = mixture_chain()
+    lengths = [3000, 2000, 1000]
+    data = model.sample(6000, MIXTURE_PARAMS, seed=3, lengths=lengths)
+    assert np.array_equal(model.sample(6000, MIXTURE_PARAMS, seed=3, lengths=lengths)["z"], data["z"])
+    z = data["z"]
+    starts = np.cumsum([0] + lengths[:-1])
+    following = np.setdiff1d(np.arange(6000), starts)
+    counts = np.zeros((2, 2))
+    np.add.at(counts, (z[following - 1], z[following]), 1)
+    np.testing.assert_allclose(counts / counts.sum(axis=1, keepdims=True), MIXTURE_PARAMS["z"]["probs"], atol=0.03)
+    fit = model.fit({"x": data["x"]}, init=MIXTURE_PARAMS, lengths=lengths, tol=1e-10, max_iter=300)
+    np.testing.assert_allclose(fit.params["z"]["probs"], MIXTURE_PARAMS["z"]["probs"], atol=0.08)
+
+
+def test_command_line_decode_and_sample_sequences(tmp_path, quakes):
+    from support import run_cli
+    spec = ROOT / "models" / "earthquakes_hmm2.toml"
+    fitted = tmp_path / "fit.json"
+    assert run_cli("fit", spec, "--out", fitted, "--quiet").returncode == 0
+    out = tmp_path / "path.csv"
+    result = run_cli("decode", spec, "--fit", fitted, "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    fit = declarem.Fit.load(fitted)
+    assert lines[0] == "z" and [int(v) for v in lines[1:]] == list(fit.decode(quakes)["z"])
+    sampled = run_cli("sample", spec, "--params", fitted, "--n", "10", "--lengths", "4,6")
+    assert sampled.returncode == 0 and sampled.stdout.splitlines()[0] == "z,count"
+    bad = run_cli("sample", spec, "--params", fitted, "--n", "10", "--lengths", "4,5")
+    assert bad.returncode == 2 and "lengths sum to 9, but the data has 10 rows" in bad.stderr

@@ -35,6 +35,9 @@ CASES = {
     "genetic_linkage_seeded": ("genetic_linkage", "genetic_linkage_reference.py", None),
     "abo": ("abo", "abo_reference.py", {"p": 0.3, "q": 0.2, "r": 0.5}),
     "abo_seeded": ("abo", "abo_reference.py", None),
+    "earthquakes_hmm2": ("earthquakes_hmm2", "poisson_hmm_reference.py",
+                         {"z": {"start": [0.5, 0.5], "probs": [[0.9, 0.1], [0.1, 0.9]]}, "count": {"rate": [10.0, 30.0]}}),
+    "earthquakes_hmm3_seeded": ("earthquakes_hmm3", "poisson_hmm_reference.py", None),
 }
 
 
@@ -155,10 +158,7 @@ def test_a_wrong_catalog_reference_fails(spec, template, reference, wrong, tmp_p
 def test_every_reference_names_its_spec():
     """Each models/*_reference.py file is exercised above, against the spec it is named after."""
     references = {p.name for p in MODELS.glob("*_reference.py")}
-    # The Poisson HMM reference waits for chains (issue #9); until then tests/test_poisson_hmm_reference.py
-    # holds it to brute-force enumeration, hmmlearn and Zucchini & MacDonald's published tables.
-    covered = {ref.split(":")[0] for _, ref, _ in CASES.values()} | {"topic_model_reference.py",
-                                                                     "poisson_hmm_reference.py"}
+    covered = {ref.split(":")[0] for _, ref, _ in CASES.values()} | {"topic_model_reference.py"}
     assert references <= covered, references - covered
 
 
