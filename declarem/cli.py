@@ -229,7 +229,7 @@ def _check(args):
 
 
 def _sample(args):
-    from .fit import atomic_output, check_output_path
+    from .fit import check_output_path
     from .resources import check_sample_size
     if args.n < 1:
         raise OptionError(f"--n must be a positive number of rows, found {args.n}")
@@ -243,14 +243,20 @@ def _sample(args):
     columns = model.sample(args.n, params, seed=args.seed, lengths=_lengths(args.lengths))
     if args.observed_only:
         columns = {k: v for k, v in columns.items() if k not in model.latent}
+    _emit_csv(args.out, columns)
+    return 0
+
+
+def _emit_csv(out, columns):
+    """Write named columns as CSV to ``out`` (atomically) or to standard output."""
+    from .fit import atomic_output
     names = list(columns)
-    table = np.column_stack([columns[n] for n in names])
-    if args.out:
-        with atomic_output(args.out, newline="") as handle:
+    table = np.column_stack([np.asarray(columns[n], dtype=float) for n in names])
+    if out:
+        with atomic_output(out, newline="") as handle:
             _write_csv(handle, names, table)
     else:
         _write_csv(sys.stdout, names, table)
-    return 0
 
 
 def _write_csv(handle, names, table):
@@ -294,7 +300,7 @@ def _lengths(text):
 
 def _decode(args):
     from .data import read_model_data
-    from .fit import Fit, atomic_output, check_output_path
+    from .fit import Fit, check_output_path
     model = _load(args.spec)
     if not model.latent:
         raise OptionError(f"{model.source}: the model has no latent node to decode")
@@ -303,14 +309,7 @@ def _decode(args):
     if args.out:
         check_output_path(args.out)
     columns, _ = read_model_data(model, source)
-    decoded = fit.decode(columns)
-    names = list(decoded)
-    table = np.column_stack([decoded[n] for n in names]).astype(float)
-    if args.out:
-        with atomic_output(args.out, newline="") as handle:
-            _write_csv(handle, names, table)
-    else:
-        _write_csv(sys.stdout, names, table)
+    _emit_csv(args.out, fit.decode(columns))
     return 0
 
 

@@ -142,12 +142,17 @@ def _describe(model, name, factor):
     return _describe_scalar(node, factor, role)
 
 
-def _describe_categorical(node, factor, role):
-    solution = factor.solution
+def _simplex_terms(solution):
+    """The derived simplex update's numerator for category j and its denominator's term for category i."""
     j, i = sympy.Symbol("n_j"), sympy.Symbol("n_i")
     a_j, a_i = sympy.Symbol("a_j"), sympy.Symbol("a_i")
-    numerator = solution.numerator.subs({solution.count: j, solution.pseudo: a_j})
-    denominator = solution.numerator.subs({solution.count: i, solution.pseudo: a_i})
+    return (solution.numerator.subs({solution.count: j, solution.pseudo: a_j}),
+            solution.numerator.subs({solution.count: i, solution.pseudo: a_i}))
+
+
+def _describe_categorical(node, factor, role):
+    solution = factor.solution
+    numerator, denominator = _simplex_terms(solution)
     text = f"probs[j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}"
     latex = (r"\mathrm{probs}_j &= \frac{" + sympy.latex(numerator) + r"}{\sum_i \left(" +
              sympy.latex(denominator) + r"\right)}")
@@ -168,10 +173,7 @@ def _describe_categorical(node, factor, role):
 def _describe_chain(node, factor, role):
     """A chain's start and transition rows: the simplex update applied to first-step and transition counts."""
     solution = factor.solution
-    j, i = sympy.Symbol("n_j"), sympy.Symbol("n_i")
-    a_j, a_i = sympy.Symbol("a_j"), sympy.Symbol("a_i")
-    numerator = solution.numerator.subs({solution.count: j, solution.pseudo: a_j})
-    denominator = solution.numerator.subs({solution.count: i, solution.pseudo: a_i})
+    numerator, denominator = _simplex_terms(solution)
     z = node.name
     updates = [f"start[j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}, with n_j = s_j",
                f"probs[h, j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}, with n_j = n_hj"]
