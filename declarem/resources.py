@@ -12,6 +12,8 @@ from .errors import SizeError
 
 #: Working copies of a chunk's joint posterior that the E-step holds at once.
 CHUNK_COPIES = 3
+#: Arrays of (n_rows, configurations) that forward-backward holds at once (emissions, alpha, beta, posterior).
+CHAIN_COPIES = 5
 
 
 def available_memory():
@@ -113,7 +115,7 @@ def check_rows_size(compiled, n_rows, chunk_rows):
     n_rows : int
         Rows of the data (after grouping).
     chunk_rows : int
-        Rows per E-step chunk.
+        Rows per E-step chunk (a chain's forward-backward holds whole sequences instead).
 
     Raises
     ------
@@ -123,6 +125,8 @@ def check_rows_size(compiled, n_rows, chunk_rows):
     if configurations <= 1:
         return
     need = 8 * configurations * (CHUNK_COPIES * min(n_rows, chunk_rows) + n_rows)
+    if compiled.model.chain is not None:
+        need = 8 * configurations * CHAIN_COPIES * n_rows
     available = available_memory()
     if need > available:
         sizes = ", ".join(f"{name} (k = {k})" for name, k in zip(compiled.latent, compiled.latent_sizes))
