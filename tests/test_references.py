@@ -38,6 +38,14 @@ CASES = {
     "earthquakes_hmm2": ("earthquakes_hmm2", "poisson_hmm_reference.py",
                          {"z": {"start": [0.5, 0.5], "probs": [[0.9, 0.1], [0.1, 0.9]]}, "count": {"rate": [10.0, 30.0]}}),
     "earthquakes_hmm3_seeded": ("earthquakes_hmm3", "poisson_hmm_reference.py", None),
+    "gaussian_hmm": ("gaussian_hmm", "gaussian_hmm_reference.py",
+                     {"z": {"start": [0.4, 0.3, 0.3], "probs": [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]},
+                      "x": {"mean": [[0.5, 0.5], [2.5, 1.5], [-0.5, 3.5]], "var": [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]}}),
+    "gaussian_hmm_seeded": ("gaussian_hmm", "gaussian_hmm_reference.py", None),
+    "categorical_hmm": ("categorical_hmm", "categorical_hmm_reference.py",
+                        {"z": {"start": [0.5, 0.5], "probs": [[0.9, 0.1], [0.2, 0.8]]},
+                         "x": {"probs": [[0.25, 0.25, 0.25, 0.25], [0.2, 0.2, 0.2, 0.4]]}}),
+    "categorical_hmm_seeded": ("categorical_hmm", "categorical_hmm_reference.py", None),
 }
 
 
