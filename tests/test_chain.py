@@ -220,17 +220,17 @@ def test_a_transition_row_that_does_not_sum_to_one_is_refused(quakes):
 def test_sampled_sequences_recover_the_transitions():
     """Sequences drawn from a chain are refitted close to the parameters that drew them."""
     model = mixture_chain()
-    lengths = [3000, 2000, 1000]
-    data = model.sample(6000, MIXTURE_PARAMS, seed=3, lengths=lengths)
-    assert np.array_equal(model.sample(6000, MIXTURE_PARAMS, seed=3, lengths=lengths)["z"], data["z"])
+    lengths = [1500, 1000, 500]
+    data = model.sample(3000, MIXTURE_PARAMS, seed=3, lengths=lengths)
+    assert np.array_equal(model.sample(3000, MIXTURE_PARAMS, seed=3, lengths=lengths)["z"], data["z"])
     z = data["z"]
     starts = np.cumsum([0] + lengths[:-1])
-    following = np.setdiff1d(np.arange(6000), starts)
+    following = np.setdiff1d(np.arange(3000), starts)
     counts = np.zeros((2, 2))
     np.add.at(counts, (z[following - 1], z[following]), 1)
-    np.testing.assert_allclose(counts / counts.sum(axis=1, keepdims=True), MIXTURE_PARAMS["z"]["probs"], atol=0.03)
-    fit = model.fit({"x": data["x"]}, init=MIXTURE_PARAMS, lengths=lengths, tol=1e-10, max_iter=300)
-    np.testing.assert_allclose(fit.params["z"]["probs"], MIXTURE_PARAMS["z"]["probs"], atol=0.08)
+    np.testing.assert_allclose(counts / counts.sum(axis=1, keepdims=True), MIXTURE_PARAMS["z"]["probs"], atol=0.04)
+    fit = model.fit({"x": data["x"]}, init=MIXTURE_PARAMS, lengths=lengths, max_iter=40, tol=0)
+    np.testing.assert_allclose(fit.params["z"]["probs"], MIXTURE_PARAMS["z"]["probs"], atol=0.1)
 
 
 def test_command_line_decode_and_sample_sequences(tmp_path, quakes):
