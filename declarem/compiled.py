@@ -461,11 +461,17 @@ class CategoricalFactor(Factor):
         self.statistic_count = self.k
         # Probabilities written in free parameters are set by the model's FreeBlock, not here.
         self.expressed = node.probs is not None
-        # A read-only broadcast view: a node with many categories allocates nothing here.
+        self.concentration = self._concentration(node)
+
+    def _concentration(self, node):
+        """The prior's concentration per set and category, (n_sets, k), as a read-only broadcast view.
+
+        A view, so that a node with many categories allocates nothing here.
+        """
         shape = (self.n_sets, self.k)
-        self.concentration = np.broadcast_to(
-            node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape) \
-            if node.prior else np.broadcast_to(1.0, shape)
+        if not node.prior:
+            return np.broadcast_to(1.0, shape)
+        return np.broadcast_to(node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape)
 
     def statistics(self, values):
         return values
@@ -524,10 +530,7 @@ class ChainFactor(CategoricalFactor):
         super().__init__(model, node)
         self.n_sets = self.k + 1
         self.parent_sizes = ()
-        shape = (self.n_sets, self.k)
-        self.concentration = np.broadcast_to(
-            node.prior[1].reshape((-1, self.k) if node.prior[1].ndim else ()), shape) \
-            if node.prior else np.broadcast_to(1.0, shape)
+        self.concentration = self._concentration(node)
         self.params = {"start": ParamSpec("start", (self.k,), "unit", simplex=True),
                        "probs": ParamSpec("probs", (self.k, self.k), "unit", simplex=True)}
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, OptionError
 
 
 @dataclass
@@ -487,3 +487,49 @@ def _weights(weights, columns, n_rows, source):
         raise DataError(f"{source}: {label} sum to {total:g}, too small to divide by; rescale them "
                         "(they are row counts)")
     return weights
+
+
+def sequence_lengths(model, data, lengths, n_rows, source="data"):
+    """The rows per sequence of a model with a chain, checked; None for a model without one.
+
+    From ``lengths`` (as hmmlearn takes them), else from the spec's ``[data] sequence``
+    column (rows with equal values form one sequence, in file order), else one sequence.
+
+    Returns
+    -------
+    list of int or None
+    """
+    if model.chain is None:
+        if lengths is not None:
+            raise OptionError("lengths apply to models with a chain (a node lagged on itself); this model has none")
+        return None
+    if lengths is not None:
+        if isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__len__") or not all(
+                isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in lengths):
+            raise OptionError("lengths must be a list of positive integers, one per sequence")
+        lengths = [int(n) for n in lengths]
+        if not lengths or min(lengths) < 1:
+            raise OptionError("lengths must be positive: a sequence of zero rows is not a sequence")
+        if sum(lengths) != n_rows:
+            raise OptionError(f"lengths sum to {sum(lengths)}, but the data has {n_rows} rows")
+        return lengths
+    column = model.data_info.get("sequence")
+    if column is None:
+        return [n_rows]
+    columns = as_columns(data, source)
+    if column not in columns:
+        raise DataError(f"{source}: the sequence column '{column}' ([data] sequence) is missing")
+    values = np.asarray(columns[column])
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        raise DataError(f"{source}: column '{column}', row {int(np.flatnonzero(np.isnan(values))[0])}: a missing "
+                        "value in the sequence column")
+    change = np.flatnonzero(values[1:] != values[:-1]) + 1
+    boundaries = np.concatenate([[0], change, [len(values)]])
+    labels = values[boundaries[:-1]]
+    seen = set()
+    for label, first in zip(labels.tolist(), boundaries[:-1]):
+        if label in seen:
+            raise DataError(f"{source}: column '{column}', row {int(first)}: sequence {label!r} starts again after "
+                            "another sequence; the rows of one sequence must be contiguous")
+        seen.add(label)
+    return np.diff(boundaries).astype(int).tolist()

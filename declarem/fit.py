@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import DataError, InitError, OptionError
+from .errors import DataError, OptionError
 
 
 class Fit:
@@ -67,8 +67,7 @@ class Fit:
 
     def _engine(self, data, weights, lengths=None):
         """The E-step engine over ``data``, and the fitted parameters in its internal form."""
-        from .data import node_data
-        from .em import sequence_lengths
+        from .data import node_data, sequence_lengths
         from .inference import engine_for, prepare_rows
         compiled = self.model.compiled
         checked = node_data(self.model, data, weights)
@@ -289,12 +288,6 @@ def checked_params(model, params, path, complete=False):
         raise DataError(f"{path}: 'params' must be a JSON object of node -> parameter -> array, found "
                         f"{_json_type(params)}")
     compiled = model.compiled
-    for node, values in params.items():
-        if node in compiled.free_names:
-            _require_numbers(values, node, path)
-        elif node in compiled.factors and isinstance(values, dict):
-            for name, value in values.items():
-                _require_numbers(value, f"{node}.{name}", path)
     # A fit may end on the boundary of a domain (p = 1 when every row is a success): parameters
     # used as they are accept it; a starting point for EM, which could never leave it, does not.
     given, free = check_init(compiled, params, where=path, closed=complete)
@@ -313,31 +306,6 @@ def checked_params(model, params, path, complete=False):
             if getattr(factor, "expressed", False):
                 checked[name] = external[name]
     return {name: checked[name] for name in [*params, *checked] if name in checked}
-
-
-def _require_numbers(value, label, path):
-    """Refuse anything but numbers and (nested) lists of them where a parameter is given.
-
-    numpy would read the string "0.5" or ``true`` as a number; in a parameter file
-    either is a mistake. The walk keeps its own stack, so any depth of nesting
-    is safe.
-    """
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, (list, tuple)):
-            pending.extend(item)
-        elif isinstance(item, np.ndarray):
-            if item.dtype.kind not in "iuf":
-                raise InitError(f"{path}: '{label}' holds {item.dtype} values; expected numbers")
-        elif isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Real):
-            raise InitError(f"{path}: '{label}' is not numeric: found {_json_type(item)} {_shown(item)} where "
-                            "a number belongs")
-
-
-def _shown(value, limit=40):
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_json(path, what, error):

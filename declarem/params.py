@@ -4,9 +4,12 @@ One home for checking a user's ``init`` (or a saved fit's parameters) against a
 compiled model, used by the EM loop, sampling and SQUAREM alike.
 """
 
+import numbers
+
 import numpy as np
 
 from .errors import InitError
+from .tables import shown, type_name
 
 
 def as_float_array(value, label, where):
@@ -27,17 +30,14 @@ def as_float_array(value, label, where):
     -------
     ndarray of float
     """
-    if _holds_non_number(value):
-        raise InitError(f"{where}: '{label}' is not numeric: it holds text or true/false")
+    bad = _first_non_number(value)
+    if bad is not None:
+        found = f"{bad.dtype.name} values" if isinstance(bad, np.ndarray) else f"{type_name(bad)} {shown(bad, 40)}"
+        raise InitError(f"{where}: '{label}' is not numeric: found {found} where a number belongs")
     try:
         raw = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
         raise InitError(f"{where}: '{label}' is not numeric: not a number or a regular array of numbers") from None
-    if raw.dtype.kind == "O":
-        if any(isinstance(item, (bool, str, bytes, np.bool_)) or not np.isscalar(item) for item in raw.flat):
-            raise InitError(f"{where}: '{label}' is not numeric: it holds something other than numbers")
-    elif raw.dtype.kind not in "iuf":
-        raise InitError(f"{where}: '{label}' is not numeric: found {raw.dtype.name} values")
     try:
         array = raw.astype(float)
     except (ValueError, TypeError, OverflowError):
@@ -45,16 +45,25 @@ def as_float_array(value, label, where):
     return array
 
 
-def _holds_non_number(value):
-    """Whether nested lists hold a boolean or text, which numpy would silently turn into numbers."""
+def _first_non_number(value):
+    """The first entry of (nested lists of) a parameter value that is not a real number, or None.
+
+    numpy would read the string "0.5" as 0.5 and ``true`` as 1; in a parameter that is
+    a mistake. The walk keeps its own stack, so any depth of nesting is safe.
+    """
     pending = [value]
     while pending:
         item = pending.pop()
-        if isinstance(item, (bool, np.bool_, str, bytes)):
-            return True
         if isinstance(item, (list, tuple)):
             pending.extend(item)
-    return False
+        elif isinstance(item, np.ndarray):
+            if item.dtype.kind == "O":
+                pending.extend(item.ravel().tolist())
+            elif item.dtype.kind not in "iuf":
+                return item
+        elif isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Real):
+            return item
+    return None
 
 
 def check_init(compiled, init, where="init", closed=False):

@@ -118,7 +118,7 @@ def sample_rows(model, n_rows, params, seed=0, lengths=None):
     if missing:
         raise InitError(f"params: sampling needs every parameter; missing {', '.join(missing)}")
     internal = compiled.to_internal({**given, **free}, {})
-    from .em import sequence_lengths
+    from .data import sequence_lengths
     if lengths is not None:
         lengths = sequence_lengths(model, {}, lengths, n_rows)
     elif model.chain is not None:

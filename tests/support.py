@@ -10,6 +10,7 @@ import contextlib
 import io
 import subprocess
 import warnings
+from pathlib import Path
 
 #: A two-component Poisson mixture reading counts.csv beside it: the small model of the CLI tests.
 POISSON_SPEC = """
@@ -28,6 +29,16 @@ k = 2
 family = "poisson"
 parents = ["z"]
 """
+
+
+def write(path, content):
+    """Write text (UTF-8) or bytes to ``path``; return it as a Path."""
+    path = Path(path)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
 
 
 def run_cli(*args, cwd="."):

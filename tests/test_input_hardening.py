@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import POISSON_SPEC
+from support import POISSON_SPEC, write
 import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,15 +55,6 @@ def poisson_fit(poisson, workdir):
 @pytest.fixture(scope="module")
 def gmm():
     return declarem.load_model(MODELS / "gmm.toml")
-
-
-def write(path, content):
-    path = Path(path)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8")
-    return path
 
 
 # --- 1. data and spec files -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ CONSTANTS = {"pi": sympy.pi, "E": sympy.E, "EulerGamma": sympy.EulerGamma, "I": 
 ASSUMPTIONS = ("real", "positive", "nonnegative", "negative", "nonpositive", "integer", "finite", "zero",
                "nonzero", "commutative", "extended_real", "complex", "extended_positive",
                "extended_nonnegative", "extended_negative", "extended_nonpositive", "extended_nonzero",
-               "infinite", "extended_real", "hermitian", "imaginary", "rational", "irrational",
+               "infinite", "hermitian", "imaginary", "rational", "irrational",
                "algebraic", "transcendental", "prime", "composite", "even", "odd", "noninteger")
 #: The derivation records, by name, each rebuilt from its fields.
 RECORDS = {cls.__name__: cls for cls in (ScalarSolution, SimplexSolution, FreeSolution, ExpFamForm)}
