@@ -17,11 +17,18 @@ at their first step and processed together, step by step, so the work per step
 is vectorised over sequences and configurations.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..errors import DataError
 from . import enumeration
+from . import recursions
+from .blocks import BlockLayout, choose_block_length
 from .engine import EnumerationEngine
+
+# Rescale the forward and backward vectors every this many steps (see recursions.py).
+NORMALISE_EVERY = 4
 
 
 class ChainEngine(EnumerationEngine):
@@ -53,18 +60,17 @@ class ChainEngine(EnumerationEngine):
         self.firsts = starts
         self.varying = enumeration.varying_factors(compiled, rows)
         self.within = [name for name in self.varying if name != self.chain]
+        self.blocked = _Grid(rows, BlockLayout(self.lengths, choose_block_length(self.lengths, self.k)))
+        self._stepwise = None
 
     # -- the pieces ---------------------------------------------------------------------------
-    def _log_emissions(self, tables):
-        """log p(step's observations, non-chain latent values | z) per row and configuration: (n_rows, C)."""
-        rows = self.rows
-        out = np.empty((rows.n_rows, self.compiled.n_configurations))
-        for start in range(0, rows.n_rows, enumeration.CHUNK_ROWS):
-            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, rows.n_rows))
-            out[chunk] = enumeration._joint(self.compiled, rows, tables, chunk, self.within)
-            out[chunk] += np.reshape(enumeration._constant_loglik(self.compiled, rows, tables, self.varying,
-                                                                  chunk), (-1, 1))
-        return out
+    def _log_emissions(self, tables, rows, chunk):
+        """log p(step's observations, non-chain latent values | z) per row of a chunk and configuration: (m, C)."""
+        joint = enumeration._joint(self.compiled, rows, tables, chunk, self.within)
+        constant = enumeration._constant_loglik(self.compiled, rows, tables, self.varying, chunk)
+        if not np.isscalar(constant):
+            joint += constant[:, None]
+        return joint
 
     def _chain_view(self, array):
         """(m, C) -> (m, k, rest): the chain axis second, the other latent axes flattened."""
@@ -81,59 +87,122 @@ class ChainEngine(EnumerationEngine):
         """How many sequences (longest first) have a step t."""
         return int(np.searchsorted(-self.sorted_lengths, -(t + 1), side="right"))
 
-    def forward_backward(self, params):
-        """Posterior of each row's configuration, expected transitions, first-step posteriors, log-likelihood.
+    @property
+    def stepwise(self):
+        """The grid of one block per sequence, for the plain recursion rescaled at every step (built when needed)."""
+        if self._stepwise is None:
+            self._stepwise = _Grid(self.rows, BlockLayout(self.lengths, self.lengths.max()))
+        return self._stepwise
+
+    def _lattice(self, params):
+        """Emissions and forward-backward vectors at ``params``, on the first route that carries them.
+
+        Rescaling every few steps, then at every step, then one block per sequence: each
+        route is exact where it returns; the later ones are for masses near underflow.
 
         Returns
         -------
-        gamma : ndarray of shape (n_rows, C)
-        transitions : ndarray of shape (k, k)
-        first : ndarray of shape (k,)
-        loglik : float
+        grid : _Grid
+        emissions : _Emissions
+        lattice : Lattice
+        transition : ndarray of shape (k, k)
         """
         tables = enumeration._natural_tables(self.compiled, params)
         chain = tables[self.chain].probabilities
-        start, transition = chain[0], chain[1:]
-        log_emission = self._log_emissions(tables)
-        offset = log_emission.max(axis=1)
-        enumeration._check_rows(offset, 0)
-        emission = self._chain_view(np.exp(log_emission - offset[:, None]))
-        n_rows = self.rows.n_rows
-        alpha = np.empty_like(emission)
-        scale = np.empty(n_rows)
-        rows0 = self.starts
-        first = start[None, :, None] * emission[rows0]
-        scale[rows0] = first.sum(axis=(1, 2))
-        alpha[rows0] = first / scale[rows0][:, None, None]
-        for t in range(1, int(self.sorted_lengths[0])):
-            active = self._running(t)
-            current = self.starts[:active] + t
-            predicted = alpha[current - 1].sum(axis=2) @ transition
-            step = predicted[:, :, None] * emission[current]
-            scale[current] = step.sum(axis=(1, 2))
-            alpha[current] = step / scale[current][:, None, None]
-        enumeration._check_rows(np.log(scale), 0)
-        beta = np.empty_like(emission)
-        lasts = self.starts + self.sorted_lengths - 1
-        beta[lasts] = 1.0
-        transitions = np.zeros((self.k, self.k))
-        for t in range(int(self.sorted_lengths[0]) - 1, 0, -1):
-            active = self._running(t)
-            current = self.starts[:active] + t
-            ahead = (emission[current] * beta[current]).sum(axis=2)
-            transitions += (alpha[current - 1].sum(axis=2).T @ (ahead / scale[current][:, None])) * transition
-            beta[current - 1] = ((ahead @ transition.T) / scale[current][:, None])[:, :, None]
-        gamma = self._from_chain_view(alpha * beta)
-        loglik = float(np.log(scale).sum() + offset.sum())
-        return gamma, transitions, (alpha[rows0] * beta[rows0]).sum(axis=(0, 2)), loglik
+        for grid, every in ((self.blocked, NORMALISE_EVERY), (self.blocked, 1), (self.stepwise, 1)):
+            emissions = self._emissions(tables, grid)
+            lattice = recursions.forward_backward(chain[0], chain[1:], emissions.per_state, grid.layout, every)
+            if lattice is not None:
+                return grid, emissions, lattice, chain[1:]
+        raise AssertionError("the stepwise route always returns")
 
-    def _statistics(self, gamma, transitions, first):
-        stats = enumeration.ExpectedStatistics(self.compiled)
-        rows = self.rows
-        for start in range(0, rows.n_rows, enumeration.CHUNK_ROWS):
-            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, rows.n_rows))
-            enumeration._accumulate(self.compiled, rows, gamma[chunk], chunk, stats, self.within)
-        stats.add(enumeration._fixed_statistics(self.compiled, rows, self.varying))
+    def _emissions(self, tables, grid):
+        """Each cell's emissions scaled by its largest configuration, chunk by chunk (in cache)."""
+        layout, n_cells = grid.layout, grid.layout.n_cells
+        per_state = np.empty((n_cells, self.k))
+        rest = self.compiled.n_configurations // self.k
+        scaled = np.empty((n_cells, self.compiled.n_configurations)) if rest > 1 else None
+        offset = np.empty(n_cells)
+        for start in range(0, n_cells, enumeration.CHUNK_ROWS):
+            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
+            log_emission = self._log_emissions(tables, grid.rows, chunk)
+            peak = offset[chunk] = np.where(layout.valid[chunk], _row_max(log_emission), 0.0)
+            log_emission -= peak[:, None]
+            emission = np.exp(log_emission, out=log_emission)
+            if rest > 1:
+                scaled[chunk] = emission
+                per_state[chunk] = self._chain_view(emission).sum(axis=2)
+            else:
+                per_state[chunk] = emission
+        if not np.isfinite(offset).all():
+            enumeration._check_rows(offset[layout.cell_of_row], 0)
+        per_state[~layout.valid] = 1.0
+        return _Emissions(per_state, scaled, float(offset.sum()))
+
+    def _posterior_pass(self, params, consume):
+        """Forward-backward, then each chunk of cells' posterior over configurations, in cell order.
+
+        Parameters
+        ----------
+        params : dict
+        consume : callable
+            Called as ``consume(grid, chunk, gamma)`` with a slice of cells and its posterior
+            (chunk cells, C), zero in padding cells, while it is in cache.
+
+        Returns
+        -------
+        transitions : ndarray of shape (k, k)
+            Expected transition counts.
+        first : ndarray of shape (k,)
+            Expected counts of the first steps' states.
+        loglik : float
+        """
+        grid, emissions, lattice, transition = self._lattice(params)
+        layout, k = grid.layout, self.k
+        alpha, beta, per_state = lattice.alpha, lattice.beta, emissions.per_state
+        scale = lattice.scale.reshape(-1)
+        n_cells, n_blocks = layout.n_cells, layout.n_blocks
+        expected = np.zeros((k, k))
+        ones = np.ones(k)
+        for start in range(0, n_cells, enumeration.CHUNK_ROWS):
+            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
+            valid, following = layout.valid[chunk], layout.following[chunk]
+            mass = alpha[chunk] * beta[chunk]
+            total = mass @ ones
+            if not ((total > 0) & np.isfinite(total) & (scale[chunk] > 0) | ~valid).all():
+                _raise_impossible(lattice, layout)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mass *= np.where(valid, 1.0 / total, 0.0)[:, None]
+                ahead = per_state[chunk] * beta[chunk]
+                ahead *= np.where(following, 1.0 / (scale[chunk] * total), 0.0)[:, None]
+            low = max(start, n_blocks)
+            if low < chunk.stop:
+                expected += alpha[low - n_blocks:chunk.stop - n_blocks].T @ ahead[low - start:]
+            if emissions.scaled is not None:
+                mass = self._within(mass, emissions.scaled[chunk], per_state[chunk])
+            consume(grid, chunk, mass)
+        if len(layout.continued):
+            # Steps whose predecessor ends the block before: position 0 of a continuing block.
+            cells = layout.continued
+            total = (alpha[cells] * beta[cells]) @ ones
+            ahead = per_state[cells] * beta[cells] / (scale[cells] * total)[:, None]
+            expected += alpha[(layout.length - 1) * n_blocks + cells - 1].T @ ahead
+        firsts = layout.first_cells
+        mass = alpha[firsts] * beta[firsts]
+        first = (mass / (mass @ ones)[:, None]).sum(axis=0)
+        rows = lattice.rescaled
+        loglik = float((np.log(lattice.scale[rows]) * layout.valid.reshape(layout.length, -1)[rows]).sum())
+        return expected * transition, first, loglik + emissions.offset_total
+
+    def _within(self, state_posterior, scaled, per_state):
+        """A chain state's posterior (m, k) spread over its configurations in proportion to their emission: (m, C)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(per_state > 0, state_posterior / per_state, 0.0)
+        return self._from_chain_view(share[:, :, None] * self._chain_view(scaled))
+
+    def _finish(self, stats, transitions, first):
+        """Add the factors outside the posterior and the chain's counts to within-step statistics."""
+        stats.add(enumeration._fixed_statistics(self.compiled, self.rows, self.varying))
         stats.sums[self.chain][0] += first
         stats.sums[self.chain][1:] += transitions
         stats.finish(self.compiled)
@@ -146,8 +215,13 @@ class ChainEngine(EnumerationEngine):
             gamma = np.zeros((self.rows.n_rows, self.compiled.n_configurations))
             gamma[np.arange(self.rows.n_rows), path] = 1.0
             return self.statistics_from_posterior(gamma), score
-        gamma, transitions, first, loglik = self.forward_backward(params)
-        return self._statistics(gamma, transitions, first), self.rows.base_total + loglik
+        stats = enumeration.ExpectedStatistics(self.compiled)
+
+        def accumulate(grid, chunk, gamma):
+            enumeration._accumulate(self.compiled, grid.rows, gamma, chunk, stats, self.within)
+
+        transitions, first, loglik = self._posterior_pass(params, accumulate)
+        return self._finish(stats, transitions, first), self.rows.base_total + loglik
 
     def statistics_from_posterior(self, posterior):
         """Statistics for a given posterior of each row's configuration (n_rows, C); transitions from its outer products."""
@@ -157,10 +231,21 @@ class ChainEngine(EnumerationEngine):
         following[self.firsts] = False
         steps = np.flatnonzero(following)
         transitions = chain[steps - 1].T @ chain[steps]
-        return self._statistics(posterior, transitions, first)
+        stats = enumeration.ExpectedStatistics(self.compiled)
+        for start in range(0, self.rows.n_rows, enumeration.CHUNK_ROWS):
+            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, self.rows.n_rows))
+            enumeration._accumulate(self.compiled, self.rows, posterior[chunk], chunk, stats, self.within)
+        return self._finish(stats, transitions, first)
 
     def posterior_marginals(self, params):
-        gamma, _, _, _ = self.forward_backward(params)
+        cells = {}
+
+        def keep(grid, chunk, gamma):
+            cells["layout"] = grid.layout
+            cells.setdefault("gamma", np.empty((grid.layout.n_cells, gamma.shape[1])))[chunk] = gamma
+
+        self._posterior_pass(params, keep)
+        gamma = cells["gamma"][cells["layout"].cell_of_row]
         shaped = gamma.reshape((len(gamma),) + self.compiled.latent_sizes)
         marginals = {}
         for axis, name in enumerate(self.compiled.latent):
@@ -179,7 +264,12 @@ class ChainEngine(EnumerationEngine):
         chain = tables[self.chain].probabilities
         with np.errstate(divide="ignore"):
             log_start, log_transition = np.log(chain[0]), np.log(chain[1:])
-        emission = self._chain_view(self._log_emissions(tables))
+        rows = self.rows
+        log_emission = np.empty((rows.n_rows, self.compiled.n_configurations))
+        for start in range(0, rows.n_rows, enumeration.CHUNK_ROWS):
+            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, rows.n_rows))
+            log_emission[chunk] = self._log_emissions(tables, rows, chunk)
+        emission = self._chain_view(log_emission)
         n_rows, rest = self.rows.n_rows, emission.shape[2]
         delta = np.empty_like(emission)
         back = np.zeros((n_rows, self.k), dtype=np.intp)
@@ -215,3 +305,40 @@ class ChainEngine(EnumerationEngine):
         one_hot = np.zeros((n_rows, self.k, rest))
         one_hot[np.arange(n_rows), z, other] = 1.0
         return self._from_chain_view(one_hot).argmax(axis=1), score + self.rows.base_total
+
+
+
+class _Emissions(NamedTuple):
+    """A grid's emissions, each cell scaled by its largest configuration."""
+
+    per_state: np.ndarray     # (n_cells, k), summed over the other latent axes; 1 in padding cells
+    scaled: np.ndarray        # (n_cells, C) when other latent axes exist, else None
+    offset_total: float       # the sum of the cells' log scale factors
+
+
+def _raise_impossible(lattice, layout):
+    """Raise naming the first row (in row order) the forward-backward found impossible."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = (lattice.alpha * lattice.beta).sum(axis=1)
+        values = np.log(total) + np.log(lattice.scale.reshape(-1))
+    enumeration._check_rows(np.where(layout.valid, values, 0.0)[layout.cell_of_row], 0)
+    raise AssertionError("a cell failed its check but no row is impossible")
+
+
+class _Grid:
+    """A block layout with the rows put in its cell order once (padding cells repeat row 0)."""
+
+    def __init__(self, rows, layout):
+        self.layout = layout
+        self.rows = rows.take(layout.source_rows)
+
+
+def _row_max(array):
+    """Each row's largest entry (n,) of an (n, m) array; column by column when rows are short (faster)."""
+    if array.shape[1] > 32:
+        return array.max(axis=1)
+    peak = array[:, 0].copy()
+    for column in range(1, array.shape[1]):
+        np.maximum(peak, array[:, column], out=peak)
+    return peak
+

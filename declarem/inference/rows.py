@@ -1,6 +1,6 @@
 """Per-fit row data in the form the E-step consumes: statistics computed once."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse
@@ -95,6 +95,26 @@ class Rows:
     @property
     def shifts(self):
         return {name: f.shift for name, f in self.factors.items() if f.shift is not None}
+
+    def take(self, indices):
+        """These rows in another order, with repeats (a chain's block grid): a new Rows.
+
+        Parameters
+        ----------
+        indices : ndarray of int, shape (m,)
+
+        Returns
+        -------
+        Rows
+            With ``base_total`` 0: the constant belongs to the data set, not to a view of it.
+        """
+        def pick(array):
+            return None if array is None else array[indices]
+
+        factors = {name: replace(view, statistics=pick(view.statistics), observed_offset=pick(view.observed_offset),
+                                 values=pick(view.values))
+                   for name, view in self.factors.items()}
+        return Rows(n_rows=len(indices), weights=self.weights[indices], factors=factors, base_total=0.0)
 
 
 def prepare_rows(compiled, node_data, memory_budget=None):
