@@ -1,16 +1,25 @@
-"""declarem's chain engine against hmmlearn's GaussianHMM, per EM iteration, side by side in one process.
+"""declarem's chain engine against hmmlearn, side by side in one process: time per iteration, to convergence, memory.
 
-Usage: python benchmarks/bench_hmm.py [--repeats 3] [--iterations 5]
+Usage: python benchmarks/bench_hmm.py [--repeats 5] [--iterations 20] [--cases NAME ...] [--no-converge]
 
-Gaussian emissions, 8 states, 4 dimensions, diagonal covariance, seeded data: 100 sequences of 1,000
-steps, and one sequence of 100,000 steps. Both libraries start from the same parameters and run
-``--iterations`` EM iterations (hmmlearn: ``implementation="scaling"``, plain maximum likelihood);
-a fit's time divided by its iterations is one sample, the two libraries take turns, and the median of
-``--repeats`` samples is reported with their ratio. declarem's derivation is compiled before timing.
+Cases (issue #9): 8 states; Gaussian emissions in 4 dimensions with diagonal and with full
+covariance, on 100 sequences of 1,000 steps and on one sequence of 100,000 steps; categorical
+emissions over 1,000 symbols on the same two layouts. Seeded data; both libraries start from the
+same parameters (hmmlearn: ``implementation="scaling"``, its faster one, plain maximum likelihood).
+
+- per iteration: a fit of ``--iterations`` iterations with convergence off, whole (validation and
+  setup included), divided by its iterations; the libraries take turns; median of ``--repeats``.
+  declarem runs one E-step more than it has iterations (the objective at the final parameters).
+- to convergence: one fit each, declarem at ``tol=1e-8`` (relative objective change and parameter
+  distance), hmmlearn at the same relative change turned into its absolute ``tol``; iterations and time.
+- memory: peak of traced allocations during one fit (numpy reports its arrays to tracemalloc), each
+  library on its own.
+declarem's derivation is compiled before timing.
 """
 
 import argparse
 import time
+import tracemalloc
 
 import networkx as nx
 import numpy as np
@@ -19,54 +28,104 @@ from machine import cpu_model, loadavg, ncpu
 
 import declarem
 
-STATES, DIM = 8, 4
-CASES = {"100 x 1,000 steps": [1000] * 100, "1 x 100,000 steps": [100000]}
+STATES, DIM, SYMBOLS = 8, 4, 1000
+LAYOUTS = {"100 x 1,000": [1000] * 100, "1 x 100,000": [100000]}
+EMISSIONS = ("diag", "full", "categorical")
 
 
-def setup(lengths, rng):
-    n = sum(lengths)
-    x = rng.normal(size=(n, DIM)) + rng.integers(0, STATES, size=n)[:, None]
-    probs = np.full((STATES, STATES), 0.2 / (STATES - 1))
-    np.fill_diagonal(probs, 0.8)
-    start = {"start": np.full(STATES, 1 / STATES), "probs": probs,
-             "mean": rng.normal(size=(STATES, DIM)) * 2, "var": np.ones((STATES, DIM))}
-    graph = nx.DiGraph()
-    graph.add_node("z", family="categorical", latent=True, k=STATES, lagged=["z"])
-    graph.add_node("x", family="normal", dim=DIM, covariance="diag")
-    graph.add_edge("z", "x")
-    return x, start, declarem.Model(graph)
+class Case:
+    """One emission type on one layout: data, a shared start, declarem's model and hmmlearn's."""
+
+    def __init__(self, emission, lengths, rng):
+        self.emission, self.lengths = emission, lengths
+        n = sum(lengths)
+        states = rng.integers(0, STATES, size=n)
+        probs = np.full((STATES, STATES), 0.2 / (STATES - 1))
+        np.fill_diagonal(probs, 0.8)
+        self.chain = {"start": np.full(STATES, 1 / STATES), "probs": probs}
+        graph = nx.DiGraph()
+        graph.add_node("z", family="categorical", latent=True, k=STATES, lagged=["z"])
+        if emission == "categorical":
+            self.x = ((states * SYMBOLS // STATES + rng.integers(0, SYMBOLS // 2, size=n)) % SYMBOLS)[:, None]
+            table = rng.dirichlet(np.ones(SYMBOLS), size=STATES)
+            self.data = {"x": self.x[:, 0]}
+            self.init = {"z": self.chain, "x": {"probs": table}}
+            graph.add_node("x", family="categorical", k=SYMBOLS)
+        else:
+            self.x = rng.normal(size=(n, DIM)) + states[:, None]
+            mean = rng.normal(size=(STATES, DIM)) * 2
+            var = np.ones((STATES, DIM)) if emission == "diag" else np.tile(np.eye(DIM), (STATES, 1, 1))
+            self.data = {f"x_{i}": self.x[:, i] for i in range(DIM)}
+            self.init = {"z": self.chain, "x": {"mean": mean, "var" if emission == "diag" else "cov": var}}
+            graph.add_node("x", family="normal", dim=DIM, covariance=emission)
+        graph.add_edge("z", "x")
+        self.model = declarem.Model(graph)
+
+    def ours(self, iterations, tol=0.0):
+        return self.model.fit(self.data, init=self.init, max_iter=iterations, tol=tol, reg_covar=0,
+                              lengths=self.lengths)
+
+    def theirs(self, iterations, tol=0.0):
+        if self.emission == "categorical":
+            peer = hmm.CategoricalHMM(STATES, n_features=SYMBOLS, init_params="", params="ste", n_iter=iterations,
+                                      tol=tol, implementation="scaling")
+            peer.emissionprob_ = self.init["x"]["probs"]
+        else:
+            peer = hmm.GaussianHMM(STATES, self.emission, init_params="", params="stmc", n_iter=iterations, tol=tol,
+                                   implementation="scaling", covars_prior=0, min_covar=0)
+            peer.means_ = self.init["x"]["mean"]
+            peer.covars_ = self.init["x"]["var" if self.emission == "diag" else "cov"]
+        peer.startprob_, peer.transmat_ = self.chain["start"], self.chain["probs"]
+        return peer.fit(self.x, self.lengths)
 
 
-def per_iteration(x, start, model, lengths, iterations):
-    data = {f"x_{i}": x[:, i] for i in range(DIM)}
-    init = {"z": {"start": start["start"], "probs": start["probs"]},
-            "x": {"mean": start["mean"], "var": start["var"]}}
+def seconds(run):
     began = time.perf_counter()
-    model.fit(data, init=init, max_iter=iterations, tol=0, reg_covar=0, lengths=lengths)
-    ours = (time.perf_counter() - began) / iterations
-    peer = hmm.GaussianHMM(STATES, "diag", init_params="", params="stmc", n_iter=iterations, tol=0,
-                           implementation="scaling", covars_prior=0, min_covar=0)
-    peer.startprob_, peer.transmat_, peer.means_, peer.covars_ = (start["start"], start["probs"], start["mean"],
-                                                                  start["var"])
-    began = time.perf_counter()
-    peer.fit(x, lengths)
-    return ours, (time.perf_counter() - began) / iterations
+    result = run()
+    return time.perf_counter() - began, result
+
+
+def peak_bytes(run):
+    tracemalloc.start()
+    run()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--cases", nargs="*", help="e.g. 'diag 1 x 100,000' (default: all six)")
+    parser.add_argument("--no-converge", action="store_true")
     args = parser.parse_args()
     print(f"machine: {ncpu()} CPUs ({cpu_model()}); load average before: {loadavg()}")
-    rng = np.random.default_rng(0)
-    for name, lengths in CASES.items():
-        x, start, model = setup(lengths, rng)
-        per_iteration(x, start, model, lengths, 1)  # compile the derivation, warm both
-        samples = [per_iteration(x, start, model, lengths, args.iterations) for _ in range(args.repeats)]
-        ours, theirs = np.median(samples, axis=0)
-        print(f"{name}: declarem {ours * 1e3:.0f} ms/iter, hmmlearn {theirs * 1e3:.0f} ms/iter, "
-              f"ratio {ours / theirs:.2f} (median of {args.repeats}; load average after: {loadavg()})")
+    print("| case | declarem ms/iter | hmmlearn ms/iter | ratio | to convergence: declarem | hmmlearn | "
+          "peak MB: declarem | hmmlearn |")
+    print("|---|---|---|---|---|---|---|---|")
+    for emission in EMISSIONS:
+        for layout, lengths in LAYOUTS.items():
+            name = f"{emission} {layout}"
+            if args.cases and name not in args.cases:
+                continue
+            case = Case(emission, lengths, np.random.default_rng(0))
+            case.ours(1)
+            case.theirs(1)
+            samples = []
+            for _ in range(args.repeats):
+                samples.append((seconds(lambda: case.ours(args.iterations))[0] / args.iterations,
+                                seconds(lambda: case.theirs(args.iterations))[0] / args.iterations))
+            ours, theirs = np.median(samples, axis=0)
+            converge = "", ""
+            if not args.no_converge:
+                took, fit = seconds(lambda: case.ours(1000, tol=1e-8))
+                peer_took, peer = seconds(lambda: case.theirs(1000, tol=1e-8 * abs(fit.loglik)))
+                converge = (f"{took:.2f} s, {fit.n_iter} it", f"{peer_took:.2f} s, {peer.monitor_.iter} it")
+            memory = peak_bytes(lambda: case.ours(2)) / 2**20, peak_bytes(lambda: case.theirs(2)) / 2**20
+            print(f"| {name} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | **{ours / theirs:.2f}** | {converge[0]} | "
+                  f"{converge[1]} | {memory[0]:.0f} | {memory[1]:.0f} |", flush=True)
+    print(f"median of {args.repeats} fits of {args.iterations} iterations each; load average after: {loadavg()}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,8 @@ A Python loop over time steps costs numpy's call overhead at every step, so one
 long sequence would pay it hundreds of thousands of times. Instead every
 sequence is cut into blocks of ``length`` steps (its first block padded at the
 front), and the recursions run over the position within a block, vectorised
-over all blocks at once. Blocks are joined by their transfer matrices (see
-``chain.py``): the loop then has ``length`` steps plus one step per block of
-the longest sequence. With a single block per sequence this is the plain
+over all blocks at once; ``recursions.py`` says how blocks learn the vectors
+entering and leaving them. With a single block per sequence this is the plain
 recursion, vectorised over sequences.
 
 The grid is stored (position, block, state): each step's slice is one
@@ -16,14 +15,16 @@ are put in grid order once per fit, so an iteration gathers nothing.
 
 import numpy as np
 
-# A rough cost model of one loop step (seconds), fitted on this project's machines;
+# A rough cost model of one loop step (seconds), measured on this project's machines;
 # it only chooses the block length, never the result.
 STEP_OVERHEAD = 12e-6
 PER_STATE_BLOCK = 3e-9
 PRODUCT_OVERHEAD = 20e-6
 PER_PRODUCT_ENTRY = 3.6e-9
-COMBINE_OVERHEAD = 12e-6
-PER_COMBINE_ENTRY = 3e-9
+# Steps a block's product typically takes to forget where it entered (recursions.py),
+# and the shortest block that leaves it room to (twice that, at each end).
+FORGETTING_STEPS = 32
+SHORTEST_BLOCK = 4 * FORGETTING_STEPS
 
 
 def choose_block_length(lengths, k):
@@ -37,25 +38,23 @@ def choose_block_length(lengths, k):
     Returns
     -------
     int
-        Between 1 and the longest length; the longest length means one block per sequence.
+        The longest length (one block per sequence: the plain recursion), or a
+        length of at least ``SHORTEST_BLOCK``.
     """
     longest = int(lengths.max())
-    candidates = {longest}
-    size = 8
-    while size < longest:
-        candidates.add(size)
-        size = int(size * 1.25) + 1
-    best, best_cost = longest, np.inf
-    for length in sorted(candidates):
-        per_sequence = -(-lengths // length)
-        n_blocks = int(per_sequence.sum())
-        fill = 2 * length * (STEP_OVERHEAD + PER_STATE_BLOCK * k * n_blocks)
-        cost = fill
-        if per_sequence.max() > 1:
-            cost += length * (PRODUCT_OVERHEAD + PER_PRODUCT_ENTRY * k * k * n_blocks * (0.2 * k + 1) / 2.6)
-            cost += 2 * int(per_sequence.max()) * (COMBINE_OVERHEAD + PER_COMBINE_ENTRY * k * k * len(lengths))
+
+    def fill_cost(length, n_blocks):
+        return 2 * length * (STEP_OVERHEAD + PER_STATE_BLOCK * k * n_blocks)
+
+    best, best_cost = longest, fill_cost(longest, len(lengths))
+    length = SHORTEST_BLOCK
+    while length < longest:
+        n_blocks = int((-(-lengths // length)).sum())
+        products = 2 * FORGETTING_STEPS * (PRODUCT_OVERHEAD + PER_PRODUCT_ENTRY * k * k * n_blocks * (0.2 * k + 1) / 2.6)
+        cost = fill_cost(length, n_blocks) + products
         if cost < best_cost:
             best, best_cost = length, cost
+        length = int(length * 1.25) + 1
     return best
 
 
@@ -89,6 +88,8 @@ class BlockLayout:
         For each position that holds a sequence's first step, the blocks where it does.
     continued : ndarray of int
         Blocks that continue the block before them (not a sequence's first block).
+    padded : ndarray of int
+        Sequences' first blocks that begin with padding.
     chains : ndarray of int, shape (n_sequences, most blocks), or None
         Block ids of each sequence in order, longest sequences first, -1 past a sequence's end;
         None when every sequence is one block.
@@ -120,6 +121,7 @@ class BlockLayout:
         is_first = np.zeros(self.n_blocks, dtype=bool)
         is_first[first_block] = True
         self.continued = np.flatnonzero(~is_first)
+        self.padded = first_block[pads > 0]
         self.chains = self.active = None
         if per_sequence.max() > 1:
             order = np.argsort(-per_sequence, kind="stable")

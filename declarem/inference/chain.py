@@ -29,6 +29,8 @@ from .engine import EnumerationEngine
 
 # Rescale the forward and backward vectors every this many steps (see recursions.py).
 NORMALISE_EVERY = 4
+# Rows of probability emissions whose largest entry is below this are rescaled to 1.
+SMALL_EMISSION = 1e-150
 
 
 class ChainEngine(EnumerationEngine):
@@ -109,7 +111,8 @@ class ChainEngine(EnumerationEngine):
         """
         tables = enumeration._natural_tables(self.compiled, params)
         chain = tables[self.chain].probabilities
-        for grid, every in ((self.blocked, NORMALISE_EVERY), (self.blocked, 1), (self.stepwise, 1)):
+        for every, stepwise in ((NORMALISE_EVERY, False), (1, False), (1, True)):
+            grid = self.stepwise if stepwise else self.blocked
             emissions = self._emissions(tables, grid)
             lattice = recursions.forward_backward(chain[0], chain[1:], emissions.per_state, grid.layout, every)
             if lattice is not None:
@@ -117,23 +120,41 @@ class ChainEngine(EnumerationEngine):
         raise AssertionError("the stepwise route always returns")
 
     def _emissions(self, tables, grid):
-        """Each cell's emissions scaled by its largest configuration, chunk by chunk (in cache)."""
+        """Each cell's emissions scaled by its largest configuration, chunk by chunk (in cache).
+
+        When every factor in a step's posterior is categorical the emissions are products
+        of probabilities (at most 1 already): no logarithms, exponentials or row maxima,
+        except for rows so small they are rescaled.
+        """
         layout, n_cells = grid.layout, grid.layout.n_cells
         per_state = np.empty((n_cells, self.k))
         rest = self.compiled.n_configurations // self.k
         scaled = np.empty((n_cells, self.compiled.n_configurations)) if rest > 1 else None
-        offset = np.empty(n_cells)
+        offset = np.zeros(n_cells)
+        in_probabilities = enumeration.categorical_only(self.compiled, self.within)
         for start in range(0, n_cells, enumeration.CHUNK_ROWS):
             chunk = slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
-            log_emission = self._log_emissions(tables, grid.rows, chunk)
-            peak = offset[chunk] = np.where(layout.valid[chunk], _row_max(log_emission), 0.0)
-            log_emission -= peak[:, None]
-            emission = np.exp(log_emission, out=log_emission)
-            if rest > 1:
-                scaled[chunk] = emission
-                per_state[chunk] = self._chain_view(emission).sum(axis=2)
+            target = scaled[chunk] if rest > 1 else per_state[chunk]
+            valid = layout.valid[chunk]
+            constant = enumeration._constant_loglik(self.compiled, grid.rows, tables, self.varying, chunk)
+            if in_probabilities:
+                target[...] = enumeration.joint_probabilities(self.compiled, grid.rows, tables, chunk, self.within)
+                peak = _row_max(target)
+                small = (peak < SMALL_EMISSION) & valid
+                if small.any():
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        target[small] /= peak[small][:, None]
+                        offset[chunk][small] = np.log(peak[small])
+                offset[chunk] += np.where(valid, constant, 0.0)
             else:
-                per_state[chunk] = emission
+                log_emission = enumeration._joint(self.compiled, grid.rows, tables, chunk, self.within)
+                # Padding cells are scaled too (so stay finite) but add nothing to the offset.
+                peak = _row_max(log_emission)
+                log_emission -= peak[:, None]
+                np.exp(log_emission, out=target)
+                offset[chunk] = peak + constant if valid.all() else np.where(valid, peak + constant, 0.0)
+            if rest > 1:
+                per_state[chunk] = self._chain_view(target).sum(axis=2)
         if not np.isfinite(offset).all():
             enumeration._check_rows(offset[layout.cell_of_row], 0)
         per_state[~layout.valid] = 1.0

@@ -186,26 +186,31 @@ def _posterior_from_probabilities(compiled, rows, tables, varying, chunk):
     once per row, and divided. Returns (None, None) when a row's total underflows,
     and the caller then works in log space.
     """
-    n = chunk.stop - chunk.start
-    joint = None
-    shaped = None
-    for name in varying:
-        contribution = _contribution(compiled, rows, tables, name, chunk, n, probabilities=True)
-        view = rows.factors[name]
-        own_axis = compiled.latent.index(name) if name in compiled.latent else None
-        shape = (contribution.shape[0],) + tuple(_scope_shape(compiled, view.latent_axes, own_axis))
-        contribution = contribution.reshape(shape)
-        if joint is None:
-            joint = np.empty((n, compiled.n_configurations))
-            shaped = joint.reshape((n,) + compiled.latent_sizes)
-            shaped[...] = contribution
-        else:
-            shaped *= contribution
+    joint = joint_probabilities(compiled, rows, tables, chunk, varying)
     total = joint @ np.ones(compiled.n_configurations)
     if not np.all(total > UNDERFLOW):
         return None, None
     joint /= total[:, None]
     return joint, np.log(total)
+
+
+def joint_probabilities(compiled, rows, tables, chunk, varying):
+    """Product of the (all categorical) varying factors' probabilities per row and configuration: (n, C)."""
+    n = chunk.stop - chunk.start
+    joint = np.empty((n, compiled.n_configurations))
+    shaped = joint.reshape((n,) + compiled.latent_sizes)
+    if not varying:
+        joint.fill(1.0)
+    for position, name in enumerate(varying):
+        contribution = _contribution(compiled, rows, tables, name, chunk, n, probabilities=True)
+        view = rows.factors[name]
+        own_axis = compiled.latent.index(name) if name in compiled.latent else None
+        shape = (contribution.shape[0],) + tuple(_scope_shape(compiled, view.latent_axes, own_axis))
+        if position == 0:
+            shaped[...] = contribution.reshape(shape)
+        else:
+            shaped *= contribution.reshape(shape)
+    return joint
 
 
 def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
@@ -302,14 +307,20 @@ def _joint(compiled, rows, tables, chunk, varying):
     ndarray of shape (chunk rows, n_configurations)
     """
     n = chunk.stop - chunk.start
-    joint = np.zeros((n, compiled.n_configurations))
+    joint = np.empty((n, compiled.n_configurations))
     shaped = joint.reshape((n,) + compiled.latent_sizes)
-    for name in varying:
+    if not varying:
+        joint.fill(0.0)
+    for position, name in enumerate(varying):
         view = rows.factors[name]
         own_axis = compiled.latent.index(name) if name in compiled.latent else None
         contribution = _contribution(compiled, rows, tables, name, chunk, n)
         shape = _scope_shape(compiled, view.latent_axes, own_axis)
-        shaped += contribution.reshape((contribution.shape[0],) + tuple(shape))
+        contribution = contribution.reshape((contribution.shape[0],) + tuple(shape))
+        if position == 0:
+            shaped[...] = contribution
+        else:
+            shaped += contribution
     return joint
 
 
