@@ -139,12 +139,12 @@ class ChainEngine(EnumerationEngine):
             constant = enumeration._constant_loglik(self.compiled, grid.rows, tables, self.varying, chunk)
             if in_probabilities:
                 target[...] = enumeration.joint_probabilities(self.compiled, grid.rows, tables, chunk, self.within)
-                peak = _row_max(target)
-                small = (peak < SMALL_EMISSION) & valid
+                small = (target @ np.ones(target.shape[1]) < SMALL_EMISSION) & valid
                 if small.any():
+                    peak = _row_max(target[small])
                     with np.errstate(divide="ignore", invalid="ignore"):
-                        target[small] /= peak[small][:, None]
-                        offset[chunk][small] = np.log(peak[small])
+                        target[small] /= peak[:, None]
+                        offset[chunk][small] = np.log(peak)
                 offset[chunk] += np.where(valid, constant, 0.0)
             else:
                 log_emission = enumeration._joint(self.compiled, grid.rows, tables, chunk, self.within)
@@ -189,13 +189,14 @@ class ChainEngine(EnumerationEngine):
             chunk = slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
             valid, following = layout.valid[chunk], layout.following[chunk]
             mass = alpha[chunk] * beta[chunk]
-            total = mass @ ones
-            if not ((total > 0) & np.isfinite(total) & (scale[chunk] > 0) | ~valid).all():
-                _raise_impossible(lattice, layout)
             with np.errstate(divide="ignore", invalid="ignore"):
-                mass *= np.where(valid, 1.0 / total, 0.0)[:, None]
-                ahead = per_state[chunk] * beta[chunk]
-                ahead *= np.where(following, 1.0 / (scale[chunk] * total), 0.0)[:, None]
+                inverse = 1.0 / (mass @ ones)
+            # A zero, infinite or undefined total (a zero scale leaves NaN) marks an impossible row.
+            if not ((inverse > 0) & (inverse < np.inf) | ~valid).all():
+                _raise_impossible(lattice, layout)
+            mass *= np.where(valid, inverse, 0.0)[:, None]
+            ahead = per_state[chunk] * beta[chunk]
+            ahead *= np.where(following, inverse / scale[chunk], 0.0)[:, None]
             low = max(start, n_blocks)
             if low < chunk.stop:
                 expected += alpha[low - n_blocks:chunk.stop - n_blocks].T @ ahead[low - start:]
@@ -338,11 +339,16 @@ class _Emissions(NamedTuple):
 
 
 def _raise_impossible(lattice, layout):
-    """Raise naming the first row (in row order) the forward-backward found impossible."""
+    """Raise naming the first row (in row order) the forward-backward found impossible.
+
+    The forward scales are looked at first: they fall to zero at the row where the
+    sequence's probability does, where the smoothed totals are undefined all along it.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
-        total = (lattice.alpha * lattice.beta).sum(axis=1)
-        values = np.log(total) + np.log(lattice.scale.reshape(-1))
-    enumeration._check_rows(np.where(layout.valid, values, 0.0)[layout.cell_of_row], 0)
+        forward = np.log(lattice.scale.reshape(-1))
+        smoothed = np.log((lattice.alpha * lattice.beta).sum(axis=1))
+    for values in (forward, forward + smoothed):
+        enumeration._check_rows(np.where(layout.valid, values, 0.0)[layout.cell_of_row], 0)
     raise AssertionError("a cell failed its check but no row is impossible")
 
 

@@ -317,6 +317,9 @@ def _joint(compiled, rows, tables, chunk, varying):
         contribution = _contribution(compiled, rows, tables, name, chunk, n)
         shape = _scope_shape(compiled, view.latent_axes, own_axis)
         contribution = contribution.reshape((contribution.shape[0],) + tuple(shape))
+        if len(varying) == 1 and contribution.shape == shaped.shape and contribution.flags.c_contiguous:
+            # Contributions are fresh arrays: a single full-shaped one is the joint itself.
+            return contribution.reshape(n, compiled.n_configurations)
         if position == 0:
             shaped[...] = contribution
         else:

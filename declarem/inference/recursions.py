@@ -36,7 +36,8 @@ JOIN_TINY = 1e-290
 # Rows of a transfer matrix count as equal up to scale when every entry agrees to this,
 # relative (so the forward vectors filled from the common row agree to it too).
 SETTLED = 1e-13
-# Test for a common row every this many steps (a multiple of any ``every`` used).
+# Test for a common row every this many steps at first, then every twice as many
+# (a multiple of any ``every`` used).
 SETTLE_CHECK = 8
 # Entries of a unit-mass row below this are negligible in every sum they enter.
 NEGLIGIBLE = 1e-280
@@ -111,7 +112,7 @@ def _by_forgetting(start, transition, grid, layout, every, alpha, beta, scale):
     length, n_blocks, k = grid.shape
     limit = length - SETTLE_CHECK
     head = _settle(_ForwardProducts(start, transition, grid, layout, every, per_row=True), limit)
-    tail = None if head is None else _settle(_BackwardProducts(transition, grid, every), limit)
+    tail = None if head is None else _settle(_BackwardProducts(transition, grid, layout, every), limit)
     if tail is None:
         return None
     (entered, direction), (left, backward_direction) = head, tail
@@ -188,17 +189,22 @@ class _BackwardProducts:
     each normalised on its own (directions only).
     """
 
-    def __init__(self, transition, grid, every):
-        self.transposed, self.grid, self.every = np.ascontiguousarray(transition.T), grid, every
+    def __init__(self, transition, grid, layout, every):
+        self.transposed, self.grid, self.layout, self.every = np.ascontiguousarray(transition.T), grid, layout, every
         self.current = _identities(grid)
         self.spare = np.empty_like(self.current)
         self.taken = 0
 
     def step(self):
         length, k = self.grid.shape[0], self.grid.shape[2]
-        self.current *= self.grid[length - 1 - self.taken]
+        position = length - 1 - self.taken
+        self.current *= self.grid[position]
         np.matmul(self.current.reshape(-1, k), self.transposed, out=self.spare.reshape(-1, k))
         self.spare, self.current = self.current, self.spare
+        starting = self.layout.starts.get(position + 1)
+        if starting is not None:
+            # Before a sequence's first step lies padding, whose backward vectors are never used.
+            self.current[:, starting] = 1.0 / k
         self.taken += 1
         return _rescale_products(self.current, self.taken - 1, length, self.every, per_row=True)
 
@@ -209,18 +215,20 @@ def _identities(grid):
 
 
 def _rescale_products(products, steps_done, length, every, per_row):
-    """Rescale each block's product to unit mass at a rescaling step, or each row at every step.
+    """Rescale each block's product (or each row of it) to unit mass at a rescaling step.
 
-    Rows carry directions only (``per_row``): one step can shrink a row by any
-    factor (a column of a backward product starts as one state's emission), so
-    they are rescaled at every step, and rows of zero mass stay zero. Returns
-    False when a block's mass fell below ``TINY`` with ``every`` > 1.
+    Rows carry directions only (``per_row``), and rows of zero mass stay zero; they
+    are also rescaled after the first step, which can shrink a row by any factor (a
+    column of a backward product starts as one state's emission). Returns False when
+    a mass fell below ``TINY`` with ``every`` > 1.
     """
+    if not (_rescale_here(steps_done, length, every) or (per_row and steps_done == 0)):
+        return True
     if per_row:
         mass = products @ np.ones(products.shape[2])
+        if every > 1 and not ((mass == 0) | (mass >= TINY)).all():
+            return False
         products /= np.where(mass > 0, mass, 1.0)[:, :, None]
-        return True
-    if not _rescale_here(steps_done, length, every):
         return True
     mass = products.sum(axis=0) @ np.ones(products.shape[2])
     if every > 1 and not mass.min() >= TINY:
@@ -232,16 +240,20 @@ def _rescale_products(products, steps_done, length, every, per_row):
 def _settle(products, limit):
     """Steps until every block's product (rows rescaled on their own) has rows equal up to scale.
 
-    Returns (steps, that common row (n_blocks, k)), or None when not settled within
-    ``limit`` steps.
+    Tested after 8, 16, 24 and 32 steps, then every 16. Returns (steps, that common row
+    (n_blocks, k)), or None when not settled within ``limit`` steps or when a row's mass
+    fell below ``TINY`` between rescalings.
     """
-    while products.taken + SETTLE_CHECK <= limit:
-        for _ in range(SETTLE_CHECK):
-            products.step()
+    while True:
+        stride = SETTLE_CHECK if products.taken < 4 * SETTLE_CHECK else 2 * SETTLE_CHECK
+        if products.taken + stride > limit:
+            return None
+        for _ in range(stride):
+            if not products.step():
+                return None
         direction = _common_row(products.current)
         if direction is not None:
             return products.taken, direction
-    return None
 
 
 def _common_row(products):

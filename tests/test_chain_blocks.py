@@ -1,0 +1,211 @@
+"""The chain engine's block routes (declarem/inference/blocks.py, recursions.py) against plain per-sequence
+forward-backward: every route, block length, padding and fallback gives the same posteriors, transitions
+and log-likelihood."""
+
+import importlib.util
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import scipy.stats
+
+import declarem
+from declarem.errors import FitError
+from declarem.inference import chain, recursions
+
+ROOT = Path(__file__).resolve().parent.parent
+LENGTHS = [700, 1, 130, 64, 300, 65]
+PARAMS = {"z": {"start": [0.5, 0.3, 0.2], "probs": [[0.9, 0.07, 0.03], [0.05, 0.9, 0.05], [0.1, 0.1, 0.8]]},
+          "count": {"rate": [2.0, 8.0, 20.0]}}
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("poisson_hmm_reference", ROOT / "models" / "poisson_hmm_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def poisson_hmm(k=3):
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=k, lagged=["z"])
+    graph.add_node("count", family="poisson")
+    graph.add_edge("z", "count")
+    return declarem.Model(graph)
+
+
+def sample_counts(params, lengths, seed):
+    """Counts from the chain, drawn here in numpy (independent of declarem's sampler)."""
+    rng = np.random.default_rng(seed)
+    start, probs, rate = (np.asarray(params["z"]["start"]), np.asarray(params["z"]["probs"]),
+                          np.asarray(params["count"]["rate"]))
+    counts = []
+    for length in lengths:
+        state = rng.choice(len(start), p=start)
+        for _ in range(length):
+            counts.append(rng.poisson(rate[state]))
+            state = rng.choice(len(start), p=probs[state])
+    return {"count": np.array(counts)}
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return sample_counts(PARAMS, LENGTHS, seed=3)
+
+
+class Routes:
+    """Counts which route each forward-backward took."""
+
+    def __init__(self, monkeypatch):
+        self.taken = []
+        for name in ("_by_forgetting", "_by_products"):
+            original = getattr(recursions, name)
+
+            def spy(*args, _original=original, _name=name):
+                result = _original(*args)
+                self.taken.append((_name, args[4], result))
+                return result
+            monkeypatch.setattr(recursions, name, spy)
+
+    def filled_by(self):
+        return {(name, every) for name, every, result in self.taken if result}
+
+
+def force_block_length(monkeypatch, length):
+    monkeypatch.setattr(chain, "choose_block_length", lambda lengths, k: min(length, int(max(lengths))))
+
+
+def assert_equals_reference(data, params, lengths):
+    reference = _reference()
+    fit = declarem.Fit(model=poisson_hmm(len(params["z"]["start"])), params=params, loglik=0.0, history=[0.0],
+                       converged=False, n_iter=0, n_observations=len(data["count"]))
+    u, _, _, loglik = reference.posteriors(data, params, lengths=lengths)
+    np.testing.assert_allclose(fit.posterior(data, lengths=lengths)["z"], u, rtol=1e-9, atol=1e-12)
+    assert fit.score(data, lengths=lengths) == pytest.approx(loglik, rel=1e-12)
+    stepped = poisson_hmm(len(params["z"]["start"])).fit(data, init=params, max_iter=1, tol=0, lengths=lengths)
+    expected = reference.step(data, params, lengths=lengths)
+    for node, name in (("z", "start"), ("z", "probs"), ("count", "rate")):
+        np.testing.assert_allclose(stepped.params[node][name], expected[node][name], rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("length, route", [(16, "_by_products"), (64, "_by_forgetting"), (97, "_by_forgetting"),
+                                           (700, None)])
+def test_every_block_length_equals_the_per_sequence_reference(monkeypatch, counts, length, route):
+    """16-step blocks leave too little room to forget (8 steps) and join whole-block products; 700 is one block
+    per sequence."""
+    force_block_length(monkeypatch, length)
+    routes = Routes(monkeypatch)
+    assert_equals_reference(counts, PARAMS, LENGTHS)
+    assert routes.filled_by() == ({(route, chain.NORMALISE_EVERY)} if route else set())
+
+
+def test_whole_block_products_when_a_block_does_not_forget(monkeypatch, counts):
+    force_block_length(monkeypatch, 64)
+    monkeypatch.setattr(recursions, "SETTLED", -1.0)
+    routes = Routes(monkeypatch)
+    assert_equals_reference(counts, PARAMS, LENGTHS)
+    assert routes.filled_by() == {("_by_products", chain.NORMALISE_EVERY)}
+
+
+def test_a_slowly_mixing_chain_falls_back_to_products_unforced(monkeypatch):
+    sticky = {"z": {"start": [0.5, 0.5], "probs": [[0.999, 0.001], [0.001, 0.999]]}, "count": {"rate": [10.0, 10.5]}}
+    data = sample_counts(sticky, [3000], seed=5)
+    force_block_length(monkeypatch, 200)
+    routes = Routes(monkeypatch)
+    assert_equals_reference(data, sticky, [3000])
+    assert ("_by_products", chain.NORMALISE_EVERY) in routes.filled_by()
+
+
+def test_rescaling_at_every_step_then_one_block_per_sequence(monkeypatch, counts):
+    """When masses fall too far between rescalings the engine retries rescaling every step, then without blocks."""
+    force_block_length(monkeypatch, 64)
+    monkeypatch.setattr(recursions, "TINY", 2.0)
+    routes = Routes(monkeypatch)
+    assert_equals_reference(counts, PARAMS, LENGTHS)
+    assert ("_by_forgetting", 1) in routes.filled_by()
+    monkeypatch.setattr(recursions, "SETTLED", -1.0)
+    monkeypatch.setattr(recursions, "JOIN_TINY", 2.0)
+    stepwise = []
+    original = recursions._forward
+
+    def whole(*args):
+        stepwise.append(args[9] - args[8])
+        return original(*args)
+    monkeypatch.setattr(recursions, "_forward", whole)
+    assert_equals_reference(counts, PARAMS, LENGTHS)
+    assert max(stepwise) == max(LENGTHS)
+
+
+def test_masses_near_underflow_stay_exact():
+    """A transition of 1e-120 taken often: rescaled every four steps the mass would fall below TINY."""
+    params = {"z": {"start": [0.5, 0.5], "probs": [[1 - 1e-120, 1e-120], [1e-120, 1 - 1e-120]]},
+              "count": {"rate": [1.0, 60.0]}}
+    data = {"count": np.tile([0, 0, 60, 60, 0, 60, 0, 0, 60, 60], 40)}
+    reference = _reference()
+    fit = declarem.Fit(model=poisson_hmm(2), params=params, loglik=0.0, history=[0.0], converged=False, n_iter=0,
+                       n_observations=400)
+    u, _, _, loglik = reference.posteriors(data, params)
+    assert fit.score(data) == pytest.approx(loglik, rel=1e-12)
+    np.testing.assert_allclose(fit.posterior(data)["z"], u, rtol=1e-9, atol=1e-12)
+
+
+def test_an_impossible_row_is_named_in_row_order(monkeypatch):
+    force_block_length(monkeypatch, 64)
+    params = {"z": {"start": [1.0, 0.0], "probs": [[1.0, 0.0], [0.0, 1.0]]}, "count": {"rate": [3.0, 5.0]}}
+    data = {"count": np.zeros(500, dtype=int)}
+    params["count"]["rate"] = [0.0, 5.0]
+    fit = declarem.Fit(model=poisson_hmm(2), params=params, loglik=0.0, history=[0.0], converged=False, n_iter=0,
+                       n_observations=500)
+    assert fit.score(data, lengths=[200, 300]) == 0.0
+    data["count"][[350, 120]] = 4
+    with pytest.raises(FitError, match="row 120 has zero probability"):
+        fit.score(data, lengths=[200, 300])
+
+
+# -- a state that emits a mixture, in blocks, against numpy on the expanded state space -------------
+
+def test_a_state_emitting_a_mixture_in_blocks(monkeypatch):
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2, lagged=["z"])
+    graph.add_node("m", family="categorical", latent=True, k=2)
+    graph.add_node("x", family="normal")
+    graph.add_edges_from([("z", "m"), ("m", "x"), ("z", "x")])
+    params = {"z": {"start": [0.3, 0.7], "probs": [[0.8, 0.2], [0.35, 0.65]]},
+              "m": {"probs": [[0.6, 0.4], [0.1, 0.9]]},
+              "x": {"mean": [[-1.0, 0.5], [2.0, 3.5]], "var": [[1.0, 0.5], [0.7, 2.0]]}}
+    x = np.random.default_rng(8).normal(1.0, 2.0, size=500)
+    lengths = [320, 180]
+    force_block_length(monkeypatch, 64)
+    routes = Routes(monkeypatch)
+    fit = declarem.Fit(model=declarem.Model(graph), params=params, loglik=0.0, history=[0.0], converged=False,
+                       n_iter=0, n_observations=500)
+    marginals = fit.posterior({"x": x}, lengths=lengths)
+    loglik = fit.score({"x": x}, lengths=lengths)
+    assert routes.filled_by()
+    # Expanded states s = 2 z + m: start pi_z w_zm, transition A[z, z'] w_z'm', emission N(x; mean_zm, var_zm).
+    weights = np.asarray(params["m"]["probs"])
+    start = (np.asarray(params["z"]["start"])[:, None] * weights).reshape(-1)
+    transition = np.repeat(np.asarray(params["z"]["probs"]), 2, axis=0).repeat(2, axis=1) * weights.reshape(-1)
+    emission = scipy.stats.norm.pdf(x[:, None], np.asarray(params["x"]["mean"]).reshape(-1),
+                                    np.sqrt(np.asarray(params["x"]["var"]).reshape(-1)))
+    total, posterior = 0.0, []
+    for first, stop in ((0, 320), (320, 500)):
+        alpha = np.empty((stop - first, 4))
+        a = start * emission[first]
+        for t in range(stop - first):
+            if t:
+                a = (alpha[t - 1] @ transition) * emission[first + t]
+            total += np.log(a.sum())
+            alpha[t] = a / a.sum()
+        beta = np.ones(4)
+        smoothed = np.empty_like(alpha)
+        for t in range(stop - first - 1, -1, -1):
+            smoothed[t] = alpha[t] * beta / (alpha[t] * beta).sum()
+            beta = transition @ (emission[first + t] * beta)
+            beta /= beta.sum()
+        posterior.append(smoothed)
+    posterior = np.concatenate(posterior).reshape(-1, 2, 2)
+    assert loglik == pytest.approx(total, rel=1e-12)
+    np.testing.assert_allclose(marginals["z"], posterior.sum(axis=2), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(marginals["m"], posterior.sum(axis=1), rtol=1e-9, atol=1e-12)
