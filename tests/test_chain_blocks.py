@@ -12,7 +12,7 @@ import scipy.stats
 
 import declarem
 from declarem.errors import FitError
-from declarem.inference import chain, recursions
+from declarem.inference import chain, recursions, viterbi
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = [700, 1, 130, 64, 300, 65]
@@ -209,3 +209,76 @@ def test_a_state_emitting_a_mixture_in_blocks(monkeypatch):
     assert loglik == pytest.approx(total, rel=1e-12)
     np.testing.assert_allclose(marginals["z"], posterior.sum(axis=2), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(marginals["m"], posterior.sum(axis=1), rtol=1e-9, atol=1e-12)
+
+
+# -- Viterbi over blocks ----------------------------------------------------------------------------
+
+def plain_viterbi(log_start, log_transition, log_emission, lengths):
+    """Textbook per-sequence Viterbi in log space: the path (n,) and its log-probability."""
+    path, total, first = [], 0.0, 0
+    for length in lengths:
+        emission = log_emission[first:first + length]
+        delta = log_start + emission[0]
+        back = np.zeros((length, len(log_start)), dtype=int)
+        for t in range(1, length):
+            scores = delta[:, None] + log_transition
+            back[t] = scores.argmax(axis=0)
+            delta = scores.max(axis=0) + emission[t]
+        states = [int(delta.argmax())]
+        total += delta.max()
+        for t in range(length - 1, 0, -1):
+            states.append(int(back[t, states[-1]]))
+        path.extend(reversed(states))
+        first += length
+    return np.array(path), total
+
+
+@pytest.mark.parametrize("length, coalesce", [(16, True), (64, True), (97, True), (64, False), (700, True)])
+def test_viterbi_in_blocks_equals_the_textbook_one(monkeypatch, counts, length, coalesce):
+    force_block_length(monkeypatch, length)
+    if not coalesce:
+        monkeypatch.setattr(viterbi, "COALESCED", -1.0)
+    coalesced = []
+    original = viterbi._Products.coalesce
+
+    def spy(self, limit):
+        row = original(self, limit)
+        coalesced.append(row is not None)
+        return row
+    monkeypatch.setattr(viterbi._Products, "coalesce", spy)
+    fit = declarem.Fit(model=poisson_hmm(), params=PARAMS, loglik=0.0, history=[0.0], converged=False, n_iter=0,
+                       n_observations=len(counts["count"]))
+    log_emission = scipy.stats.poisson.logpmf(counts["count"][:, None], PARAMS["count"]["rate"])
+    expected, best = plain_viterbi(np.log(PARAMS["z"]["start"]), np.log(PARAMS["z"]["probs"]), log_emission, LENGTHS)
+    np.testing.assert_array_equal(fit.decode(counts, lengths=LENGTHS)["z"], expected)
+    hard = poisson_hmm().fit(counts, init=PARAMS, max_iter=1, tol=0, hard=True, lengths=LENGTHS)
+    assert hard.history[0] == pytest.approx(best, rel=1e-12)
+    assert set(coalesced) == (set() if length == 700 else {coalesce})
+
+
+def test_viterbi_of_a_state_emitting_a_mixture_in_blocks(monkeypatch):
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2, lagged=["z"])
+    graph.add_node("m", family="categorical", latent=True, k=3)
+    graph.add_node("x", family="normal")
+    graph.add_edges_from([("z", "m"), ("m", "x"), ("z", "x")])
+    params = {"z": {"start": [0.3, 0.7], "probs": [[0.9, 0.1], [0.2, 0.8]]},
+              "m": {"probs": [[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]},
+              "x": {"mean": [[-3.0, 0.0, 2.0], [4.0, 6.0, 9.0]], "var": [[1.0, 0.5, 2.0], [0.7, 2.0, 1.0]]}}
+    rng = np.random.default_rng(12)
+    x = np.concatenate([rng.normal(0.0, 2.0, 200), rng.normal(6.0, 2.0, 150), rng.normal(1.0, 3.0, 250)])
+    lengths = [420, 180]
+    force_block_length(monkeypatch, 64)
+    fit = declarem.Fit(model=declarem.Model(graph), params=params, loglik=0.0, history=[0.0], converged=False,
+                       n_iter=0, n_observations=len(x))
+    decoded = fit.decode({"x": x}, lengths=lengths)
+    # Expanded states s = 3 z + m, as in the forward-backward test above.
+    weights = np.asarray(params["m"]["probs"])
+    log_start = np.log((np.asarray(params["z"]["start"])[:, None] * weights).reshape(-1))
+    log_transition = np.log(np.repeat(np.asarray(params["z"]["probs"]), 3, axis=0).repeat(3, axis=1)
+                            * weights.reshape(-1))
+    log_emission = scipy.stats.norm.logpdf(x[:, None], np.asarray(params["x"]["mean"]).reshape(-1),
+                                           np.sqrt(np.asarray(params["x"]["var"]).reshape(-1)))
+    expected, _ = plain_viterbi(log_start, log_transition, log_emission, lengths)
+    np.testing.assert_array_equal(decoded["z"], expected // 3)
+    np.testing.assert_array_equal(decoded["m"], expected % 3)

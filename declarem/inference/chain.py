@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import enumeration
-from . import recursions
+from . import recursions, viterbi
 from .blocks import BlockLayout, choose_block_length
 from .engine import EnumerationEngine
 
@@ -54,12 +54,7 @@ class ChainEngine(EnumerationEngine):
         self.axis = compiled.latent.index(self.chain)
         self.k = compiled.latent_sizes[self.axis]
         self.lengths = np.asarray(lengths, dtype=np.intp)
-        starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.intp)
-        # Longest sequences first: at step t the sequences still running are a prefix.
-        order = np.argsort(-self.lengths, kind="stable")
-        self.starts = starts[order]
-        self.sorted_lengths = self.lengths[order]
-        self.firsts = starts
+        self.firsts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.intp)
         self.varying = enumeration.varying_factors(compiled, rows)
         self.within = [name for name in self.varying if name != self.chain]
         self.blocked = _Grid(rows, BlockLayout(self.lengths, choose_block_length(self.lengths, self.k)))
@@ -84,10 +79,6 @@ class ChainEngine(EnumerationEngine):
         sizes = list(self.compiled.latent_sizes)
         moved = [sizes[self.axis]] + sizes[:self.axis] + sizes[self.axis + 1:]
         return np.moveaxis(array.reshape((len(array),) + tuple(moved)), 1, self.axis + 1).reshape(len(array), -1)
-
-    def _running(self, t):
-        """How many sequences (longest first) have a step t."""
-        return int(np.searchsorted(-self.sorted_lengths, -(t + 1), side="right"))
 
     @property
     def stepwise(self):
@@ -286,49 +277,29 @@ class ChainEngine(EnumerationEngine):
         chain = tables[self.chain].probabilities
         with np.errstate(divide="ignore"):
             log_start, log_transition = np.log(chain[0]), np.log(chain[1:])
-        rows = self.rows
-        log_emission = np.empty((rows.n_rows, self.compiled.n_configurations))
-        for start in range(0, rows.n_rows, enumeration.CHUNK_ROWS):
-            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, rows.n_rows))
-            log_emission[chunk] = self._log_emissions(tables, rows, chunk)
+        grid = self.blocked
+        log_emission = np.empty((grid.layout.n_cells, self.compiled.n_configurations))
+        for start in range(0, grid.layout.n_cells, enumeration.CHUNK_ROWS):
+            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, grid.layout.n_cells))
+            log_emission[chunk] = self._log_emissions(tables, grid.rows, chunk)
+        log_emission[~grid.layout.valid] = 0.0
         emission = self._chain_view(log_emission)
-        n_rows, rest = self.rows.n_rows, emission.shape[2]
-        delta = np.empty_like(emission)
-        back = np.zeros((n_rows, self.k), dtype=np.intp)
-        rows0 = self.starts
-        delta[rows0] = log_start[None, :, None] + emission[rows0]
-        for t in range(1, int(self.sorted_lengths[0])):
-            active = self._running(t)
-            current = self.starts[:active] + t
-            previous = delta[current - 1]
-            best_rest = previous.argmax(axis=2)
-            best = np.take_along_axis(previous, best_rest[:, :, None], axis=2)[:, :, 0]
-            scores = best[:, :, None] + log_transition[None]
-            from_state = scores.argmax(axis=1)
-            back[current] = from_state * rest + np.take_along_axis(best_rest, from_state, axis=1)
-            delta[current] = np.take_along_axis(scores, from_state[:, None, :], axis=1)[:, 0, :, None] + \
-                emission[current]
-        lasts = self.starts + self.sorted_lengths - 1
-        flat = delta[lasts].reshape(len(lasts), -1)
-        state = flat.argmax(axis=1)
-        score = float(flat[np.arange(len(lasts)), state].sum())
+        best_rest = emission.argmax(axis=2)
+        per_state = np.take_along_axis(emission, best_rest[:, :, None], axis=2)[:, :, 0]
+        cells = grid.layout.cell_of_row
+        states = viterbi.best_path(log_start, log_transition, per_state, grid.layout)[cells]
+        rest = best_rest[cells, states]
+        following = np.ones(self.rows.n_rows, dtype=bool)
+        following[self.firsts] = False
+        with np.errstate(invalid="ignore"):
+            score = float(log_start[states[self.firsts]].sum()
+                          + log_transition[states[:-1], states[1:]][following[1:]].sum()
+                          + per_state[cells, states].sum())
         enumeration._check_rows(np.atleast_1d(score), 0)
-        path = np.empty(n_rows, dtype=np.intp)
-        for t in range(int(self.sorted_lengths[0]) - 1, -1, -1):
-            active = self._running(t)
-            current = self.starts[:active] + t
-            ending = self.sorted_lengths[:active] == t + 1
-            chosen = state[:active].copy()
-            going_on = current[~ending]
-            chosen[~ending] = back[going_on + 1, path[going_on + 1] // rest]
-            path[current] = chosen
-        # Chain-view indices (z * rest + other) -> configuration indices.
-        z, other = np.divmod(path, rest)
-        one_hot = np.zeros((n_rows, self.k, rest))
-        one_hot[np.arange(n_rows), z, other] = 1.0
+        # Chain-view indices (z, other) -> configuration indices.
+        one_hot = np.zeros((self.rows.n_rows, self.k, emission.shape[2]))
+        one_hot[np.arange(self.rows.n_rows), states, rest] = 1.0
         return self._from_chain_view(one_hot).argmax(axis=1), score + self.rows.base_total
-
-
 
 class _Emissions(NamedTuple):
     """A grid's emissions, each cell scaled by its largest configuration."""

@@ -13,7 +13,8 @@ backward vector at its end. Two exact ways to get them:
   with the product over a block's last steps. Only 2m steps of (k, k) products
   are formed, and nothing runs block after block.
 - *Products* (``_by_products``), when some block has not forgotten within its
-  length: whole-block transfer matrices, joined block after block.
+  length: whole-block transfer matrices, joined by a scan over each sequence's
+  blocks.
 
 Both carry directions only; the per-step scales come from the forward fill,
 which is the sequential recursion once a block's entering vector is known.
@@ -277,32 +278,36 @@ def _common_row(products):
 def _join_blocks(products, layout, incoming, outgoing):
     """Fill in the forward vector entering each block and the backward vector at each block's end.
 
-    Block after block within a sequence, vectorised over sequences. Writes ``incoming``
-    and ``outgoing`` (n_blocks, k); returns False when a joined mass is not above
-    ``JOIN_TINY``.
+    A scan over each sequence's blocks in log2(blocks) rounds (Hillis and Steele):
+    round d multiplies each running product by the one d blocks before it (forward)
+    or after it (backward), for all blocks of all sequences at once. The forward
+    products start from a sequence's first block, whose rows are all the start, so
+    their rows stay equal: the entering vector is any row. Writes ``incoming`` and
+    ``outgoing`` (n_blocks, k); returns False when a product's mass is not above
+    ``JOIN_TINY`` (its entries may have underflowed).
     """
-    chains, active = layout.chains, layout.active
+    chains = layout.chains
     k, most = products.shape[0], chains.shape[1]
-    ordered = products.transpose(1, 0, 2)[chains]          # (sequences, most blocks, k, k)
-    ones = np.ones(k)
-    forward = np.full((most, active[0], k), 1.0 / k)
-    backward = np.ones((most, active[0], k))
-    masses = np.ones((2, most, active[0]))
-    for column in range(most - 1):
-        running = active[column + 1]
-        joined = np.matmul(forward[column, :running, None, :], ordered[:running, column])[:, 0]
-        mass = masses[0, column, :running] = joined @ ones
-        np.divide(joined, mass[:, None], out=forward[column + 1, :running])
-    for column in range(most - 1, 0, -1):
-        running = active[column]
-        joined = np.matmul(ordered[:running, column], backward[column, :running, :, None])[:, :, 0]
-        mass = masses[1, column, :running] = joined @ ones
-        np.divide(joined, mass[:, None], out=backward[column - 1, :running])
-    if not masses.min() > JOIN_TINY:
-        return False
     present = chains >= 0
-    incoming[chains[present]] = forward.transpose(1, 0, 2)[present]
-    outgoing[chains[present]] = backward.transpose(1, 0, 2)[present]
+    ordered = products.transpose(1, 0, 2)[np.where(present, chains, 0)]       # (sequences, most, k, k)
+    ordered[~present] = np.eye(k)
+    prefix, suffix = ordered, ordered.copy()
+    shift = 1
+    while shift < most:
+        earlier = np.matmul(prefix[:, :-shift], prefix[:, shift:])
+        later = np.matmul(suffix[:, :-shift], suffix[:, shift:])
+        for joined in (earlier, later):
+            mass = joined.sum(axis=(2, 3))
+            if not mass.min() > JOIN_TINY:
+                return False
+            joined /= mass[:, :, None, None]
+        prefix[:, shift:], suffix[:, :-shift] = earlier, later
+        shift *= 2
+    entering = prefix[:, :-1].sum(axis=2)                                      # (sequences, most - 1, k)
+    leaving = suffix[:, 1:].sum(axis=3)
+    follows = present[:, 1:]
+    incoming[chains[:, 1:][follows]] = entering[follows] / entering[follows].sum(axis=1, keepdims=True)
+    outgoing[chains[:, :-1][follows]] = leaving[follows] / leaving[follows].sum(axis=1, keepdims=True)
     return True
 
 
