@@ -123,8 +123,8 @@ class ChainEngine(EnumerationEngine):
         scaled = np.empty((n_cells, self.compiled.n_configurations)) if rest > 1 else None
         offset = np.zeros(n_cells)
         in_probabilities = enumeration.categorical_only(self.compiled, self.within)
-        for start in range(0, n_cells, enumeration.CHUNK_ROWS):
-            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
+
+        def emit(chunk):
             target = scaled[chunk] if rest > 1 else per_state[chunk]
             valid = layout.valid[chunk]
             constant = enumeration._constant_loglik(self.compiled, grid.rows, tables, self.varying, chunk)
@@ -146,6 +146,9 @@ class ChainEngine(EnumerationEngine):
                 offset[chunk] = peak + constant if valid.all() else np.where(valid, peak + constant, 0.0)
             if rest > 1:
                 per_state[chunk] = self._chain_view(target).sum(axis=2)
+
+        for chunk in _chunks(n_cells):
+            emit(chunk)
         if not np.isfinite(offset).all():
             enumeration._check_rows(offset[layout.cell_of_row], 0)
         per_state[~layout.valid] = 1.0
@@ -174,25 +177,31 @@ class ChainEngine(EnumerationEngine):
         alpha, beta, per_state = lattice.alpha, lattice.beta, emissions.per_state
         scale = lattice.scale.reshape(-1)
         n_cells, n_blocks = layout.n_cells, layout.n_blocks
-        expected = np.zeros((k, k))
         ones = np.ones(k)
-        for start in range(0, n_cells, enumeration.CHUNK_ROWS):
-            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
+
+        def smooth(chunk):
+            """The chunk's posterior over configurations and its share of the expected transitions, or None."""
             valid, following = layout.valid[chunk], layout.following[chunk]
             mass = alpha[chunk] * beta[chunk]
             with np.errstate(divide="ignore", invalid="ignore"):
                 inverse = 1.0 / (mass @ ones)
             # A zero, infinite or undefined total (a zero scale leaves NaN) marks an impossible row.
             if not ((inverse > 0) & (inverse < np.inf) | ~valid).all():
-                _raise_impossible(lattice, layout)
+                return chunk, None, None
             mass *= np.where(valid, inverse, 0.0)[:, None]
             ahead = per_state[chunk] * beta[chunk]
             ahead *= np.where(following, inverse / scale[chunk], 0.0)[:, None]
-            low = max(start, n_blocks)
-            if low < chunk.stop:
-                expected += alpha[low - n_blocks:chunk.stop - n_blocks].T @ ahead[low - start:]
+            low = max(chunk.start, n_blocks)
+            share = alpha[low - n_blocks:chunk.stop - n_blocks].T @ ahead[low - chunk.start:]
             if emissions.scaled is not None:
                 mass = self._within(mass, emissions.scaled[chunk], per_state[chunk])
+            return chunk, mass, share
+
+        expected = np.zeros((k, k))
+        for chunk, mass, share in map(smooth, _chunks(n_cells)):
+            if mass is None:
+                _raise_impossible(lattice, layout)
+            expected += share
             consume(grid, chunk, mass)
         if len(layout.continued):
             # Steps whose predecessor ends the block before: position 0 of a continuing block.
@@ -300,6 +309,12 @@ class ChainEngine(EnumerationEngine):
         one_hot = np.zeros((self.rows.n_rows, self.k, emission.shape[2]))
         one_hot[np.arange(self.rows.n_rows), states, rest] = 1.0
         return self._from_chain_view(one_hot).argmax(axis=1), score + self.rows.base_total
+
+def _chunks(n_cells):
+    """Slices of ``CHUNK_ROWS`` cells covering a grid."""
+    return [slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
+            for start in range(0, n_cells, enumeration.CHUNK_ROWS)]
+
 
 class _Emissions(NamedTuple):
     """A grid's emissions, each cell scaled by its largest configuration."""
