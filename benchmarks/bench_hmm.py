@@ -4,14 +4,20 @@ Usage: python benchmarks/bench_hmm.py [--repeats 5] [--iterations 20] [--cases N
 
 Cases (issue #9): 8 states; Gaussian emissions in 4 dimensions with diagonal and with full
 covariance, on 100 sequences of 1,000 steps and on one sequence of 100,000 steps; categorical
-emissions over 1,000 symbols on the same two layouts. Seeded data; both libraries start from the
-same parameters (hmmlearn: ``implementation="scaling"``, its faster one, plain maximum likelihood).
+emissions over 1,000 symbols on the same two layouts. Seeded data drawn from an HMM (staying put
+with probability 0.8; Gaussian means 2 apart in each dimension; each state's symbols uniform over
+a window of 250 that overlaps the next state's by half). Both libraries start from the same
+parameters (Gaussian means the true ones plus standard normal noise, as a k-means start would
+give, and unit variances; categorical tables drawn from a flat Dirichlet, so the first iterations
+see nearly uninformative emissions; both add 1e-6 to each variance, ``reg_covar`` and ``min_covar``) and hmmlearn runs
+``implementation="scaling"``, its faster one, plain maximum likelihood.
 
 - per iteration: a fit of ``--iterations`` iterations with convergence off, whole (validation and
   setup included), divided by its iterations; the libraries take turns; median of ``--repeats``.
   declarem runs one E-step more than it has iterations (the objective at the final parameters).
 - to convergence: one fit each, declarem at ``tol=1e-8`` (relative objective change and parameter
-  distance), hmmlearn at the same relative change turned into its absolute ``tol``; iterations and time.
+  distance), hmmlearn at the same relative change turned into its absolute ``tol``, both at most
+  ``CONVERGE_ITERATIONS``; iterations and time.
 - memory: peak of traced allocations during one fit (numpy reports its arrays to tracemalloc), each
   library on its own.
 declarem's derivation is compiled before timing.
@@ -29,6 +35,7 @@ from machine import cpu_model, loadavg, ncpu
 import declarem
 
 STATES, DIM, SYMBOLS = 8, 4, 1000
+CONVERGE_ITERATIONS = 300
 LAYOUTS = {"100 x 1,000": [1000] * 100, "1 x 100,000": [100000]}
 EMISSIONS = ("diag", "full", "categorical")
 
@@ -39,21 +46,21 @@ class Case:
     def __init__(self, emission, lengths, rng):
         self.emission, self.lengths = emission, lengths
         n = sum(lengths)
-        states = rng.integers(0, STATES, size=n)
         probs = np.full((STATES, STATES), 0.2 / (STATES - 1))
         np.fill_diagonal(probs, 0.8)
+        states = np.concatenate([markov_states(probs, length, rng) for length in lengths])
         self.chain = {"start": np.full(STATES, 1 / STATES), "probs": probs}
         graph = nx.DiGraph()
         graph.add_node("z", family="categorical", latent=True, k=STATES, lagged=["z"])
         if emission == "categorical":
-            self.x = ((states * SYMBOLS // STATES + rng.integers(0, SYMBOLS // 2, size=n)) % SYMBOLS)[:, None]
+            self.x = ((states * SYMBOLS // STATES + rng.integers(0, 2 * SYMBOLS // STATES, size=n)) % SYMBOLS)[:, None]
             table = rng.dirichlet(np.ones(SYMBOLS), size=STATES)
             self.data = {"x": self.x[:, 0]}
             self.init = {"z": self.chain, "x": {"probs": table}}
             graph.add_node("x", family="categorical", k=SYMBOLS)
         else:
-            self.x = rng.normal(size=(n, DIM)) + states[:, None]
-            mean = rng.normal(size=(STATES, DIM)) * 2
+            self.x = rng.normal(size=(n, DIM)) + 2.0 * states[:, None]
+            mean = 2.0 * np.arange(STATES)[:, None] + rng.normal(size=(STATES, DIM))
             var = np.ones((STATES, DIM)) if emission == "diag" else np.tile(np.eye(DIM), (STATES, 1, 1))
             self.data = {f"x_{i}": self.x[:, i] for i in range(DIM)}
             self.init = {"z": self.chain, "x": {"mean": mean, "var" if emission == "diag" else "cov": var}}
@@ -62,7 +69,7 @@ class Case:
         self.model = declarem.Model(graph)
 
     def ours(self, iterations, tol=0.0):
-        return self.model.fit(self.data, init=self.init, max_iter=iterations, tol=tol, reg_covar=0,
+        return self.model.fit(self.data, init=self.init, max_iter=iterations, tol=tol, reg_covar=1e-6,
                               lengths=self.lengths)
 
     def theirs(self, iterations, tol=0.0):
@@ -72,11 +79,22 @@ class Case:
             peer.emissionprob_ = self.init["x"]["probs"]
         else:
             peer = hmm.GaussianHMM(STATES, self.emission, init_params="", params="stmc", n_iter=iterations, tol=tol,
-                                   implementation="scaling", covars_prior=0, min_covar=0)
+                                   implementation="scaling", covars_prior=0, min_covar=1e-6)
             peer.means_ = self.init["x"]["mean"]
             peer.covars_ = self.init["x"]["var" if self.emission == "diag" else "cov"]
         peer.startprob_, peer.transmat_ = self.chain["start"], self.chain["probs"]
         return peer.fit(self.x, self.lengths)
+
+
+def markov_states(probs, length, rng):
+    """A path of the chain from a uniform start, drawn through cumulative rows."""
+    cumulative = np.cumsum(probs, axis=1)
+    draws = rng.random(length)
+    states = np.empty(length, dtype=np.intp)
+    states[0] = int(draws[0] * len(probs))
+    for t in range(1, length):
+        states[t] = min(int(np.searchsorted(cumulative[states[t - 1]], draws[t])), len(probs) - 1)
+    return states
 
 
 def seconds(run):
@@ -119,8 +137,8 @@ def main():
             ours, theirs = np.median(samples, axis=0)
             converge = "", ""
             if not args.no_converge:
-                took, fit = seconds(lambda: case.ours(1000, tol=1e-8))
-                peer_took, peer = seconds(lambda: case.theirs(1000, tol=1e-8 * abs(fit.loglik)))
+                took, fit = seconds(lambda: case.ours(CONVERGE_ITERATIONS, tol=1e-8))
+                peer_took, peer = seconds(lambda: case.theirs(CONVERGE_ITERATIONS, tol=1e-8 * abs(fit.loglik)))
                 converge = (f"{took:.2f} s, {fit.n_iter} it", f"{peer_took:.2f} s, {peer.monitor_.iter} it")
             memory = peak_bytes(lambda: case.ours(2)) / 2**20, peak_bytes(lambda: case.theirs(2)) / 2**20
             print(f"| {name} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | **{ours / theirs:.2f}** | {converge[0]} | "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import check_regular_file, node_data
+from .data import check_regular_file, node_data, sequence_lengths
 from .em import initial_params, mstep
 from .errors import OptionError, ReferenceUpdateError
 from .inference import engine_for, prepare_rows
@@ -105,7 +105,7 @@ def _flatten(compiled, external):
 
 
 def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, seed=0, weights=None,
-            rtol=1e-8, atol=1e-10, source="data"):
+            rtol=1e-8, atol=1e-10, source="data", lengths=None):
     """Run the derived update and a reference update side by side from the same start.
 
     Parameters
@@ -114,7 +114,8 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
     data : mapping of str to array
         Passed to the reference as it is.
     reference : callable
-        ``step(data, params) -> params``.
+        ``step(data, params) -> params``; for a chain over several sequences,
+        ``step(data, params, lengths=[...]) -> params``.
     init : mapping, optional
         The start; anything not given comes from the seeded default initialisation.
     iterations : int
@@ -122,6 +123,9 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
         0 by default: the exact derived update is held against the reference.
     rtol, atol : float
         A difference is within tolerance when abs diff <= atol + rtol * |derived value|.
+    lengths : list of int, optional
+        Rows per sequence of a model with a chain, as for ``fit``; by default the spec's
+        ``[data] sequence`` column, else one sequence.
 
     Returns
     -------
@@ -132,8 +136,11 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
     compiled = model.compiled
     if weights is None:
         weights = model.data_info.get("weights")
-    rows = prepare_rows(compiled, node_data(model, data, weights, source=source))
-    engine = engine_for(compiled, rows)
+    checked = node_data(model, data, weights, source=source)
+    lengths = sequence_lengths(model, data, lengths, checked.n_rows, source)
+    rows = prepare_rows(compiled, checked)
+    engine = engine_for(compiled, rows, lengths)
+    sequences = {} if lengths is None or len(lengths) == 1 else {"lengths": list(lengths)}
     given = check_init(compiled, init)
     start = initial_params(engine, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]),
                            given, reg_covar)
@@ -155,7 +162,7 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
         derived = mstep(compiled, stats, derived, reg_covar)
         derived_objective.append(objective(derived))
         try:
-            returned = reference({k: np.asarray(v) for k, v in data.items()}, _copy(reference_external))
+            returned = reference({k: np.asarray(v) for k, v in data.items()}, _copy(reference_external), **sequences)
         except Exception as exc:  # the user's code: any failure is reported as theirs
             raise ReferenceUpdateError(f"the reference raised {type(exc).__name__} at iteration {i + 1}: {exc}") from None
         reference_external = _complete(compiled, returned, i + 1)

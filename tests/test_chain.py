@@ -3,6 +3,7 @@ Baum-Welch reference and Zucchini & MacDonald's published fit; declarations and 
 
 import importlib.util
 import itertools
+import json
 from pathlib import Path
 
 import networkx as nx
@@ -11,7 +12,9 @@ import pytest
 import scipy.stats
 
 import declarem
+from declarem.compare import compare
 from declarem.data import read_csv
+from support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_START = {"z": {"start": [0.5, 0.5], "probs": [[0.9, 0.1], [0.1, 0.9]]}, "count": {"rate": [10.0, 30.0]}}
@@ -177,6 +180,30 @@ def test_spec_with_lagged_and_a_sequence_column(tmp_path, quakes):
                                                                    zip(runs, quakes["count"])) + "\n")
     with pytest.raises(declarem.DeclaremError, match="column 'run', row 45: .*contiguous"):
         model.fit(tmp_path / "quakes.csv")
+
+
+def test_compare_passes_the_sequences_to_the_reference(tmp_path, quakes):
+    """The spec's sequence column splits the data for the derived update and reaches the reference as lengths."""
+    runs = np.repeat([7, 3, 9], [40, 30, 37])
+    (tmp_path / "quakes.csv").write_text("run,count\n" + "\n".join(f"{r},{int(c)}" for r, c in
+                                                                   zip(runs, quakes["count"])) + "\n")
+    (tmp_path / "spec.toml").write_text(SPEC)
+    (tmp_path / "init.json").write_text(json.dumps(BOOK_START))
+    reference = ROOT / "models" / "poisson_hmm_reference.py"
+    result = run_cli("compare", tmp_path / "spec.toml", "--reference", reference, "--init", tmp_path / "init.json",
+                     "--data", tmp_path / "quakes.csv")
+    assert result.returncode == 0, result.stdout + result.stderr
+    model = poisson_hmm()
+    seen = []
+
+    def one_sequence(data, params):
+        seen.append(len(data["count"]))
+        return _reference().step(data, params)
+    assert compare(model, quakes, one_sequence, init=BOOK_START, iterations=2).agree and seen == [107, 107]
+    split = compare(model, quakes, _reference().step, init=BOOK_START, iterations=3, lengths=[40, 30, 37])
+    assert split.agree
+    with pytest.raises(declarem.DeclaremError, match="reference raised TypeError"):
+        compare(model, quakes, one_sequence, init=BOOK_START, lengths=[40, 67])
 
 
 @pytest.mark.parametrize("lengths, fragment", [

@@ -834,6 +834,9 @@ def spec_tables(draw):
         if index == 0 and len(names) > 1 and draw(st.integers(0, 9)) < 7:
             table = {"family": "categorical", "latent": True,
                      "k": pick(draw, junk_rate + 3, st.integers(2, 3), st.sampled_from(HUGE_INTS))}
+            if draw(st.integers(0, 4)) == 0:
+                # A hidden Markov chain: the rows become one sequence of time steps.
+                table["lagged"] = [name]
         else:
             table = draw(node_table(name, names[:index], names, categorical, user_names, junk_rate))
         if table.get("family") == "categorical":

@@ -42,6 +42,8 @@ SETTLED = 1e-13
 SETTLE_CHECK = 8
 # Entries of a unit-mass row below this are negligible in every sum they enter.
 NEGLIGIBLE = 1e-280
+# A row of a product whose mass falls below this in one step may have lost entries to underflow.
+ROW_TINY = 1e-280
 
 
 class Lattice(NamedTuple):
@@ -111,8 +113,10 @@ def _by_forgetting(start, transition, grid, layout, every, alpha, beta, scale):
     block has not forgotten within its length.
     """
     length, n_blocks, k = grid.shape
-    limit = length - SETTLE_CHECK
-    head = _settle(_ForwardProducts(start, transition, grid, layout, every, per_row=True), limit)
+    head = _settle(_ForwardProducts(start, transition, grid, layout, every, per_row=True), length - SETTLE_CHECK)
+    # The backward products forget about as fast as the forward ones did: a chain whose backward
+    # rows still differ long after that (states that reach only some others) joins products instead.
+    limit = min(length - SETTLE_CHECK, max(8 * SETTLE_CHECK, 4 * head[0])) if head is not None else 0
     tail = None if head is None else _settle(_BackwardProducts(transition, grid, layout, every), limit)
     if tail is None:
         return None
@@ -199,9 +203,14 @@ class _BackwardProducts:
     def step(self):
         length, k = self.grid.shape[0], self.grid.shape[2]
         position = length - 1 - self.taken
-        self.current *= self.grid[position]
-        np.matmul(self.current.reshape(-1, k), self.transposed, out=self.spare.reshape(-1, k))
-        self.spare, self.current = self.current, self.spare
+        if self.taken == 0:
+            # Row j is column j of the transition times the last emission of j: its direction is
+            # the column alone (the emission, however small, only scales it), or zero.
+            self.current[...] = self.transposed[:, None, :] * (self.grid[position].T > 0)[:, :, None]
+        else:
+            self.current *= self.grid[position]
+            np.matmul(self.current.reshape(-1, k), self.transposed, out=self.spare.reshape(-1, k))
+            self.spare, self.current = self.current, self.spare
         starting = self.layout.starts.get(position + 1)
         if starting is not None:
             # Before a sequence's first step lies padding, whose backward vectors are never used.
@@ -216,20 +225,20 @@ def _identities(grid):
 
 
 def _rescale_products(products, steps_done, length, every, per_row):
-    """Rescale each block's product (or each row of it) to unit mass at a rescaling step.
+    """Rescale each block's product to unit mass at a rescaling step, or each row at every step.
 
-    Rows carry directions only (``per_row``), and rows of zero mass stay zero; they
-    are also rescaled after the first step, which can shrink a row by any factor (a
-    column of a backward product starts as one state's emission). Returns False when
-    a mass fell below ``TINY`` with ``every`` > 1.
+    Rows carry directions only (``per_row``), and rows of zero mass stay zero; one step can
+    shrink a row by any factor, so they are rescaled at every step. Returns False when a
+    mass fell below ``TINY`` with ``every`` > 1, or a row's below ``ROW_TINY`` in one step
+    (its entries may have underflowed).
     """
-    if not (_rescale_here(steps_done, length, every) or (per_row and steps_done == 0)):
-        return True
     if per_row:
         mass = products @ np.ones(products.shape[2])
-        if every > 1 and not ((mass == 0) | (mass >= TINY)).all():
+        if ((mass > 0) & (mass < ROW_TINY)).any():
             return False
         products /= np.where(mass > 0, mass, 1.0)[:, :, None]
+        return True
+    if not _rescale_here(steps_done, length, every):
         return True
     mass = products.sum(axis=0) @ np.ones(products.shape[2])
     if every > 1 and not mass.min() >= TINY:
