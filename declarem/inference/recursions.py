@@ -42,8 +42,11 @@ SETTLED = 1e-13
 SETTLE_CHECK = 8
 # Entries of a unit-mass row below this are negligible in every sum they enter.
 NEGLIGIBLE = 1e-280
-# A row of a product whose mass falls below this in one step may have lost entries to underflow.
+# A row of a product whose mass falls below this in one step may have lost entries to underflow;
+# rows are rescaled before their mass falls below ROW_SMALL (one more step cannot take it below ROW_TINY
+# unless a single step shrinks it by 1e-180).
 ROW_TINY = 1e-280
+ROW_SMALL = 1e-100
 
 
 class Lattice(NamedTuple):
@@ -228,15 +231,18 @@ def _rescale_products(products, steps_done, length, every, per_row):
     """Rescale each block's product to unit mass at a rescaling step, or each row at every step.
 
     Rows carry directions only (``per_row``), and rows of zero mass stay zero; one step can
-    shrink a row by any factor, so they are rescaled at every step. Returns False when a
-    mass fell below ``TINY`` with ``every`` > 1, or a row's below ``ROW_TINY`` in one step
+    shrink a row by any factor, so their masses are looked at every step and they are
+    rescaled when one is below ``ROW_SMALL`` or a test for a common row comes next. Returns
+    False when a mass fell below ``TINY`` with ``every`` > 1, or a row's below ``ROW_TINY``
     (its entries may have underflowed).
     """
     if per_row:
         mass = products @ np.ones(products.shape[2])
         if ((mass > 0) & (mass < ROW_TINY)).any():
             return False
-        products /= np.where(mass > 0, mass, 1.0)[:, :, None]
+        # Divide only before a test for a common row, or when a row has become small.
+        if (steps_done + 1) % SETTLE_CHECK == 0 or np.where(mass > 0, mass, 1.0).min() < ROW_SMALL:
+            products /= np.where(mass > 0, mass, 1.0)[:, :, None]
         return True
     if not _rescale_here(steps_done, length, every):
         return True
