@@ -165,12 +165,29 @@ def test_an_impossible_row_is_named_in_row_order(monkeypatch):
 
 # -- a state that emits a mixture, in blocks, against numpy on the expanded state space -------------
 
-def test_a_state_emitting_a_mixture_in_blocks(monkeypatch):
+def mixture_chain(components):
+    """A two-state chain whose states emit a mixture of ``components`` normals (z -> m -> x)."""
     graph = nx.DiGraph()
     graph.add_node("z", family="categorical", latent=True, k=2, lagged=["z"])
-    graph.add_node("m", family="categorical", latent=True, k=2)
+    graph.add_node("m", family="categorical", latent=True, k=components)
     graph.add_node("x", family="normal")
     graph.add_edges_from([("z", "m"), ("m", "x"), ("z", "x")])
+    return declarem.Model(graph)
+
+
+def expanded_chain(params, x):
+    """The same chain on expanded states s = components * z + m: start, transition, emission densities (n, S)."""
+    weights = np.asarray(params["m"]["probs"])
+    components = weights.shape[1]
+    start = (np.asarray(params["z"]["start"])[:, None] * weights).reshape(-1)
+    transition = np.repeat(np.repeat(np.asarray(params["z"]["probs"]), components, axis=0), components, axis=1) \
+        * weights.reshape(-1)
+    emission = scipy.stats.norm.pdf(x[:, None], np.asarray(params["x"]["mean"]).reshape(-1),
+                                    np.sqrt(np.asarray(params["x"]["var"]).reshape(-1)))
+    return start, transition, emission
+
+
+def test_a_state_emitting_a_mixture_in_blocks(monkeypatch):
     params = {"z": {"start": [0.3, 0.7], "probs": [[0.8, 0.2], [0.35, 0.65]]},
               "m": {"probs": [[0.6, 0.4], [0.1, 0.9]]},
               "x": {"mean": [[-1.0, 0.5], [2.0, 3.5]], "var": [[1.0, 0.5], [0.7, 2.0]]}}
@@ -178,17 +195,12 @@ def test_a_state_emitting_a_mixture_in_blocks(monkeypatch):
     lengths = [320, 180]
     force_block_length(monkeypatch, 64)
     routes = Routes(monkeypatch)
-    fit = declarem.Fit(model=declarem.Model(graph), params=params, loglik=0.0, history=[0.0], converged=False,
+    fit = declarem.Fit(model=mixture_chain(2), params=params, loglik=0.0, history=[0.0], converged=False,
                        n_iter=0, n_observations=500)
     marginals = fit.posterior({"x": x}, lengths=lengths)
     loglik = fit.score({"x": x}, lengths=lengths)
     assert routes.filled_by()
-    # Expanded states s = 2 z + m: start pi_z w_zm, transition A[z, z'] w_z'm', emission N(x; mean_zm, var_zm).
-    weights = np.asarray(params["m"]["probs"])
-    start = (np.asarray(params["z"]["start"])[:, None] * weights).reshape(-1)
-    transition = np.repeat(np.asarray(params["z"]["probs"]), 2, axis=0).repeat(2, axis=1) * weights.reshape(-1)
-    emission = scipy.stats.norm.pdf(x[:, None], np.asarray(params["x"]["mean"]).reshape(-1),
-                                    np.sqrt(np.asarray(params["x"]["var"]).reshape(-1)))
+    start, transition, emission = expanded_chain(params, x)
     total, posterior = 0.0, []
     for first, stop in ((0, 320), (320, 500)):
         alpha = np.empty((stop - first, 4))
@@ -257,11 +269,6 @@ def test_viterbi_in_blocks_equals_the_textbook_one(monkeypatch, counts, length, 
 
 
 def test_viterbi_of_a_state_emitting_a_mixture_in_blocks(monkeypatch):
-    graph = nx.DiGraph()
-    graph.add_node("z", family="categorical", latent=True, k=2, lagged=["z"])
-    graph.add_node("m", family="categorical", latent=True, k=3)
-    graph.add_node("x", family="normal")
-    graph.add_edges_from([("z", "m"), ("m", "x"), ("z", "x")])
     params = {"z": {"start": [0.3, 0.7], "probs": [[0.9, 0.1], [0.2, 0.8]]},
               "m": {"probs": [[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]},
               "x": {"mean": [[-3.0, 0.0, 2.0], [4.0, 6.0, 9.0]], "var": [[1.0, 0.5, 2.0], [0.7, 2.0, 1.0]]}}
@@ -269,16 +276,11 @@ def test_viterbi_of_a_state_emitting_a_mixture_in_blocks(monkeypatch):
     x = np.concatenate([rng.normal(0.0, 2.0, 200), rng.normal(6.0, 2.0, 150), rng.normal(1.0, 3.0, 250)])
     lengths = [420, 180]
     force_block_length(monkeypatch, 64)
-    fit = declarem.Fit(model=declarem.Model(graph), params=params, loglik=0.0, history=[0.0], converged=False,
+    fit = declarem.Fit(model=mixture_chain(3), params=params, loglik=0.0, history=[0.0], converged=False,
                        n_iter=0, n_observations=len(x))
     decoded = fit.decode({"x": x}, lengths=lengths)
-    # Expanded states s = 3 z + m, as in the forward-backward test above.
-    weights = np.asarray(params["m"]["probs"])
-    log_start = np.log((np.asarray(params["z"]["start"])[:, None] * weights).reshape(-1))
-    log_transition = np.log(np.repeat(np.asarray(params["z"]["probs"]), 3, axis=0).repeat(3, axis=1)
-                            * weights.reshape(-1))
-    log_emission = scipy.stats.norm.logpdf(x[:, None], np.asarray(params["x"]["mean"]).reshape(-1),
-                                           np.sqrt(np.asarray(params["x"]["var"]).reshape(-1)))
-    expected, _ = plain_viterbi(log_start, log_transition, log_emission, lengths)
+    start, transition, emission = expanded_chain(params, x)
+    with np.errstate(divide="ignore"):
+        expected, _ = plain_viterbi(np.log(start), np.log(transition), np.log(emission), lengths)
     np.testing.assert_array_equal(decoded["z"], expected // 3)
     np.testing.assert_array_equal(decoded["m"], expected % 3)
