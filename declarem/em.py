@@ -239,8 +239,8 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget < 0
                                       or not isinstance(memory_budget, (int, np.integer))):
         raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
-    rows = prepare_rows(compiled, prepared, memory_budget)
-    engine = engine_for(compiled, rows, lengths)
+    engine = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget), lengths)
+    rows = engine.rows
     given = check_init(compiled, init)
     best = None
     failures = []

@@ -59,6 +59,9 @@ class ChainEngine(EnumerationEngine):
         self.varying = enumeration.varying_factors(compiled, rows)
         self.within = [name for name in self.varying if name != self.chain]
         self.blocked = _Grid(rows, BlockLayout(self.lengths, choose_block_length(self.lengths, self.k)))
+        # The grid holds the statistics the iterations read; rows in data order form theirs when
+        # needed, so T(X) is not held twice.
+        self.rows = rows.streamed(compiled)
         self._stepwise = None
 
     # -- the pieces ---------------------------------------------------------------------------

@@ -96,6 +96,17 @@ class Rows:
     def shifts(self):
         return {name: f.shift for name, f in self.factors.items() if f.shift is not None}
 
+    def streamed(self, compiled):
+        """These rows without stored dense statistics: each use forms them from the data, chunk by chunk.
+
+        For an engine that keeps its own copy in another order (a chain's block grid) and reads
+        these only now and then (initialisation, hard EM).
+        """
+        factors = {name: replace(view, statistics=None)
+                   if compiled.factors[name].layout == "dense" and view.values is not None else view
+                   for name, view in self.factors.items()}
+        return Rows(n_rows=self.n_rows, weights=self.weights, factors=factors, base_total=self.base_total)
+
     def take(self, indices):
         """These rows in another order, with repeats (a chain's block grid): a new Rows.
 
