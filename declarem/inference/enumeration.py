@@ -347,7 +347,7 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
         if view.observed_offset is None:
             flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
             with np.errstate(invalid="ignore"):
-                per_set = statistics @ eta.T
+                per_set = _narrow_product(statistics, eta.T)
                 per_set -= log_partition
             contribution = per_set if view.identity_sets else per_set[:, set_index.reshape(-1)]
         else:
@@ -471,3 +471,22 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names):
 def _column_sums(array):
     """Column sums of a tall (n, m) array as one matrix-vector product (numpy's axis-0 sum is several times slower)."""
     return np.ones(len(array)) @ array
+
+
+# A product of a tall array with a narrow one (few statistics times few parameter sets) is
+# cut into row blocks of at most this many multiply-adds: OpenBLAS runs larger ones on
+# several threads, which for these shapes is 3-4x slower than one thread on a quiet machine
+# and stalls on a busy one.
+NARROW_BLOCK = 1 << 17
+
+
+def _narrow_product(tall, narrow):
+    """``tall @ narrow`` for tall (n, s) and narrow (s, m); in row blocks when s * m is small."""
+    width = tall.shape[1] * narrow.shape[1]
+    if width > 256 or len(tall) * width <= NARROW_BLOCK:
+        return tall @ narrow
+    out = np.empty((len(tall), narrow.shape[1]))
+    step = max(1, NARROW_BLOCK // width)
+    for first in range(0, len(tall), step):
+        np.matmul(tall[first:first + step], narrow, out=out[first:first + step])
+    return out
