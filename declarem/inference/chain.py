@@ -11,10 +11,12 @@ recursions therefore sum (or maximise) over the other axes first and move
 k-vectors between steps.
 
 Forward-backward runs in scaled probability space: each row's emissions are
-divided by their largest entry (kept as a log offset), and alpha is normalised
-at every step (the normalisers give the log-likelihood). Sequences are aligned
-at their first step and processed together, step by step, so the work per step
-is vectorised over sequences and configurations.
+divided by their largest entry (kept as a log offset), and alpha is rescaled
+every few steps (the scales give the log-likelihood). The rows are laid out once
+in a grid of blocks (``blocks.py``); the recursions over it are in
+``recursions.py`` (sums) and ``viterbi.py`` (maxima). This module forms the
+emissions and, from the forward and backward vectors, the posteriors and
+expected statistics, chunk by chunk so that each chunk is used while in cache.
 """
 
 from typing import NamedTuple
@@ -22,8 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import DataError
-from . import enumeration
-from . import recursions, viterbi
+from . import enumeration, recursions, viterbi
 from .blocks import BlockLayout, choose_block_length
 from .engine import EnumerationEngine
 
