@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the command line run in this process.
+"""Helpers shared by the tests: the command line run in this process, a Python file loaded as a module.
 
 A fresh interpreter per command costs the import of declarem (with sympy and scipy) every time;
 most tests run ``declarem.cli.main`` here instead, with standard output, standard error and
@@ -7,6 +7,7 @@ warnings captured as a process would show them. A few tests still run the real
 """
 
 import contextlib
+import importlib.util
 import io
 import subprocess
 import warnings
@@ -29,6 +30,15 @@ k = 2
 family = "poisson"
 parents = ["z"]
 """
+
+
+def load_file(path, name=None):
+    """Load the Python file ``path`` (a reference update, a page generator) as a module named after it."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write(path, content):

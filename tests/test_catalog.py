@@ -24,7 +24,6 @@ of the ML estimate: < 0.05 SD.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import json
 import tomllib
@@ -33,20 +32,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import load_file
+
 declarem = pytest.importorskip("declarem")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
 
 
-def _load_make_data():
-    spec = importlib.util.spec_from_file_location("catalog_make_data", MODELS_DIR / "make_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_data = _load_make_data()
+make_data = load_file(MODELS_DIR / "make_data.py", "catalog_make_data")
 TRUE_PARAMS = json.loads((MODELS_DIR / "true_params.json").read_text())
 
 # Parametric bootstrap SDs of the ML estimates (200 replicates, make_data.py --bootstrap 200).

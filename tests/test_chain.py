@@ -1,7 +1,6 @@
 """Hidden Markov chains from lag edges: forward-backward and Viterbi against brute force, the hand-coded
 Baum-Welch reference and Zucchini & MacDonald's published fit; declarations and bad input."""
 
-import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -14,17 +13,14 @@ import scipy.stats
 import declarem
 from declarem.compare import compare
 from declarem.data import read_csv
-from support import run_cli
+from support import load_file, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_START = {"z": {"start": [0.5, 0.5], "probs": [[0.9, 0.1], [0.1, 0.9]]}, "count": {"rate": [10.0, 30.0]}}
 
 
 def _reference():
-    spec = importlib.util.spec_from_file_location("poisson_hmm_reference", ROOT / "models" / "poisson_hmm_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(ROOT / "models" / "poisson_hmm_reference.py")
 
 
 def poisson_hmm(k=2, prior=None):

@@ -2,7 +2,6 @@
 forward-backward: every route, block length, padding and fallback gives the same posteriors, transitions
 and log-likelihood."""
 
-import importlib.util
 from pathlib import Path
 
 import networkx as nx
@@ -13,6 +12,7 @@ import scipy.stats
 import declarem
 from declarem.errors import FitError
 from declarem.inference import chain, recursions, viterbi
+from support import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = [700, 1, 130, 64, 300, 65]
@@ -21,10 +21,7 @@ PARAMS = {"z": {"start": [0.5, 0.3, 0.2], "probs": [[0.9, 0.07, 0.03], [0.05, 0.
 
 
 def _reference():
-    spec = importlib.util.spec_from_file_location("poisson_hmm_reference", ROOT / "models" / "poisson_hmm_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(ROOT / "models" / "poisson_hmm_reference.py")
 
 
 def poisson_hmm(k=3):

@@ -16,7 +16,6 @@
 """
 
 import doctest
-import importlib.util
 import json
 import os
 import re
@@ -26,7 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import load_file, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -152,9 +151,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_families_page_is_fresh():
-    spec = importlib.util.spec_from_file_location("generate_families", ROOT / "docs" / "generate_families.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file(ROOT / "docs" / "generate_families.py")
     committed = (ROOT / "docs" / "families.md").read_text()
     assert committed == module.render(), "docs/families.md is stale: run python docs/generate_families.py"
 

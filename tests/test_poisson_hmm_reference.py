@@ -8,7 +8,6 @@ limit), and, where installed, hmmlearn's PoissonHMM after 10 iterations from the
 """
 
 import csv
-import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -16,18 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import load_file
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("poisson_hmm_reference", MODELS / "poisson_hmm_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_file(MODELS / "poisson_hmm_reference.py")
 
 
 def _earthquakes():

@@ -9,7 +9,6 @@ mistake must make ``compare`` exit 1.
 """
 
 import csv
-import importlib.util
 import json
 import textwrap
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import declarem
 from declarem.cli import main
 from declarem.compare import compare, load_reference
+from support import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -175,10 +175,7 @@ def test_every_reference_names_its_spec():
 # ---------------------------------------------------------------------------------------------
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("generate_models", ROOT / "docs" / "generate_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(ROOT / "docs" / "generate_models.py")
 
 
 def test_catalog_pages_are_fresh():

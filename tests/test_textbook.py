@@ -12,7 +12,6 @@ Exact arithmetic (fractions) and closed forms are computed in this file, not tak
 """
 
 import csv
-import importlib.util
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from scipy import optimize
 
 import declarem
+from support import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -38,10 +38,7 @@ def load(name):
 
 
 def reference(name):
-    spec = importlib.util.spec_from_file_location(f"textbook_{name}", MODELS / f"{name}_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(MODELS / f"{name}_reference.py", f"textbook_{name}")
 
 
 # ---------------------------------------------------------------------------------------------

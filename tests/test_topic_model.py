@@ -23,7 +23,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pytest
-from support import run_cli
+from support import load_file, run_cli
 import scipy.sparse
 
 import declarem
@@ -40,10 +40,7 @@ RTOL = 1e-10
 
 
 def _load_reference():
-    spec = importlib.util.spec_from_file_location("topic_model_reference", MODELS / "topic_model_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(MODELS / "topic_model_reference.py")
 
 
 ref = _load_reference()
