@@ -134,17 +134,21 @@ def test_rescaling_at_every_step_then_one_block_per_sequence(monkeypatch, counts
     assert max(stepwise) == max(LENGTHS)
 
 
-def test_masses_near_underflow_stay_exact():
-    """A transition of 1e-120 taken often: rescaled every four steps the mass would fall below TINY."""
+def test_masses_near_underflow_stay_exact(monkeypatch):
+    """A transition of 1e-120 taken at every step, the other state's emission nil: rescaled only every
+    four steps the mass falls below TINY, so the engine rescales at every step; the results stay exact."""
     params = {"z": {"start": [0.5, 0.5], "probs": [[1 - 1e-120, 1e-120], [1e-120, 1 - 1e-120]]},
-              "count": {"rate": [1.0, 60.0]}}
-    data = {"count": np.tile([0, 0, 60, 60, 0, 60, 0, 0, 60, 60], 40)}
+              "count": {"rate": [1.0, 400.0]}}
+    data = {"count": np.tile([0, 400], 200)}
+    force_block_length(monkeypatch, 64)
+    routes = Routes(monkeypatch)
     reference = _reference()
     fit = declarem.Fit(model=poisson_hmm(2), params=params, loglik=0.0, history=[0.0], converged=False, n_iter=0,
                        n_observations=400)
     u, _, _, loglik = reference.posteriors(data, params)
     assert fit.score(data) == pytest.approx(loglik, rel=1e-12)
     np.testing.assert_allclose(fit.posterior(data)["z"], u, rtol=1e-9, atol=1e-12)
+    assert routes.filled_by() and all(every == 1 for _, every in routes.filled_by())
 
 
 def test_an_impossible_row_is_named_in_row_order(monkeypatch):

@@ -262,8 +262,7 @@ class ChainEngine(EnumerationEngine):
         steps = np.flatnonzero(following)
         transitions = chain[steps - 1].T @ chain[steps]
         stats = enumeration.ExpectedStatistics(self.compiled)
-        for start in range(0, self.rows.n_rows, enumeration.CHUNK_ROWS):
-            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, self.rows.n_rows))
+        for chunk in _chunks(self.rows.n_rows):
             enumeration._accumulate(self.compiled, self.rows, posterior[chunk], chunk, stats, self.within)
         return self._finish(stats, transitions, first)
 
@@ -296,8 +295,7 @@ class ChainEngine(EnumerationEngine):
             log_start, log_transition = np.log(chain[0]), np.log(chain[1:])
         grid = self.blocked
         log_emission = np.empty((grid.layout.n_cells, self.compiled.n_configurations))
-        for start in range(0, grid.layout.n_cells, enumeration.CHUNK_ROWS):
-            chunk = slice(start, min(start + enumeration.CHUNK_ROWS, grid.layout.n_cells))
+        for chunk in _chunks(grid.layout.n_cells):
             log_emission[chunk] = self._log_emissions(tables, grid.rows, chunk)
         log_emission[~grid.layout.valid] = 0.0
         emission = self._chain_view(log_emission)
@@ -318,8 +316,9 @@ class ChainEngine(EnumerationEngine):
         one_hot[np.arange(self.rows.n_rows), states, rest] = 1.0
         return self._from_chain_view(one_hot).argmax(axis=1), score + self.rows.base_total
 
+
 def _chunks(n_cells):
-    """Slices of ``CHUNK_ROWS`` cells covering a grid."""
+    """Slices of ``CHUNK_ROWS`` rows or cells covering ``n_cells``."""
     return [slice(start, min(start + enumeration.CHUNK_ROWS, n_cells))
             for start in range(0, n_cells, enumeration.CHUNK_ROWS)]
 

@@ -111,9 +111,9 @@ def _common_row(products):
     relative = np.where(feasible[:, :, None], products - np.where(np.isfinite(peak), peak, 0.0), np.nan)
     reference = np.nanmax(relative, axis=0)                              # (n_blocks, k)
     finite = np.isfinite(reference)
+    known = np.where(finite, reference, 0.0)
     same_pattern = (np.isfinite(relative) == finite) | ~feasible[:, :, None]
-    close = np.abs(np.where(finite, relative - reference, 0.0)) <= COALESCED * (1 + np.abs(np.where(finite, reference,
-                                                                                                        0.0)))
+    close = np.abs(np.where(finite, relative - reference, 0.0)) <= COALESCED * (1 + np.abs(known))
     if not (same_pattern & (close | ~feasible[:, :, None])).all():
         return None
     return reference
