@@ -115,6 +115,10 @@ class Factor:
     """What every compiled factor shares: parents, parameter shapes and conversions."""
 
     layout = "dense"
+    # How a row with some of the node's values missing enters: each missing column drops out
+    # ("columns": independent columns, categories), or the missing coordinates are integrated
+    # out jointly, their statistics replaced by conditional moments ("conditional").
+    missing_rule = "columns"
 
     def __init__(self, model, node):
         self.node = node
@@ -210,11 +214,27 @@ class Factor:
         return total
 
     # -- data -----------------------------------------------------------------------------
+    @property
+    def weight_shape(self):
+        """Shape of the E-step's weight per parameter set: (n_sets,), or (n_sets, columns) for independent columns."""
+        return (self.n_sets,)
+
     def shift_for(self, values, weights):
-        """The centring shift of a location family's data (weighted column means), else None."""
+        """The centring shift of a location family's data (weighted means of the present values), else None."""
         if self.location is None:
             return None
-        return np.average(values.reshape(len(values), -1), axis=0, weights=weights).reshape(values.shape[1:])
+        flat = values.reshape(len(values), -1)
+        present = ~np.isnan(flat)
+        mass = weights[:, None] * present
+        return ((mass * np.where(present, flat, 0.0)).sum(axis=0) / mass.sum(axis=0)).reshape(values.shape[1:])
+
+    def base(self, values, holes=None):
+        """Log base measure of each row, (n_rows,); 0 for factors without one."""
+        return np.zeros(len(values))
+
+    def statistics_with_holes(self, values, holes):
+        """T(X) of rows with missing cells: the missing ones filled with 0 (a factor may do otherwise)."""
+        return self.statistics(np.where(holes.reshape(values.shape), 0.0, values))
 
     def _keep_empty_sets(self, new, old, set_weights):
         """Sets that received no weight keep their previous parameters (reported, never guessed)."""
@@ -320,6 +340,10 @@ class ScalarFactor(Factor):
     def width(self):
         return self.dim * self.statistic_count
 
+    @property
+    def weight_shape(self):
+        return (self.n_sets, self.dim)
+
     def _columns(self, params):
         """Parameters as (n_sets, dim) arrays, tied ones broadcast."""
         return [np.broadcast_to(params[name].reshape(self.n_sets, -1), (self.n_sets, self.dim))
@@ -331,10 +355,24 @@ class ScalarFactor(Factor):
         stacked = np.stack([t(values) for t in self._statistics], axis=-1)
         return stacked.reshape(len(values), self.dim * self.statistic_count)
 
-    def base(self, values):
-        """Log base measure of each row, summed over columns: (n_rows,)."""
+    def base(self, values, holes=None):
+        """Log base measure of each row, summed over its present columns: (n_rows,)."""
+        values = values.reshape(len(values), self.dim)
         with np.errstate(all="ignore"):
-            return self._base(values.reshape(len(values), self.dim)).sum(axis=1)
+            per_column = np.broadcast_to(self._base(values), values.shape)
+        if holes is not None:
+            per_column = np.where(holes.reshape(values.shape), 0.0, per_column)
+        return per_column.sum(axis=1)
+
+    def statistics_with_holes(self, values, holes):
+        """T of each column, zero in the missing cells (they contribute no statistics)."""
+        values = values.reshape(len(values), self.dim)
+        holes = holes.reshape(values.shape)
+        # Any value in the support serves as the filler: its statistics are zeroed next.
+        filler = np.array([values[~holes[:, j], j][0] if (~holes[:, j]).any() else 0.0 for j in range(self.dim)])
+        statistics = self.statistics(np.where(holes, filler, values))
+        statistics[np.repeat(holes, self.statistic_count, axis=1)] = 0.0
+        return statistics
 
     def natural(self, params):
         """eta of shape (n_sets, dim * n_statistics) and A of shape (n_sets,)."""
@@ -343,6 +381,22 @@ class ScalarFactor(Factor):
             eta = np.stack([f(*columns) for f in self._natural], axis=-1)
             log_partition = self._log_partition(*columns).sum(axis=1)
         return eta.reshape(self.n_sets, -1), log_partition
+
+    def missing_correction(self, params, values, holes, context):
+        """What a row's missing cells take off T . eta - A: their columns' log-partitions, (m, n_sets).
+
+        Parameters
+        ----------
+        values : ndarray of shape (m, dim)
+        holes : ndarray of bool, shape (m, dim)
+        context : dict
+            Per E-step scratch space (holds the per-column log-partitions).
+        """
+        if "column_log_partition" not in context:
+            with np.errstate(all="ignore"):
+                per_column = self._log_partition(*self._columns(params))
+            context["column_log_partition"] = np.broadcast_to(per_column, (self.n_sets, self.dim))
+        return holes @ context["column_log_partition"].T
 
     def boundary_log_density(self, values, sets, params):
         """log p(x) - h(x) evaluated directly, for parameters on the boundary of their domain.
@@ -363,9 +417,11 @@ class ScalarFactor(Factor):
         ndarray of shape (m,)
         """
         columns = [c[sets] for c in self._columns(params)]
+        values = values.reshape(len(values), self.dim)
         with np.errstate(all="ignore"):
-            density = self.kernels.boundary_log_density(values.reshape(len(values), self.dim), *columns)
-        return np.broadcast_to(density, (len(values), self.dim)).sum(axis=1)
+            density = self.kernels.boundary_log_density(values, *columns)
+        # A missing cell contributes a factor 1.
+        return np.where(np.isnan(values), 0.0, np.broadcast_to(density, values.shape)).sum(axis=1)
 
     def mstep(self, sums, set_weights, old, reg_covar):
         """New parameters from weighted sums of the statistics.
@@ -373,13 +429,15 @@ class ScalarFactor(Factor):
         Parameters
         ----------
         sums : ndarray of shape (n_sets, dim * n_statistics)
-        set_weights : ndarray of shape (n_sets,)
+        set_weights : ndarray of shape (n_sets, dim)
+            The weight of each set on each column (rows where the column is missing do not count).
         old : dict or None
             The previous internal parameters (start of any numeric search).
         reg_covar : float
         """
+        set_weights = np.broadcast_to(set_weights.reshape(self.n_sets, -1), (self.n_sets, self.dim))
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = sums.reshape(self.n_sets, self.dim, self.statistic_count) / set_weights[:, None, None]
+            means = sums.reshape(self.n_sets, self.dim, self.statistic_count) / set_weights[:, :, None]
         flat = means.reshape(-1, self.statistic_count)
         flat = np.where(np.isfinite(flat), flat, 1.0)
         if old is None:
@@ -394,17 +452,35 @@ class ScalarFactor(Factor):
             if name in self._pooled and (name in self.tie_columns or spec.tied_across_parents):
                 value = self._pool(name, means, set_weights, spec)
             new[name] = value.reshape((self.n_sets,) + spec.own_shape).copy()
-        new = self._keep_empty_sets(new, old, set_weights)
+        new = self._keep_empty_columns(new, old, set_weights)
         return self._regularize(new, reg_covar)
+
+    def _keep_empty_columns(self, new, old, set_weights):
+        """A set's column that received no weight (all its rows missing there) keeps its previous value."""
+        empty_sets = ~(set_weights > 0).any(axis=1)
+        new = self._keep_empty_sets(new, old, np.where(empty_sets, 0.0, 1.0))
+        empty = (set_weights <= 0) & ~empty_sets[:, None]
+        if not empty.any():
+            return new
+        for name, spec in self.params.items():
+            if spec.own_shape != (self.dim,):
+                continue
+            fallback = np.broadcast_to(self.default_value(spec), new[name].shape) if old is None else old[name]
+            new[name][empty] = fallback[empty]
+        return new
 
     def _pool(self, name, means, set_weights, spec):
         with np.errstate(invalid="ignore"):
             phi = self._pooled[name](*[means[..., j] for j in range(self.statistic_count)])
         if name in self.tie_columns:
-            phi = phi.mean(axis=1, keepdims=True)
+            # Each column weighs by its set's weight on it (they differ where values are missing).
+            column_weights = set_weights.sum(axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                phi = (np.where(set_weights > 0, phi, 0.0) * set_weights).sum(axis=1, keepdims=True) / column_weights
         if spec.tied_across_parents:
-            used = set_weights > 0
-            phi = np.broadcast_to(np.average(phi[used], axis=0, weights=set_weights[used]), phi.shape)
+            totals = set_weights.sum(axis=1)
+            used = totals > 0
+            phi = np.broadcast_to(np.average(phi[used], axis=0, weights=totals[used]), phi.shape)
         return np.broadcast_to(phi, (self.n_sets, phi.shape[1]))
 
 
@@ -424,14 +500,68 @@ class GaussianFactor(Factor):
                                        symmetric=True)
         self.statistic_count = self.parts.statistic_size(self.dim)
 
+    missing_rule = "conditional"
+
     def statistics(self, values):
         return self.parts.statistics(values.reshape(len(values), self.dim))
 
-    def base(self, values):
-        return np.full(len(values), self.parts.base(self.dim))
+    def base(self, values, holes=None):
+        """-dim/2 log(2 pi) per row, 0 on rows with nothing present.
+
+        A partly missing row's missing coordinates give their share back in ``missing_correction``.
+        """
+        base = np.full(len(values), self.parts.base(self.dim))
+        if holes is not None:
+            base[holes.reshape(len(values), -1).all(axis=1)] = 0.0
+        return base
 
     def natural(self, params):
         return self.parts.natural(params["mean"], params["cov"])
+
+    def _conditionals(self, params, patterns, context):
+        """Precision, P mu and the patterns' conditional covariances at ``params``: once per E-step."""
+        key = ("conditionals", id(patterns))
+        if key not in context:
+            if "precision" not in context:
+                context["precision"] = self.parts.precision_and_shift(params["mean"], params["cov"])
+            precision, _ = context["precision"]
+            context[key] = self.parts.pattern_conditionals(precision, patterns)
+        return context["precision"] + (context[key],)
+
+    def missing_patterns(self, holes):
+        """The distinct missing-coordinate patterns of a data set's rows (built once per data set)."""
+        return self.parts.missing_patterns(holes)
+
+    def missing_correction(self, params, x0, positions, patterns, context):
+        """The marginal log-density of partly missing rows minus their joint one at x0, (m, n_sets).
+
+        Parameters
+        ----------
+        x0 : ndarray of shape (m, dim)
+            The rows, zero where missing; each has some coordinate present and some missing.
+        positions : ndarray of int, shape (m,)
+            The rows' indices in the data set ``patterns`` describes.
+        """
+        precision, shifted, conditionals = self._conditionals(params, patterns, context)
+        groups = patterns.groups_in(positions)
+        correction, fills = self.parts.conditional_fill(x0, precision, shifted, groups, conditionals)
+        return correction
+
+    def conditional_sums(self, params, x0, positions, patterns, weights, context):
+        """Weighted sums of the statistics of partly missing rows, their missing coordinates integrated out.
+
+        Parameters
+        ----------
+        weights : ndarray of shape (m, n_sets)
+
+        Returns
+        -------
+        ndarray of shape (n_sets, statistic_count)
+        """
+        precision, shifted, conditionals = self._conditionals(params, patterns, context)
+        groups = patterns.groups_in(positions)
+        _, fills = self.parts.conditional_fill(x0, precision, shifted, groups, conditionals)
+        return self.parts.conditional_moments(x0, weights, groups, conditionals, fills)
 
     def mstep(self, sums, set_weights, old, reg_covar):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -475,9 +605,6 @@ class CategoricalFactor(Factor):
 
     def statistics(self, values):
         return values
-
-    def base(self, values):
-        return np.zeros(len(values))
 
     def natural(self, params):
         with np.errstate(divide="ignore"):
@@ -585,9 +712,6 @@ class DeterministicFactor(Factor):
 
     def statistics(self, values):
         return values
-
-    def base(self, values):
-        return np.zeros(len(values))
 
     def natural(self, params):
         return self._log_table, None

@@ -12,7 +12,7 @@ import re
 import stat
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,13 +28,40 @@ class NodeData:
     n_rows : int
     values : dict of str to ndarray
         Per observed node: shape (n_rows,) for a scalar node (int for a
-        categorical one), (n_rows, dim) for a vector node.
+        categorical one, with MISSING_CATEGORY where missing), (n_rows, dim)
+        for a vector node (NaN where missing).
     weights : ndarray of shape (n_rows,)
+    missing : dict of str to ndarray of bool
+        Per observed node with missing values only: where they are, the shape of its values.
+    labels : dict of str to ndarray of int
+        Per latent node given as a data column (partial labels): shape (n_rows,),
+        MISSING_CATEGORY where the node stays latent.
     """
 
     n_rows: int
     values: dict
     weights: np.ndarray
+    missing: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def n_missing(self):
+        """Number of missing cells over the observed nodes."""
+        return int(sum(int(mask.sum()) for mask in self.missing.values()))
+
+    @property
+    def n_missing_rows(self):
+        """Number of rows with at least one missing observed value."""
+        if not self.missing:
+            return 0
+        incomplete = np.zeros(self.n_rows, dtype=bool)
+        for mask in self.missing.values():
+            incomplete |= mask.reshape(self.n_rows, -1).any(axis=1)
+        return int(incomplete.sum())
+
+
+# A missing value of a categorical node (and an unlabelled row of a partially labelled latent node).
+MISSING_CATEGORY = -1
 
 
 def group_identical_rows(model, checked):
@@ -57,18 +84,22 @@ def group_identical_rows(model, checked):
     names = list(checked.values)
     if not names or not all(model.nodes[n].is_discrete for n in names) or model.chain is not None:
         return checked  # a chain's rows are time steps in order: never regrouped
-    sizes = [model.nodes[n].k for n in names]
+    columns = [checked.values[n] for n in names] + list(checked.labels.values())
+    # One more value per column: a missing one (MISSING_CATEGORY, shifted to 0).
+    sizes = [model.nodes[n].k + 1 for n in names] + [model.nodes[n].k + 1 for n in checked.labels]
     if np.prod(np.array(sizes, dtype=float)) >= 2.0 ** 62:
         return checked
     # One mixed-radix integer per row: sorting integers is far cheaper than sorting rows.
     codes = np.zeros(checked.n_rows, dtype=np.int64)
-    for name, size in zip(names, sizes):
-        codes = codes * size + checked.values[name]
+    for column, size in zip(columns, sizes):
+        codes = codes * size + (column - MISSING_CATEGORY)
     distinct, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     if len(distinct) == checked.n_rows:
         return checked
     weights = np.bincount(inverse.reshape(-1), weights=checked.weights, minlength=len(distinct))
-    return NodeData(n_rows=len(distinct), values={n: checked.values[n][first] for n in names}, weights=weights)
+    return NodeData(n_rows=len(distinct), values={n: checked.values[n][first] for n in names}, weights=weights,
+                    missing={n: mask[first] for n, mask in checked.missing.items()},
+                    labels={n: labels[first] for n, labels in checked.labels.items()})
 
 
 FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
@@ -197,11 +228,19 @@ def _parse_row(row, header, line_number, path):
         raise DataError(f"{path}: line {line_number} has {len(row)} fields; the header has {len(header)}")
     parsed = []
     for name, cell in zip(header, row):
+        if cell.strip() in MISSING_CELLS:
+            parsed.append(np.nan)
+            continue
         try:
             parsed.append(float(cell))
         except ValueError:
-            raise DataError(f"{path}: line {line_number}, column '{name}': {cell!r} is not a number") from None
+            raise DataError(f"{path}: line {line_number}, column '{name}': {cell!r} is not a number "
+                            "(leave the cell empty, or write NA, where the value is missing)") from None
     return parsed
+
+
+# CSV cells that mean "missing": empty, and R's NA.
+MISSING_CELLS = ("", "NA")
 
 
 COUNT_COLUMN = "count"
@@ -363,6 +402,7 @@ def node_data(model, data, weights=None, source="data"):
     columns = as_columns(data, source)
     n_rows = None
     values = {}
+    missing = {}
     for name in model.observed:
         node = model.nodes[name]
         array, label = _node_array(model, name, columns, source)
@@ -370,11 +410,35 @@ def node_data(model, data, weights=None, source="data"):
             n_rows = len(array)
         elif len(array) != n_rows:
             raise DataError(f"{source}: column '{label}' has {len(array)} rows; other columns have {n_rows}")
-        values[name] = _checked_values(node, array, label, source)
+        values[name], holes = _checked_values(node, array, label, source)
+        if holes is not None:
+            missing[name] = holes
+    labels = {}
+    for name in model.latent:
+        if name not in columns:
+            continue
+        array = _numeric(columns[name], name, source)
+        if n_rows is not None and array.shape != (n_rows,):
+            raise DataError(f"{source}: column '{name}' (labels of latent node '{name}') has shape {array.shape}; "
+                            f"expected ({n_rows},), one label or NaN per row")
+        n_rows = len(array) if n_rows is None else n_rows
+        labels[name] = _checked_labels(model.nodes[name], array, source)
     if n_rows == 0:
         raise DataError(f"{source}: no rows")
     weights = _weights(weights, columns, n_rows, source)
-    return NodeData(n_rows=n_rows, values=values, weights=weights)
+    return NodeData(n_rows=n_rows, values=values, weights=weights, missing=missing, labels=labels)
+
+
+def _checked_labels(node, array, source):
+    """A latent node's partial labels: categories where given, MISSING_CATEGORY where NaN."""
+    given = ~np.isnan(array)
+    bad = np.flatnonzero(given & ((array != np.round(array)) | (array < 0) | (array >= node.k)))
+    if len(bad):
+        raise DataError(f"{source}: column '{node.name}', row {bad[0]}: label {array[bad[0]]:g} is not a value of "
+                        f"latent node '{node.name}' (integers 0..{node.k - 1}, or empty/NaN where unknown)")
+    labels = np.full(len(array), MISSING_CATEGORY, dtype=np.intp)
+    labels[given] = array[given].astype(np.intp)
+    return labels
 
 
 def _node_array(model, name, columns, source):
@@ -430,6 +494,10 @@ def _numeric(array, label, source):
     if kind not in "OUS":
         # Complex numbers would lose their imaginary part, dates would become day counts.
         raise DataError(f"{source}: column '{label}' holds {array.dtype} values; expected real numbers")
+    if kind == "O":
+        # pandas' nullable columns hold pd.NA (and object columns None) where a value is missing.
+        array = np.array([np.nan if value is None or type(value).__name__ == "NAType" else value
+                          for value in array.reshape(-1)], dtype=object).reshape(array.shape)
     try:
         return array.astype(float)
     except (TypeError, ValueError, OverflowError):
@@ -437,26 +505,42 @@ def _numeric(array, label, source):
 
 
 def _checked_values(node, array, label, source):
-    if np.isnan(array).any():
-        row = int(np.flatnonzero(np.isnan(array).reshape(len(array), -1).any(axis=1))[0])
-        raise DataError(f"{source}: column '{label}', row {row}: missing value (NaN); declarem does not "
-                        "drop rows, so remove or fill it")
+    """A node's values, checked against its support, and where they are missing (NaN); None if nowhere.
+
+    A categorical node's missing values become MISSING_CATEGORY; a real node's stay NaN.
+    """
+    holes = np.isnan(array)
+    flat_holes = holes.reshape(len(array), -1)
+    empty = np.flatnonzero(flat_holes.all(axis=0)) if len(array) else []
+    if len(empty):
+        j = int(empty[0])
+        column = node.columns[j] if node.columns else (label if flat_holes.shape[1] == 1 else f"{label}[{j}]")
+        raise DataError(f"{source}: column '{column}' of node '{node.name}' is missing on every row; "
+                        "drop the column from the model or give it values")
+    holes = holes if holes.any() else None
     if node.is_discrete:
-        bad = np.flatnonzero((array != np.round(array)) | (array < 0) | (array >= node.k))
+        given = array if holes is None else np.where(holes, 0.0, array)
+        bad = np.flatnonzero((given != np.round(given)) | (given < 0) | (given >= node.k))
         if len(bad):
             raise DataError(f"{source}: column '{label}', row {bad[0]}: value {array[bad[0]]:g} is not a "
-                            f"category of node '{node.name}' (integers 0..{node.k - 1})")
-        return array.astype(np.intp)
+                            f"category of node '{node.name}' (integers 0..{node.k - 1}, or empty/NaN where "
+                            "missing)")
+        categories = given.astype(np.intp)
+        if holes is not None:
+            categories[holes] = MISSING_CATEGORY
+        return categories, holes
     upper = dict(node.constants).get(node.family.upper_bound) if node.family.upper_bound else None
     flat = array.reshape(len(array), -1)
     for j in range(flat.shape[1]):
-        found = _support_violation(flat[:, j], node.family.support, upper)
+        present = ~np.isnan(flat[:, j])
+        found = _support_violation(flat[present, j], node.family.support, upper)
         if found is not None:
             row, expected = found
+            row = int(np.flatnonzero(present)[row])
             column = node.columns[j] if node.columns else (label if flat.shape[1] == 1 else f"{label}[{j}]")
             raise DataError(f"{source}: column '{column}', row {row}: value {flat[row, j]:g} is outside the "
                             f"support of node '{node.name}' ({node.family.name}: {expected})")
-    return array
+    return array, holes
 
 
 def _weights(weights, columns, n_rows, source):

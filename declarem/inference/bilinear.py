@@ -57,7 +57,8 @@ def bilinear_plan(compiled, rows, varying):
     node in scope are its own and exactly one observed categorical child whose
     only parent it is. Duplicate (a, x) pairs are fine (their weights add).
     """
-    if len(compiled.latent) != 1 or len(varying) != 2:
+    if len(compiled.latent) != 1 or len(varying) != 2 or rows.labels or \
+            any(view.missing is not None for view in rows.factors.values()):
         return None
     latent = compiled.latent[0]
     child = next(name for name in varying if name != latent)

@@ -230,9 +230,9 @@ class ChainEngine(EnumerationEngine):
             share = np.where(per_state > 0, state_posterior / per_state, 0.0)
         return self._from_chain_view(share[:, :, None] * self._chain_view(scaled))
 
-    def _finish(self, stats, transitions, first):
+    def _finish(self, stats, transitions, first, tables):
         """Add the factors outside the posterior and the chain's counts to within-step statistics."""
-        stats.add(enumeration._fixed_statistics(self.compiled, self.rows, self.varying))
+        stats.add(enumeration._fixed_statistics(self.compiled, self.rows, self.varying, tables))
         stats.sums[self.chain][0] += first
         stats.sums[self.chain][1:] += transitions
         stats.finish(self.compiled)
@@ -244,17 +244,22 @@ class ChainEngine(EnumerationEngine):
             path, score = self._viterbi(params)
             gamma = np.zeros((self.rows.n_rows, self.compiled.n_configurations))
             gamma[np.arange(self.rows.n_rows), path] = 1.0
-            return self.statistics_from_posterior(gamma), score
+            return self.statistics_from_posterior(gamma, params), score
         stats = enumeration.ExpectedStatistics(self.compiled)
+        tables = enumeration._natural_tables(self.compiled, params)
 
         def accumulate(grid, chunk, gamma):
-            enumeration._accumulate(self.compiled, grid.rows, gamma, chunk, stats, self.within)
+            enumeration._accumulate(self.compiled, grid.rows, gamma, chunk, stats, self.within, tables)
 
         transitions, first, loglik = self._posterior_pass(params, accumulate)
-        return self._finish(stats, transitions, first), self.rows.base_total + loglik
+        return self._finish(stats, transitions, first, tables), self.rows.base_total + loglik
 
-    def statistics_from_posterior(self, posterior):
-        """Statistics for a given posterior of each row's configuration (n_rows, C); transitions from its outer products."""
+    def statistics_from_posterior(self, posterior, params=None):
+        """Statistics for a given posterior of each row's configuration (n_rows, C); transitions from its outer products.
+
+        ``params``, where given, are the parameters missing coordinates are integrated out under.
+        """
+        tables = None if params is None else enumeration._natural_tables(self.compiled, params)
         chain = self._chain_view(posterior).sum(axis=2)
         first = chain[self.firsts].sum(axis=0)
         following = np.ones(self.rows.n_rows, dtype=bool)
@@ -263,8 +268,8 @@ class ChainEngine(EnumerationEngine):
         transitions = chain[steps - 1].T @ chain[steps]
         stats = enumeration.ExpectedStatistics(self.compiled)
         for chunk in _chunks(self.rows.n_rows):
-            enumeration._accumulate(self.compiled, self.rows, posterior[chunk], chunk, stats, self.within)
-        return self._finish(stats, transitions, first)
+            enumeration._accumulate(self.compiled, self.rows, posterior[chunk], chunk, stats, self.within, tables)
+        return self._finish(stats, transitions, first, tables)
 
     def posterior_marginals(self, params):
         cells = {}

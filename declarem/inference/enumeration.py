@@ -29,7 +29,8 @@ class ExpectedStatistics:
     sums : dict of str to ndarray
         (n_sets, n_statistics) per factor (for categorical factors, expected counts (n_sets, k)).
     set_weights : dict of str to ndarray
-        (n_sets,) total posterior weight per parameter set.
+        Total posterior weight per parameter set, ``factor.weight_shape``: (n_sets,), or
+        (n_sets, columns) for independent columns (rows missing a column do not count there).
     """
 
     def __init__(self, compiled):
@@ -37,7 +38,7 @@ class ExpectedStatistics:
         self.set_weights = {}
         for name, factor in compiled.factors.items():
             self.sums[name] = np.zeros((factor.n_sets, factor.width))
-            self.set_weights[name] = np.zeros(factor.n_sets)
+            self.set_weights[name] = np.zeros(factor.weight_shape)
 
     def add(self, other):
         """Add another set of statistics (of other factors) to these."""
@@ -98,8 +99,8 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
         objective += float(np.dot(weights, row_loglik))
         if not rows.unit_weights:
             joint *= weights[:, None]
-        _accumulate(compiled, rows, joint, chunk, stats, varying)
-    stats.add(_fixed_statistics(compiled, rows, varying))
+        _accumulate(compiled, rows, joint, chunk, stats, varying, tables)
+    stats.add(_fixed_statistics(compiled, rows, varying, tables))
     stats.finish(compiled)
     return stats, objective
 
@@ -116,7 +117,7 @@ def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=CHUNK_
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
     _check_rows(row_loglik, 0)
-    stats.add(_fixed_statistics(compiled, rows, varying))
+    stats.add(_fixed_statistics(compiled, rows, varying, tables))
     stats.finish(compiled)
     return stats, rows.base_total + float(np.dot(rows.weights, row_loglik))
 
@@ -165,18 +166,36 @@ def _constant_loglik(compiled, rows, tables, varying, chunk):
     return total
 
 
-def _fixed_statistics(compiled, rows, varying):
-    """Statistics of the factors with no latent node in scope: the data's own, computed once per fit."""
+def _fixed_statistics(compiled, rows, varying, tables):
+    """Statistics of the factors with no latent node in scope.
+
+    The data's own, computed once per fit; except where missing coordinates are
+    integrated out under the current parameters, which is done at each E-step.
+    """
+    fixed = [name for name in compiled.factors if name not in varying]
+    moving = [name for name in fixed if _conditional_missing(compiled, rows, name)]
     if not hasattr(rows, "_fixed_statistics"):
-        fixed = [name for name in compiled.factors if name not in varying]
-        stats = ExpectedStatistics(compiled)
-        for start in range(0, rows.n_rows, CHUNK_ROWS):
-            chunk = slice(start, min(start + CHUNK_ROWS, rows.n_rows))
-            weighted = np.repeat(rows.weights[chunk][:, None] / compiled.n_configurations,
-                                 compiled.n_configurations, axis=1)
-            _accumulate(compiled, rows, weighted, chunk, stats, fixed)
-        rows._fixed_statistics = stats
-    return rows._fixed_statistics
+        rows._fixed_statistics = _weighted_by_rows(compiled, rows, [n for n in fixed if n not in moving], None)
+    if not moving:
+        return rows._fixed_statistics
+    stats = _weighted_by_rows(compiled, rows, moving, tables)
+    stats.add(rows._fixed_statistics)
+    return stats
+
+
+def _weighted_by_rows(compiled, rows, names, tables):
+    stats = ExpectedStatistics(compiled)
+    for start in range(0, rows.n_rows, CHUNK_ROWS):
+        chunk = slice(start, min(start + CHUNK_ROWS, rows.n_rows))
+        weighted = np.repeat(rows.weights[chunk][:, None] / compiled.n_configurations,
+                             compiled.n_configurations, axis=1)
+        _accumulate(compiled, rows, weighted, chunk, stats, names, tables)
+    return stats
+
+
+def _conditional_missing(compiled, rows, name):
+    """Whether the factor's statistics depend on the parameters: missing coordinates integrated out jointly."""
+    return compiled.factors[name].missing_rule == "conditional" and rows.factors[name].missing is not None
 
 
 def _posterior_from_probabilities(compiled, rows, tables, varying, chunk):
@@ -210,7 +229,29 @@ def joint_probabilities(compiled, rows, tables, chunk, varying):
             shaped[...] = contribution.reshape(shape)
         else:
             shaped *= contribution.reshape(shape)
+    _apply_labels(compiled, rows, shaped, chunk, probabilities=True)
     return joint
+
+
+def _apply_labels(compiled, rows, shaped, chunk, probabilities):
+    """Keep, on labelled rows, only the configurations that agree with the labels (partial labels).
+
+    Parameters
+    ----------
+    shaped : ndarray of shape (n, *latent_sizes)
+        The chunk's joint, log-probabilities or probabilities; changed in place.
+    """
+    for name, labels in rows.labels.items():
+        axis = compiled.latent.index(name)
+        k = compiled.latent_sizes[axis]
+        given = labels[chunk]
+        disagree = (given[:, None] >= 0) & (given[:, None] != np.arange(k))
+        if not disagree.any():
+            continue
+        shape = [len(given)] + [1] * len(compiled.latent)
+        shape[axis + 1] = k
+        disagree = np.broadcast_to(disagree.reshape(shape), shaped.shape)
+        shaped[disagree] = 0.0 if probabilities else -np.inf
 
 
 def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
@@ -265,6 +306,7 @@ class _Table(NamedTuple):
     params: dict
     probabilities: np.ndarray = None             # the probability rows of categorical factors
     transposed_probabilities: np.ndarray = None  # exp(transposed)
+    scratch: dict = None                         # per E-step values a factor computes on first need
 
 
 def _natural_tables(compiled, params):
@@ -283,7 +325,7 @@ def _natural_tables(compiled, params):
             probabilities = np.asarray(factor.probabilities(params[name]), dtype=float)
             transposed_probabilities = None if transposed is None else np.ascontiguousarray(probabilities.T)
         tables[name] = _Table(eta, log_partition, transposed, boundary, params[name], probabilities,
-                              transposed_probabilities)
+                              transposed_probabilities, {})
     return tables
 
 
@@ -319,16 +361,23 @@ def _joint(compiled, rows, tables, chunk, varying):
         contribution = contribution.reshape((contribution.shape[0],) + tuple(shape))
         if len(varying) == 1 and contribution.shape == shaped.shape and contribution.flags.c_contiguous:
             # Contributions are fresh arrays: a single full-shaped one is the joint itself.
-            return contribution.reshape(n, compiled.n_configurations)
+            joint, shaped = contribution.reshape(n, compiled.n_configurations), contribution
+            break
         if position == 0:
             shaped[...] = contribution
         else:
             shaped += contribution
+    if rows.labels:
+        _apply_labels(compiled, rows, shaped, chunk, probabilities=False)
     return joint
 
 
 def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
     """One factor's log-density (or, for categorical factors, probability) per row and latent-scope value.
+
+    A row's missing values are integrated out: a missing category or column
+    contributes a factor 1, missing coordinates of a multivariate factor leave the
+    marginal density of the present ones.
 
     Returns
     -------
@@ -342,18 +391,24 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
     set_index = view.latent_set_index
     if view.observed_offset is not None:
         set_index = view.observed_offset[chunk].reshape((n,) + (1,) * set_index.ndim) + set_index
+    positions = view.incomplete_in(chunk)
     if factor.layout == "dense":
         statistics = view.statistics_of(factor, chunk)
+        correction = _missing_correction(factor, view, tables[name], chunk, positions) if len(positions) else None
         if view.observed_offset is None:
             flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
             with np.errstate(invalid="ignore"):
                 per_set = _narrow_product(statistics, eta.T)
                 per_set -= log_partition
+            if correction is not None:
+                per_set[positions] += correction
             contribution = per_set if view.identity_sets else per_set[:, set_index.reshape(-1)]
         else:
             flat = set_index.reshape(n, -1)
             with np.errstate(invalid="ignore"):
                 contribution = np.einsum("ns,nls->nl", statistics, eta[flat]) - log_partition[flat]
+            if correction is not None:
+                contribution[positions] += np.take_along_axis(correction, flat[positions], axis=1)
         if boundary is not None:
             at_boundary = boundary[flat]
             if at_boundary.any():
@@ -363,15 +418,43 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
         return contribution.reshape((n,) + view.latent_set_index.shape)
     if factor.layout == "index":
         categories = view.statistics[chunk]
+        unit = 1.0 if probabilities else 0.0
         if view.observed_offset is None:
             contribution = transposed[categories]
             if not view.identity_sets:
                 contribution = contribution[:, set_index.reshape(-1)]
+            if len(positions):
+                contribution[positions] = unit        # a missing category: probability 1
             return contribution.reshape((n,) + set_index.shape)
         flat = set_index.reshape(n, -1)
-        return eta[flat, categories[:, None]].reshape(set_index.shape)
+        contribution = eta[flat, categories[:, None]]
+        if len(positions):
+            contribution[positions] = unit
+        return contribution.reshape(set_index.shape)
     contribution = eta[set_index]
     return contribution[None] if view.observed_offset is None else contribution
+
+
+def _missing_correction(factor, view, table, chunk, positions):
+    """What turns T(x) . eta - A of the chunk's partly missing rows into their marginal log-density.
+
+    Returns
+    -------
+    ndarray of shape (len(positions), n_sets)
+    """
+    holes = view.missing[chunk][positions]
+    if factor.missing_rule == "columns":
+        return factor.missing_correction(table.params, view.values[chunk][positions], holes, table.scratch)
+    # Rows with nothing present contribute 0: their T(x) is 0, so add back A.
+    empty = holes.all(axis=1)
+    correction = np.empty((len(positions), factor.n_sets))
+    correction[empty] = table.log_partition
+    partial = positions[~empty]
+    if len(partial):
+        x0 = np.where(holes[~empty], 0.0, view.values[chunk][partial])
+        correction[~empty] = factor.missing_correction(table.params, x0, chunk.start + partial,
+                                                       view.patterns(factor), table.scratch)
+    return correction
 
 
 def _normalise(joint, start):
@@ -411,8 +494,13 @@ def _check_rows(peak, start):
                        "configuration is impossible); check the data row or the initial parameters")
 
 
-def _accumulate(compiled, rows, weighted, chunk, stats, names):
-    """Add a chunk's expected statistics of the named factors, given its weighted posterior (n, n_configurations)."""
+def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
+    """Add a chunk's expected statistics of the named factors, given its weighted posterior (n, n_configurations).
+
+    ``tables`` (the current parameters) are needed where missing coordinates are integrated
+    out jointly; without them (at initialisation) those rows' statistics are those of the
+    rows with the missing coordinates at the data's mean.
+    """
     n = chunk.stop - chunk.start
     shaped = weighted.reshape((n,) + compiled.latent_sizes)
     axis_of = {name: i for i, name in enumerate(compiled.latent)}
@@ -440,32 +528,79 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names):
                 sums += np.bincount(flat, weights=marginal.reshape(-1),
                                     minlength=sums.size).reshape(sums.shape)
             continue
+        marginal = marginal.reshape(n, n_latent)
+        positions = view.incomplete_in(chunk)
         if factor.layout == "index" and view.observed_offset is None:
-            # Expected counts per (set, category): the category indicator's sparse transpose times R.
-            counts = rows.scatter(name, chunk, view.statistics, factor.k) @ marginal.reshape(n, n_latent)
+            # Expected counts per (set, category): the category indicator's sparse transpose times R
+            # (a missing category has no indicator).
+            counts = rows.scatter(name, chunk, view.statistics, factor.k) @ marginal
             sums[set_index] += counts.T
             continue
-        marginal = marginal.reshape(n, n_latent)
         if view.observed_offset is None:
             sets = np.broadcast_to(set_index, (n, n_latent))
         else:
             sets = view.observed_offset[chunk][:, None] + set_index[None, :]
         if factor.layout == "index":
             categories = view.statistics[chunk]
+            if len(positions):
+                marginal = marginal.copy()
+                marginal[positions] = 0.0
+                categories = np.where(categories < 0, 0, categories)
             flat = (sets * factor.k + categories[:, None]).reshape(-1)
             sums += np.bincount(flat, weights=marginal.reshape(-1), minlength=sums.size).reshape(sums.shape)
             continue
+        if len(positions) and factor.missing_rule == "conditional":
+            marginal = _add_conditional_sums(factor, view, marginal, sets, positions, chunk, stats, name,
+                                             None if tables is None else tables[name])
         if view.observed_offset is None:
             # A contiguous (sets, rows) operand: OpenBLAS is several times slower on the transposed view.
             sums[set_index] += np.ascontiguousarray(marginal.T) @ view.statistics_of(factor, chunk)
-            set_weights[set_index] += _column_sums(marginal)
-            continue
+            row_weights = _column_sums(marginal)
+            set_weights[set_index] += row_weights if set_weights.ndim == 1 else row_weights[:, None]
         else:
             rows_of = np.repeat(np.arange(n), n_latent)
             scatter = scipy.sparse.csr_matrix((marginal.reshape(-1), (sets.reshape(-1), rows_of)),
                                               shape=(factor.n_sets, n))
             sums += scatter @ view.statistics_of(factor, chunk)
-        set_weights += np.bincount(sets.reshape(-1), weights=marginal.reshape(-1), minlength=factor.n_sets)
+            row_weights = np.bincount(sets.reshape(-1), weights=marginal.reshape(-1), minlength=factor.n_sets)
+            set_weights += row_weights if set_weights.ndim == 1 else row_weights[:, None]
+        if len(positions) and factor.missing_rule == "columns":
+            # A missing column's rows do not count towards that column's weight.
+            holes = view.missing[chunk][positions].astype(float)
+            if view.observed_offset is None:
+                set_weights[set_index] -= marginal[positions].T @ holes
+            else:
+                set_weights -= _per_set(marginal[positions], sets[positions], factor.n_sets).T @ holes
+
+
+def _per_set(marginal, sets, n_sets):
+    """Rows' weights spread over all parameter sets: (m, n_sets) from (m, n_latent) weights on given sets."""
+    out = np.zeros((len(marginal), n_sets))
+    np.add.at(out, (np.arange(len(marginal))[:, None], sets), marginal)
+    return out
+
+
+def _add_conditional_sums(factor, view, marginal, sets, positions, chunk, stats, name, table):
+    """Add the statistics of partly missing rows with their missing coordinates integrated out.
+
+    Returns the marginal with those rows (and the rows with nothing present) zeroed, for the
+    ordinary product over the remaining rows.
+    """
+    holes = view.missing[chunk][positions]
+    empty = holes.all(axis=1)
+    remaining = marginal.copy()
+    if table is None:
+        remaining[positions[empty]] = 0.0
+        return remaining
+    remaining[positions] = 0.0
+    partial = positions[~empty]
+    if len(partial):
+        weights = _per_set(marginal[partial], sets[partial], factor.n_sets)
+        x0 = np.where(holes[~empty], 0.0, view.values[chunk][partial])
+        stats.sums[name] += factor.conditional_sums(table.params, x0, chunk.start + partial,
+                                                    view.patterns(factor), weights, table.scratch)
+        stats.set_weights[name] += _column_sums(weights)
+    return remaining
 
 
 def _column_sums(array):

@@ -1,6 +1,6 @@
 """Per-fit row data in the form the E-step consumes: statistics computed once."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse
@@ -29,7 +29,10 @@ class FactorRows:
     shift : ndarray or None
         The centring shift of a location family's columns.
     values : ndarray or None
-        The node's (centred) data, for initialisation.
+        The node's (centred) data, for initialisation; NaN where missing.
+    missing : ndarray of bool or None
+        Where the node's values are missing, (n_rows, cells) (cells: the node's
+        columns; 1 for a categorical node); None when nothing is missing.
     """
 
     statistics: object
@@ -38,12 +41,27 @@ class FactorRows:
     latent_set_index: np.ndarray
     shift: object
     values: object = None
+    missing: object = None
 
     def statistics_of(self, factor, chunk):
         """The statistics of a chunk of rows: stored ones, or formed now when the fit streams them."""
         if self.statistics is not None:
             return self.statistics[chunk]
-        return factor.statistics(self.values[chunk])
+        return _statistics(factor, self.values[chunk], None if self.missing is None else self.missing[chunk])
+
+    def patterns(self, factor):
+        """The factor's missing-value patterns over these rows (built on first use)."""
+        if not hasattr(self, "_patterns"):
+            self._patterns = factor.missing_patterns(self.missing)
+        return self._patterns
+
+    def incomplete_in(self, chunk):
+        """Positions, within the chunk, of the rows with some value of this node missing: (m,) int."""
+        if self.missing is None:
+            return np.empty(0, dtype=np.intp)
+        if not hasattr(self, "_incomplete"):
+            self._incomplete = self.missing.any(axis=1)
+        return np.flatnonzero(self._incomplete[chunk])
 
     @property
     def identity_sets(self):
@@ -63,12 +81,16 @@ class Rows:
     factors : dict of str to FactorRows
     base_total : float
         Sum over rows of weight times the log base measures (constant in the parameters).
+    labels : dict of str to ndarray of int
+        Partial labels of latent nodes, (n_rows,) each: the value, or MISSING_CATEGORY
+        (-1) where the node is latent.
     """
 
     n_rows: int
     weights: np.ndarray
     factors: dict
     base_total: float
+    labels: dict = field(default_factory=dict)
 
     def scatter(self, name, chunk, targets, n_targets):
         """A sparse (n_targets, chunk rows) matrix with a one at (targets[row], row); built once per chunk.
@@ -81,8 +103,11 @@ class Rows:
         key = (name, chunk.start, chunk.stop)
         if key not in self._scatter:
             n = chunk.stop - chunk.start
+            # A negative target (a missing category) takes no part.
+            present = targets[chunk] >= 0
             self._scatter[key] = scipy.sparse.csr_matrix(
-                (np.ones(n), (targets[chunk], np.arange(n))), shape=(n_targets, n))
+                (np.ones(int(present.sum())), (targets[chunk][present], np.flatnonzero(present))),
+                shape=(n_targets, n))
         return self._scatter[key]
 
     @property
@@ -105,7 +130,8 @@ class Rows:
         factors = {name: replace(view, statistics=None)
                    if compiled.factors[name].layout == "dense" and view.values is not None else view
                    for name, view in self.factors.items()}
-        return Rows(n_rows=self.n_rows, weights=self.weights, factors=factors, base_total=self.base_total)
+        return Rows(n_rows=self.n_rows, weights=self.weights, factors=factors, base_total=self.base_total,
+                    labels=self.labels)
 
     def take(self, indices):
         """These rows in another order, with repeats (a chain's block grid): a new Rows.
@@ -123,9 +149,10 @@ class Rows:
             return None if array is None else array[indices]
 
         factors = {name: replace(view, statistics=pick(view.statistics), observed_offset=pick(view.observed_offset),
-                                 values=pick(view.values))
+                                 values=pick(view.values), missing=pick(view.missing))
                    for name, view in self.factors.items()}
-        return Rows(n_rows=len(indices), weights=self.weights[indices], factors=factors, base_total=0.0)
+        return Rows(n_rows=len(indices), weights=self.weights[indices], factors=factors, base_total=0.0,
+                    labels={name: labels[indices] for name, labels in self.labels.items()})
 
 
 def prepare_rows(compiled, node_data, memory_budget=None):
@@ -171,9 +198,12 @@ def prepare_rows(compiled, node_data, memory_budget=None):
             observed_offset = np.zeros(node_data.n_rows, dtype=np.intp)
             for parent, stride in observed_parents:
                 observed_offset += node_data.values[parent] * stride
-        statistics = shift = centred = None
+        statistics = shift = centred = missing = None
         if not node.latent:
             values = node_data.values[name]
+            missing = node_data.missing.get(name)
+            if missing is not None:
+                missing = missing.reshape(node_data.n_rows, -1)
             with np.errstate(over="ignore", invalid="ignore"):
                 shift = factor.shift_for(values, weights)
                 centred = values - shift if shift is not None else values
@@ -181,36 +211,47 @@ def prepare_rows(compiled, node_data, memory_budget=None):
                     statistics = None
                     for first in range(0, node_data.n_rows, BASE_CHUNK):
                         block = slice(first, first + BASE_CHUNK)
-                        _check_finite(name, factor, centred[block], values[block], first)
+                        _check_finite(name, factor, centred[block], values[block], first,
+                                      holes=None if missing is None else missing[block])
                 else:
-                    statistics = factor.statistics(centred)
+                    statistics = _statistics(factor, centred, missing)
                     if factor.layout == "dense":
-                        _check_finite(name, factor, centred, values, 0, statistics)
+                        _check_finite(name, factor, centred, values, 0, statistics, missing)
                 for first in range(0, node_data.n_rows, BASE_CHUNK):
                     block = slice(first, first + BASE_CHUNK)
-                    base_total += float(np.dot(weights[block], factor.base(centred[block])))
+                    holes = None if missing is None else missing[block]
+                    base_total += float(np.dot(weights[block], factor.base(centred[block], holes)))
             if shift is not None and not np.all(np.isfinite(shift)):
                 raise DataError(f"node '{name}': the data's mean overflows float64; its values are too large "
                                 "to fit (rescale the column)")
         factors[name] = FactorRows(statistics=statistics, observed_offset=observed_offset,
                                    latent_axes=tuple(a for a, _, _ in latent_parents),
-                                   latent_set_index=latent_set_index, shift=shift, values=centred)
-    return Rows(n_rows=node_data.n_rows, weights=weights, factors=factors, base_total=base_total)
+                                   latent_set_index=latent_set_index, shift=shift, values=centred,
+                                   missing=missing)
+    return Rows(n_rows=node_data.n_rows, weights=weights, factors=factors, base_total=base_total,
+                labels=dict(node_data.labels))
 
 
 BASE_CHUNK = 65536
 
 
-def _check_finite(name, factor, centred, values, first, statistics=None):
+def _statistics(factor, values, holes):
+    """T(X) of rows whose missing cells (``holes``, or None) the factor fills and then zeroes or corrects."""
+    if holes is None or factor.layout != "dense":
+        return factor.statistics(values)
+    return factor.statistics_with_holes(values, holes)
+
+
+def _check_finite(name, factor, centred, values, first, statistics=None, holes=None):
     """Refuse rows whose sufficient statistics overflow float64 (1e200 squared), naming the row.
 
     The row is found in the uncentred data: one huge value moves the centring shift and so
     every centred row.
     """
-    statistics = factor.statistics(centred) if statistics is None else statistics
+    statistics = _statistics(factor, centred, holes) if statistics is None else statistics
     if np.isfinite(statistics).all():
         return
-    raw = factor.statistics(values)
+    raw = _statistics(factor, values, holes)
     finite = np.isfinite(raw).reshape(len(raw), -1).all(axis=1)
     row = first + int(np.flatnonzero(~finite)[0]) if not finite.all() else first
     raise DataError(f"node '{name}', row {row}: the value is too large; its sufficient statistics "
