@@ -192,6 +192,9 @@ def _fit(args):
         state = "converged" if fit.converged else "stopped at max-iter"
         print(f"{state} after {fit.n_iter} iterations in {elapsed:.2f} s; loglik {fit.loglik:.10g}, "
               f"BIC {fit.bic():.6g}", file=sys.stderr)
+        if fit.n_missing:
+            print(f"{fit.n_missing} missing values in {fit.n_missing_rows} rows, integrated out (none dropped)",
+                  file=sys.stderr)
     if args.out:
         fit.save(args.out)
     else:
@@ -224,6 +227,19 @@ def _check(args):
         columns, weights = read_model_data(model, source)
         checked = node_data(model, columns, weights, source=source)
         print(f"  data {source}: {checked.n_rows} rows fit the model")
+        if checked.missing:
+            print(f"  missing values: {checked.n_missing} cells in {checked.n_missing_rows} rows "
+                  "(integrated out in the fit, none dropped)")
+            for name, holes in checked.missing.items():
+                node = model.nodes[name]
+                flat = holes.reshape(checked.n_rows, -1)
+                labels = node.columns or ([name] if flat.shape[1] == 1 else [f"{name}_{j}" for j in range(flat.shape[1])])
+                for label, count in zip(labels, flat.sum(axis=0)):
+                    if count:
+                        print(f"    column '{label}' (node '{name}'): {int(count)} missing")
+        for name, labels in checked.labels.items():
+            given = int((labels >= 0).sum())
+            print(f"  column '{name}' labels latent node '{name}' on {given} of {checked.n_rows} rows")
     print(f"  {compiled.n_free()} free parameters")
     return 0
 

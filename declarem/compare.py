@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import check_regular_file, node_data, sequence_lengths
+from .data import missing_parents_as_latent, check_regular_file, node_data, sequence_lengths
 from .em import initial_params, mstep
 from .errors import OptionError, ReferenceUpdateError
 from .inference import engine_for, prepare_rows
@@ -138,6 +138,8 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
         weights = model.data_info.get("weights")
     checked = node_data(model, data, weights, source=source)
     lengths = sequence_lengths(model, data, lengths, checked.n_rows, source)
+    fitted_model, checked = missing_parents_as_latent(model, checked)
+    compiled = fitted_model.compiled
     rows = prepare_rows(compiled, checked)
     engine = engine_for(compiled, rows, lengths)
     sequences = {} if lengths is None or len(lengths) == 1 else {"lengths": list(lengths)}

@@ -221,8 +221,11 @@ def read_csv(path):
 
 
 def _parse_row(row, header, line_number, path):
-    """One CSV record as floats, or None for a blank line."""
-    if not row or all(not cell.strip() for cell in row):
+    """One CSV record as floats, or None for a blank line.
+
+    A line of empty fields (",,") is a row with every value missing, not a blank line.
+    """
+    if len(row) <= 1 and not "".join(row).strip():
         return None
     if len(row) != len(header):
         raise DataError(f"{path}: line {line_number} has {len(row)} fields; the header has {len(header)}")
@@ -427,6 +430,31 @@ def node_data(model, data, weights=None, source="data"):
         raise DataError(f"{source}: no rows")
     weights = _weights(weights, columns, n_rows, source)
     return NodeData(n_rows=n_rows, values=values, weights=weights, missing=missing, labels=labels)
+
+
+def missing_parents_as_latent(model, checked):
+    """The model to fit ``checked`` with: categorical parents with missing values made latent there.
+
+    A missing value of an observed categorical node that has children makes the node
+    latent on that row (the row sums over its declared distribution). The fit then
+    treats the node as latent everywhere, its present values as labels that fix it:
+    the same likelihood, and the same parameters.
+
+    Returns
+    -------
+    model : Model
+        ``model`` itself, or its variant with those nodes latent.
+    checked : NodeData
+    """
+    parents = sorted(name for name in checked.missing
+                     if model.nodes[name].is_discrete and any(True for _ in model.graph.successors(name)))
+    if not parents:
+        return model, checked
+    values = {n: v for n, v in checked.values.items() if n not in parents}
+    missing = {n: m for n, m in checked.missing.items() if n not in parents}
+    labels = dict(checked.labels, **{n: checked.values[n] for n in parents})
+    return model.with_latent(parents), NodeData(n_rows=checked.n_rows, values=values, weights=checked.weights,
+                                                missing=missing, labels=labels)
 
 
 def _checked_labels(node, array, source):

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from .data import group_identical_rows, node_data, read_model_data, sequence_lengths
+from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
 from .errors import FitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
@@ -80,7 +80,7 @@ def _collapse_warning(compiled, rows, params):
         values = rows.factors[name].values
         if spread is None or values is None:
             continue
-        scale = float(np.min(np.var(values.reshape(rows.n_rows, -1), axis=0)))
+        scale = float(np.min(np.nanvar(values.reshape(rows.n_rows, -1), axis=0)))
         tiny = np.flatnonzero(spread < COLLAPSE_RATIO * scale)
         if len(tiny) and scale > 0:
             collapsed = True
@@ -150,8 +150,11 @@ def _clustering_features(compiled, rows):
     if not columns:
         return None
     features = np.column_stack(columns)
+    # Missing values sit at their column's mean: they pull no row towards any centre.
+    centre = np.nanmean(features, axis=0)
+    features = np.where(np.isnan(features), centre, features) - centre
     scale = features.std(axis=0)
-    return (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    return features / np.where(scale > 0, scale, 1.0)
 
 
 def _kmeans(features, weights, k, rng):
@@ -235,7 +238,9 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         weights = model.data_info.get("weights")
     checked = node_data(model, data, weights, source=source)
     lengths = sequence_lengths(model, data, lengths, checked.n_rows, source)
-    prepared = group_identical_rows(model, checked)
+    fitted_model, prepared = missing_parents_as_latent(model, checked)
+    compiled = fitted_model.compiled
+    prepared = group_identical_rows(fitted_model, prepared)
     if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget < 0
                                       or not isinstance(memory_budget, (int, np.integer))):
         raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
@@ -273,4 +278,5 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         loglik = history[-1]
     return Fit(model=model, params=compiled.to_external(params, rows.shifts), loglik=float(loglik),
                history=history, converged=converged, n_iter=n_iter,
-               n_observations=float(rows.weights.sum()), hard=hard, log_prior=float(log_prior))
+               n_observations=float(rows.weights.sum()), hard=hard, log_prior=float(log_prior),
+               n_missing=checked.n_missing, n_missing_rows=checked.n_missing_rows)

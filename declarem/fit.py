@@ -38,10 +38,16 @@ class Fit:
     log_prior : float
         The log prior density at ``params`` (0 without priors); the objective
         in ``history`` is ``loglik + log_prior`` under MAP-EM.
+    n_missing : int
+        Missing cells of the observed nodes in the data fitted (integrated out).
+    n_missing_rows : int
+        Rows of that data with at least one missing observed value.
     """
 
     def __init__(self, model, params, loglik, history, converged, n_iter, n_observations, hard=False,
-                 log_prior=0.0):
+                 log_prior=0.0, n_missing=0, n_missing_rows=0):
+        self.n_missing = int(n_missing)
+        self.n_missing_rows = int(n_missing_rows)
         self.model = model
         self.params = params
         self.loglik = loglik
@@ -67,11 +73,12 @@ class Fit:
 
     def _engine(self, data, weights, lengths=None):
         """The E-step engine over ``data``, and the fitted parameters in its internal form."""
-        from .data import node_data, sequence_lengths
+        from .data import missing_parents_as_latent, node_data, sequence_lengths
         from .inference import engine_for, prepare_rows
-        compiled = self.model.compiled
         checked = node_data(self.model, data, weights)
         lengths = sequence_lengths(self.model, data, lengths, checked.n_rows)
+        model, checked = missing_parents_as_latent(self.model, checked)
+        compiled = model.compiled
         rows = prepare_rows(compiled, checked)
         return engine_for(compiled, rows, lengths), compiled.to_internal(self.params, rows.shifts)
 
@@ -157,6 +164,8 @@ class Fit:
             "n_observations": self.n_observations,
             "hard": self.hard,
             "log_prior": self.log_prior,
+            "n_missing": self.n_missing,
+            "n_missing_rows": self.n_missing_rows,
             "bic": self.bic(),
             "aic": self.aic(),
             "params": {node: {name: np.asarray(value).tolist() for name, value in params.items()}
@@ -226,13 +235,18 @@ class Fit:
         n_observations = _finite(stored["n_observations"], "n_observations", path)
         if n_observations <= 0:
             raise DataError(f"{path}: 'n_observations' must be positive, found {n_observations!r}")
+        for key in ("n_missing", "n_missing_rows"):
+            value = stored.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DataError(f"{path}: '{key}' must be an integer >= 0, found {_json_type(value)} {value!r:.40}")
         for key in ("bic", "aic"):
             # Recomputed from loglik on use; a stored value must still be a number.
             if key in stored:
                 _finite(stored[key], key, path)
         return cls(model=model, params=params, loglik=_finite(stored["loglik"], "loglik", path), history=history,
                    converged=stored["converged"], n_iter=n_iter, n_observations=n_observations,
-                   hard=stored.get("hard", False), log_prior=_finite(stored.get("log_prior", 0.0), "log_prior", path))
+                   hard=stored.get("hard", False), log_prior=_finite(stored.get("log_prior", 0.0), "log_prior", path),
+                   n_missing=stored.get("n_missing", 0), n_missing_rows=stored.get("n_missing_rows", 0))
 
     def __repr__(self):
         return (f"Fit(model={self.model.name!r}, loglik={self.loglik:.6g}, n_iter={self.n_iter}, "

@@ -472,6 +472,22 @@ class Model:
 
     # -- what later stages use ------------------------------------------------------------
 
+    def with_latent(self, names):
+        """This model with the named observed categorical nodes latent (same parameters, same shapes).
+
+        For data missing some values of a node that is a parent: on those rows the node is
+        summed over, so the fit treats it as latent with its present values as labels.
+        """
+        names = tuple(sorted(names))
+        if not hasattr(self, "_with_latent"):
+            self._with_latent = {}
+        if names not in self._with_latent:
+            graph = self.graph.copy()
+            for name in names:
+                graph.nodes[name]["latent"] = True
+            self._with_latent[names] = Model(graph, source=self.source, base_dir=self.base_dir)
+        return self._with_latent[names]
+
     @property
     def compiled(self):
         """The compiled model (derivations turned into numpy callables), built once."""
