@@ -532,8 +532,8 @@ class GaussianFactor(Factor):
         """The distinct missing-coordinate patterns of a data set's rows (built once per data set)."""
         return self.parts.missing_patterns(holes)
 
-    def missing_correction(self, params, x0, positions, patterns, context):
-        """The marginal log-density of partly missing rows minus their joint one at x0, (m, n_sets).
+    def missing_plan(self, x0, positions, patterns):
+        """The index work for a chunk's partly missing rows (built once per data set).
 
         Parameters
         ----------
@@ -542,13 +542,26 @@ class GaussianFactor(Factor):
         positions : ndarray of int, shape (m,)
             The rows' indices in the data set ``patterns`` describes.
         """
-        precision, shifted, conditionals = self._conditionals(params, patterns, context)
-        groups = patterns.groups_in(positions)
-        correction, fills = self.parts.conditional_fill(x0, precision, shifted, groups, conditionals)
-        return correction
+        return patterns.plan(x0, positions)
 
-    def conditional_sums(self, params, x0, positions, patterns, weights, context):
-        """Weighted sums of the statistics of partly missing rows, their missing coordinates integrated out.
+    def missing_correction(self, params, plan, patterns, context):
+        """The marginal log-density of partly missing rows minus their joint one at x0, (m, n_sets)."""
+        return self._fill(params, plan, patterns, context)[0]
+
+    def _fill(self, params, plan, patterns, context):
+        """Corrections and conditional means of a plan's rows; kept for the plan last asked.
+
+        The E-step asks for the same chunk's rows twice (densities, then statistics): the
+        second time costs nothing.
+        """
+        if context.get("filled_plan") is not plan:
+            precision, shifted, conditionals = self._conditionals(params, patterns, context)
+            context["filled_plan"] = plan
+            context["filled"] = self.parts.conditional_fill(plan, precision, shifted, conditionals)
+        return context["filled"]
+
+    def conditional_sums(self, params, plan, patterns, weights, context):
+        """What integrating out the missing coordinates adds to the weighted sums of T(x0).
 
         Parameters
         ----------
@@ -558,10 +571,9 @@ class GaussianFactor(Factor):
         -------
         ndarray of shape (n_sets, statistic_count)
         """
-        precision, shifted, conditionals = self._conditionals(params, patterns, context)
-        groups = patterns.groups_in(positions)
-        _, fills = self.parts.conditional_fill(x0, precision, shifted, groups, conditionals)
-        return self.parts.conditional_moments(x0, weights, groups, conditionals, fills)
+        _, fills = self._fill(params, plan, patterns, context)
+        conditionals = self._conditionals(params, patterns, context)[2]
+        return self.parts.conditional_moments(plan, weights, conditionals, fills)
 
     def mstep(self, sums, set_weights, old, reg_covar):
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -168,54 +168,137 @@ class MissingPatterns:
             self.coordinates[int(size)] = distinct
             self.pattern[rows] = pattern.reshape(-1)
 
-    def groups_in(self, positions):
-        """The given rows (all partly missing) grouped by size.
+    def plan(self, x0, positions):
+        """The index work for integrating out these rows' missing coordinates, done once per data set.
 
         Parameters
         ----------
+        x0 : ndarray of shape (m, dim)
+            The rows, zero where missing; each has some coordinate present and some missing.
         positions : ndarray of int, shape (m,)
-            Row indices into the data set.
+            Their indices in the data set these patterns describe.
 
         Returns
         -------
-        list of (size, members, coordinates, pattern)
-            ``members`` index into ``positions``; ``coordinates`` (len(members), size) are
-            the members' missing coordinates and ``pattern`` their pattern ids.
+        FillPlan
         """
-        sizes = self.size[positions]
-        groups = []
-        for size, distinct in self.coordinates.items():
+        return FillPlan(self, x0, positions)
+
+
+class FillPlan:
+    """Partly missing rows arranged for the conditional-normal computations (built once per chunk of rows).
+
+    Each (row, missing coordinate) pair is an *entry*; entries are ordered by coordinate,
+    so per coordinate the entries are one contiguous segment, and the products with the
+    precision's columns and the sums over rows are a few small matrix products.
+
+    Attributes
+    ----------
+    x0 : ndarray of shape (m, dim)
+    entry_x0 : ndarray of shape (n_entries, dim)
+        Each entry's row, by coordinate.
+    segments : list of (int, slice)
+        Per missing coordinate, its entries.
+    groups : list of (size, members, entries, pattern, starts, used, block)
+        Per number of missing coordinates s: member rows (g,) in pattern order, their
+        entries (g, s), their patterns (g,), where each pattern's run starts, the
+        distinct patterns, and the flat (row, column) indices of each pattern's missing
+        block in a (dim, dim) array, (p, s, s).
+    """
+
+    def __init__(self, patterns, x0, positions):
+        m, dim = x0.shape
+        self.x0 = x0
+        self.dim = dim
+        sizes = patterns.size[positions]
+        missing = np.zeros((m, dim), dtype=bool)
+        for size, distinct in patterns.coordinates.items():
             members = np.flatnonzero(sizes == size)
             if len(members):
-                pattern = self.pattern[positions[members]]
-                groups.append((size, members, distinct[pattern], pattern))
-        return groups
+                chosen = distinct[patterns.pattern[positions[members]]]
+                missing[members[:, None], chosen] = True
+        rows, coordinates = np.nonzero(missing.T)                # entries ordered by coordinate
+        coordinates, rows = rows, coordinates
+        entry_of = np.full((m, dim), -1, dtype=np.intp)
+        entry_of[rows, coordinates] = np.arange(len(rows))
+        self.entry_x0 = x0[rows]
+        bounds = np.searchsorted(coordinates, np.arange(dim + 1))
+        self.segments = [(c, slice(bounds[c], bounds[c + 1])) for c in range(dim) if bounds[c + 1] > bounds[c]]
+        self.n_entries = len(rows)
+        self.groups = []
+        for size, distinct in patterns.coordinates.items():
+            members = np.flatnonzero(sizes == size)
+            if not len(members):
+                continue
+            # Members in pattern order: each pattern's rows are one run.
+            members = members[np.argsort(patterns.pattern[positions[members]], kind="stable")]
+            pattern = patterns.pattern[positions[members]]
+            entries = entry_of[members[:, None], distinct[pattern]]
+            used, starts = np.unique(pattern, return_index=True)
+            placed = distinct[used]
+            block = (placed[:, :, None] * dim + placed[:, None, :])                 # (p, s, s)
+            self.groups.append((size, members, entries, pattern, starts, used, block))
 
 
 def pattern_conditionals(precision, patterns):
     """Per distinct pattern and set, the conditional covariance of the missing coordinates.
 
-    The conditional covariance of x_m given x_o is C = (P_mm)^-1, P the precision:
-    one small factorisation per distinct pattern and set, per E-step.
+    The conditional covariance of x_m given x_o is C = (P_mm)^-1, P the precision: one
+    small symmetric positive definite inverse per distinct pattern and set, per E-step,
+    all of one size at once.
 
     Returns
     -------
-    dict of int to (ndarray (n_patterns, n_sets, s, s), ndarray (n_patterns, n_sets))
-        Per size s: C, and 1/2 log det C.
+    dict of int to (ndarray (s, s, n_patterns, n_sets), ndarray (n_patterns, n_sets))
+        Per size s: C (entry by entry), and 1/2 log det C.
     """
     out = {}
     for size, coordinates in patterns.coordinates.items():
-        block = precision[:, coordinates[:, :, None], coordinates[:, None, :]]      # (n_sets, p, s, s)
-        block = np.ascontiguousarray(np.swapaxes(block, 0, 1))
-        chol = np.linalg.cholesky(block)
-        chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(size), block.shape))
-        covariance = np.swapaxes(chol_inv, -1, -2) @ chol_inv
-        half_logdet = -np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-        out[size] = (covariance, half_logdet)
+        block = np.empty((size, size) + (len(coordinates), precision.shape[0]))
+        for a in range(size):
+            for b in range(size):
+                block[a, b] = precision[:, coordinates[:, a], coordinates[:, b]].T
+        covariance, logdet = _spd_inverse(block)
+        out[size] = (covariance, -0.5 * logdet)
     return out
 
 
-def conditional_fill(x0, precision, shifted_mean, groups, conditionals):
+def _spd_inverse(block):
+    """Inverses and log-determinants of many small symmetric positive definite matrices.
+
+    Gauss-Jordan elimination without pivoting (stable for positive definite matrices),
+    vectorised over the matrices: they are laid out (s, s, ...), so each step works on
+    contiguous arrays of all of them, where a batched LAPACK call pays per matrix.
+
+    Parameters
+    ----------
+    block : ndarray of shape (s, s, ...)
+
+    Returns
+    -------
+    inverse : ndarray of shape (s, s, ...)
+    logdet : ndarray of shape (...)
+    """
+    size = block.shape[0]
+    reduced = block.copy()
+    inverse = np.zeros_like(block)
+    for a in range(size):
+        inverse[a, a] = 1.0
+    logdet = np.zeros(block.shape[2:])
+    for i in range(size):
+        pivot = reduced[i, i].copy()
+        logdet += np.log(pivot)
+        reduced[i] /= pivot
+        inverse[i] /= pivot
+        for j in range(size):
+            if j != i:
+                factor = reduced[j, i].copy()
+                reduced[j] -= factor * reduced[i]
+                inverse[j] -= factor * inverse[i]
+    return inverse, logdet
+
+
+def conditional_fill(plan, precision, shifted_mean, conditionals):
     """Conditional means of the missing coordinates, and the log-density correction, per row and set.
 
     With x0 a row with its missing coordinates set to 0, r = P x0 - P mu and
@@ -225,12 +308,9 @@ def conditional_fill(x0, precision, shifted_mean, groups, conditionals):
 
     Parameters
     ----------
-    x0 : ndarray of shape (m, dim)
-        Partly missing rows, zero where missing.
+    plan : FillPlan
     precision : ndarray of shape (n_sets, dim, dim)
     shifted_mean : ndarray of shape (n_sets, dim)
-    groups : list
-        From ``MissingPatterns.groups_in`` for these rows.
     conditionals : dict
         From ``pattern_conditionals``.
 
@@ -238,59 +318,84 @@ def conditional_fill(x0, precision, shifted_mean, groups, conditionals):
     -------
     correction : ndarray of shape (m, n_sets)
     fills : list of ndarray
-        Per group, the conditional means, (members, n_sets, s).
+        Per group of the plan, the conditional means, (s, members, n_sets).
     """
-    m, dim = x0.shape
     n_sets = precision.shape[0]
-    stacked = np.swapaxes(precision, 0, 1).reshape(dim, n_sets * dim)
-    residual = (x0 @ stacked).reshape(m, n_sets, dim) - shifted_mean
-    correction = np.empty((m, n_sets))
+    residual = np.empty((plan.n_entries, n_sets))
+    for coordinate, segment in plan.segments:
+        # r at this coordinate, for the entries missing it: their rows times P's column, for every set.
+        np.matmul(plan.entry_x0[segment], precision[:, :, coordinate].T, out=residual[segment])
+        residual[segment] -= shifted_mean[:, coordinate]
+    correction = np.empty((len(plan.x0), n_sets))
     fills = []
-    for size, members, coordinates, pattern in groups:
+    for size, members, entries, pattern, *_ in plan.groups:
         covariance, half_logdet = conditionals[size]
-        picked = np.take_along_axis(residual[members], coordinates[:, None, :], axis=2)     # (g, n_sets, s)
-        solved = np.einsum("gkab,gkb->gka", covariance[pattern], picked)
-        correction[members] = 0.5 * np.einsum("gka,gka->gk", picked, solved) + half_logdet[pattern] \
-            + 0.5 * size * np.log(2.0 * np.pi)
-        fills.append(-solved)
+        # Entry by entry over (rows, sets) arrays: s is small, and numpy is slow along short axes.
+        picked = [residual[entries[:, a]] for a in range(size)]                            # s x (g, n_sets)
+        solved = []
+        quadratic = np.zeros((len(members), n_sets))
+        for a in range(size):
+            column = covariance[a, 0][pattern] * picked[0]
+            for b in range(1, size):
+                column += covariance[a, b][pattern] * picked[b]
+            quadratic += picked[a] * column
+            solved.append(column)
+        correction[members] = 0.5 * quadratic + half_logdet[pattern] + 0.5 * size * np.log(2.0 * np.pi)
+        fills.append(-np.array(solved))                                                    # (s, g, n_sets)
     return correction, fills
 
 
-def conditional_moments(x0, weights, groups, conditionals, fills):
-    """Weighted sums of E[x] and E[x x^T] per set over partly missing rows (their conditional moments).
+def conditional_moments(plan, weights, conditionals, fills):
+    """What the missing coordinates add to the weighted sums of T(x0), per set: E[T(x)] - T(x0).
+
+    With x = x0 + f (f the conditional means, zero on the present coordinates) and C the
+    conditional covariance, E[x x^T] = x0 x0^T + x0 f^T + f x0^T + f f^T + C. Only the
+    missing coordinates' entries are formed.
 
     Parameters
     ----------
-    x0 : ndarray of shape (m, dim)
+    plan : FillPlan
     weights : ndarray of shape (m, n_sets)
         Each row's posterior weight on each set.
-    groups, conditionals, fills
+    conditionals, fills
         As ``conditional_fill`` takes and returns them.
 
     Returns
     -------
     ndarray of shape (n_sets, statistic_size(dim))
-        In the layout of ``statistics``: the sums of E[x], then of E[x x^T]'s upper triangle.
+        In the layout of ``statistics``.
     """
-    m, dim = x0.shape
+    dim = plan.dim
     n_sets = weights.shape[1]
-    completed = np.broadcast_to(x0, (n_sets, m, dim)).copy()
-    second = np.zeros((n_sets, dim, dim))
-    sets = np.arange(n_sets)
-    for (size, members, coordinates, pattern), fill in zip(groups, fills):
-        completed[sets[:, None, None], members[None, :, None], coordinates[None, :, :]] = np.swapaxes(fill, 0, 1)
+    weighted_fill = np.empty((plan.n_entries, n_sets))
+    # The missing blocks' f f^T + C, on and above the diagonal (coordinates ascend within a pattern).
+    upper = np.zeros(n_sets * dim * dim)
+    set_offset = np.arange(n_sets) * dim * dim
+    for (size, members, entries, pattern, starts, used, block), fill in zip(plan.groups, fills):
+        member_weights = weights[members]                                                  # (g, n_sets)
+        pattern_weights = np.add.reduceat(member_weights, starts, axis=0)                  # (p, n_sets)
         covariance = conditionals[size][0]
-        # The conditional covariance is one per pattern: weight it by the pattern's total weight.
-        used, first, position = np.unique(pattern, return_index=True, return_inverse=True)
-        gather = scipy.sparse.csr_matrix((np.ones(len(members)), (position.reshape(-1), np.arange(len(members)))),
-                                         shape=(len(used), len(members)))
-        spread = np.einsum("pk,pkab->kpab", gather @ weights[members], covariance[used])
-        used_coordinates = coordinates[first]
-        np.add.at(second, (sets[:, None, None, None], used_coordinates[None, :, :, None],
-                           used_coordinates[None, :, None, :]), spread)
-    weighted = completed * weights.T[:, :, None]
-    first = weighted.sum(axis=1)
-    second += np.swapaxes(weighted, 1, 2) @ completed
+        weighted = fill * member_weights
+        pairs = [(a, b) for a in range(size) for b in range(a, size)]
+        summed = np.empty((len(pairs), len(used), n_sets))
+        for position, (a, b) in enumerate(pairs):
+            # Summed over each pattern's rows (a run), placed at the pattern's (c_a, c_b).
+            np.add.reduceat(weighted[a] * fill[b], starts, axis=0, out=summed[position])
+            summed[position] += pattern_weights * covariance[a, b][used]
+        for a in range(size):
+            weighted_fill[entries[:, a]] = weighted[a]
+        places = np.array([block[:, a, b] for a, b in pairs])                              # (pairs, p)
+        upper += np.bincount((places[:, :, None] + set_offset).reshape(-1), weights=summed.reshape(-1),
+                             minlength=upper.size)
+    upper = upper.reshape(n_sets, dim, dim)
+    second = upper + np.swapaxes(upper, 1, 2)
+    second[:, np.arange(dim), np.arange(dim)] -= upper[:, np.arange(dim), np.arange(dim)]
+    first = np.zeros((n_sets, dim))
+    for coordinate, segment in plan.segments:
+        first[:, coordinate] = weighted_fill[segment].sum(axis=0)
+        cross = weighted_fill[segment].T @ plan.entry_x0[segment]                          # (n_sets, dim)
+        second[:, :, coordinate] += cross
+        second[:, coordinate, :] += cross
     rows_index, cols_index = upper_indices(dim)
     return np.concatenate([first, second[:, rows_index, cols_index]], axis=1)
 

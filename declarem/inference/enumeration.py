@@ -449,11 +449,9 @@ def _missing_correction(factor, view, table, chunk, positions):
     empty = holes.all(axis=1)
     correction = np.empty((len(positions), factor.n_sets))
     correction[empty] = table.log_partition
-    partial = positions[~empty]
-    if len(partial):
-        x0 = np.where(holes[~empty], 0.0, view.values[chunk][partial])
-        correction[~empty] = factor.missing_correction(table.params, x0, chunk.start + partial,
-                                                       view.patterns(factor), table.scratch)
+    _, plan = view.fill_plan(factor, chunk)
+    if plan is not None:
+        correction[~empty] = factor.missing_correction(table.params, plan, view.patterns(factor), table.scratch)
     return correction
 
 
@@ -576,30 +574,30 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
 def _per_set(marginal, sets, n_sets):
     """Rows' weights spread over all parameter sets: (m, n_sets) from (m, n_latent) weights on given sets."""
     out = np.zeros((len(marginal), n_sets))
+    if len(sets) and (sets == sets[0]).all() and len(np.unique(sets[0])) == sets.shape[1]:
+        out[:, sets[0]] = marginal          # every row on the same distinct sets (no observed parents)
+        return out
     np.add.at(out, (np.arange(len(marginal))[:, None], sets), marginal)
     return out
 
 
 def _add_conditional_sums(factor, view, marginal, sets, positions, chunk, stats, name, table):
-    """Add the statistics of partly missing rows with their missing coordinates integrated out.
+    """Add what integrating out partly missing rows' missing coordinates adds to their T(x0) statistics.
 
-    Returns the marginal with those rows (and the rows with nothing present) zeroed, for the
-    ordinary product over the remaining rows.
+    Returns the marginal with the rows that have nothing present zeroed (they contribute no
+    statistics), for the ordinary product, which gives every other row's T(x0).
     """
     holes = view.missing[chunk][positions]
     empty = holes.all(axis=1)
-    remaining = marginal.copy()
-    if table is None:
+    remaining = marginal
+    if empty.any():
+        remaining = marginal.copy()
         remaining[positions[empty]] = 0.0
-        return remaining
-    remaining[positions] = 0.0
-    partial = positions[~empty]
-    if len(partial):
+    partial, plan = view.fill_plan(factor, chunk)
+    if table is not None and plan is not None:
         weights = _per_set(marginal[partial], sets[partial], factor.n_sets)
-        x0 = np.where(holes[~empty], 0.0, view.values[chunk][partial])
-        stats.sums[name] += factor.conditional_sums(table.params, x0, chunk.start + partial,
-                                                    view.patterns(factor), weights, table.scratch)
-        stats.set_weights[name] += _column_sums(weights)
+        stats.sums[name] += factor.conditional_sums(table.params, plan, view.patterns(factor), weights,
+                                                    table.scratch)
     return remaining
 
 

@@ -55,6 +55,30 @@ class FactorRows:
             self._patterns = factor.missing_patterns(self.missing)
         return self._patterns
 
+    def fill_plan(self, factor, chunk):
+        """A chunk's rows with some but not all values missing: their positions in the chunk and the
+        factor's plan for them (built on first use, kept for the fit).
+
+        Returns
+        -------
+        partial : ndarray of int
+            Positions within the chunk.
+        plan : object or None
+            None when no row of the chunk is partly missing.
+        """
+        if not hasattr(self, "_plans"):
+            self._plans = {}
+        key = (chunk.start, chunk.stop)
+        if key not in self._plans:
+            holes = self.missing[chunk]
+            partial = np.flatnonzero(holes.any(axis=1) & ~holes.all(axis=1))
+            plan = None
+            if len(partial):
+                x0 = np.where(holes[partial], 0.0, self.values[chunk][partial])
+                plan = factor.missing_plan(x0, chunk.start + partial, self.patterns(factor))
+            self._plans[key] = (partial, plan)
+        return self._plans[key]
+
     def incomplete_in(self, chunk):
         """Positions, within the chunk, of the rows with some value of this node missing: (m,) int."""
         if self.missing is None:
