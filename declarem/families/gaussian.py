@@ -330,19 +330,34 @@ def conditional_fill(plan, precision, shifted_mean, conditionals):
     fills = []
     for size, members, entries, pattern, *_ in plan.groups:
         covariance, half_logdet = conditionals[size]
-        # Entry by entry over (rows, sets) arrays: s is small, and numpy is slow along short axes.
-        picked = [residual[entries[:, a]] for a in range(size)]                            # s x (g, n_sets)
-        solved = []
-        quadratic = np.zeros((len(members), n_sets))
-        for a in range(size):
-            column = covariance[a, 0][pattern] * picked[0]
-            for b in range(1, size):
-                column += covariance[a, b][pattern] * picked[b]
-            quadratic += picked[a] * column
-            solved.append(column)
+        if len(members) * n_sets >= ENTRYWISE_LEAST:
+            # Entry by entry over (rows, sets) arrays: s is small, and numpy is slow along short axes.
+            picked = [residual[entries[:, a]] for a in range(size)]                        # s x (g, n_sets)
+            solved = []
+            quadratic = np.zeros((len(members), n_sets))
+            for a in range(size):
+                column = covariance[a, 0][pattern] * picked[0]
+                for b in range(1, size):
+                    column += covariance[a, b][pattern] * picked[b]
+                quadratic += picked[a] * column
+                solved.append(column)
+            solved = np.array(solved)
+        else:
+            # Few rows (many missing coordinates are rare): a fixed number of calls beats s^2 of them.
+            picked = np.moveaxis(residual[entries], 1, 0)                                   # (s, g, n_sets)
+            solved = np.einsum("abgk,bgk->agk", covariance[:, :, pattern], picked)
+            quadratic = np.einsum("agk,agk->gk", picked, solved)
         correction[members] = 0.5 * quadratic + half_logdet[pattern] + 0.5 * size * np.log(2.0 * np.pi)
-        fills.append(-np.array(solved))                                                    # (s, g, n_sets)
+        fills.append(-solved)                                                              # (s, g, n_sets)
     return correction, fills
+
+
+# The (a, b) pairs with a <= b of a small matrix, by size.
+_PAIRS = [np.triu_indices(size) for size in range(17)]
+
+# Below this many (row, set) pairs, a group of partly missing rows is done in whole-array calls
+# rather than entry by entry.
+ENTRYWISE_LEAST = 8192
 
 
 def conditional_moments(plan, weights, conditionals, fills):
@@ -376,15 +391,19 @@ def conditional_moments(plan, weights, conditionals, fills):
         pattern_weights = np.add.reduceat(member_weights, starts, axis=0)                  # (p, n_sets)
         covariance = conditionals[size][0]
         weighted = fill * member_weights
-        pairs = [(a, b) for a in range(size) for b in range(a, size)]
-        summed = np.empty((len(pairs), len(used), n_sets))
-        for position, (a, b) in enumerate(pairs):
-            # Summed over each pattern's rows (a run), placed at the pattern's (c_a, c_b).
-            np.add.reduceat(weighted[a] * fill[b], starts, axis=0, out=summed[position])
-            summed[position] += pattern_weights * covariance[a, b][used]
-        for a in range(size):
-            weighted_fill[entries[:, a]] = weighted[a]
-        places = np.array([block[:, a, b] for a, b in pairs])                              # (pairs, p)
+        first_index, second_index = _PAIRS[size] if size < len(_PAIRS) else np.triu_indices(size)
+        if len(members) * n_sets >= ENTRYWISE_LEAST:
+            summed = np.empty((len(first_index), len(used), n_sets))
+            for position, (a, b) in enumerate(zip(first_index, second_index)):
+                # Summed over each pattern's rows (a run), placed at the pattern's (c_a, c_b).
+                np.add.reduceat(weighted[a] * fill[b], starts, axis=0, out=summed[position])
+                summed[position] += pattern_weights * covariance[a, b][used]
+        else:
+            outer = weighted[first_index] * fill[second_index]                             # (pairs, g, n_sets)
+            summed = np.add.reduceat(outer, starts, axis=1)
+            summed += pattern_weights * covariance[first_index[:, None], second_index[:, None], used]
+        weighted_fill[entries.T] = weighted
+        places = block[:, first_index, second_index].T                                      # (pairs, p)
         upper += np.bincount((places[:, :, None] + set_offset).reshape(-1), weights=summed.reshape(-1),
                              minlength=upper.size)
     upper = upper.reshape(n_sets, dim, dim)
