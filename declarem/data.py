@@ -541,8 +541,7 @@ def _checked_values(node, array, label, source):
     flat_holes = holes.reshape(len(array), -1)
     empty = np.flatnonzero(flat_holes.all(axis=0)) if len(array) else []
     if len(empty):
-        j = int(empty[0])
-        column = node.columns[j] if node.columns else (label if flat_holes.shape[1] == 1 else f"{label}[{j}]")
+        column = _column_name(node, label, int(empty[0]), flat_holes.shape[1])
         raise DataError(f"{source}: column '{column}' of node '{node.name}' is missing on every row; "
                         "drop the column from the model or give it values")
     holes = holes if holes.any() else None
@@ -565,10 +564,19 @@ def _checked_values(node, array, label, source):
         if found is not None:
             row, expected = found
             row = int(np.flatnonzero(present)[row])
-            column = node.columns[j] if node.columns else (label if flat.shape[1] == 1 else f"{label}[{j}]")
+            column = _column_name(node, label, j, flat.shape[1])
             raise DataError(f"{source}: column '{column}', row {row}: value {flat[row, j]:g} is outside the "
                             f"support of node '{node.name}' ({node.family.name}: {expected})")
     return array, holes
+
+
+def _column_name(node, label, j, width):
+    """The data column holding column j of a node's values, for messages."""
+    if node.columns:
+        return node.columns[j]
+    if width == 1:
+        return label
+    return f"{node.name}_{j}" if label.endswith("..") else f"{label}[{j}]"
 
 
 def _weights(weights, columns, n_rows, source):

@@ -8,11 +8,13 @@ import os
 import warnings
 
 import numpy as np
+import scipy.optimize
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
 from .errors import FitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
+from .inference.enumeration import apply_labels
 from .monitor import ConvergenceMonitor, EMRun
 from .params import check_init
 from .squarem import run_squarem
@@ -105,7 +107,7 @@ def initial_params(engine, rng, given, reg_covar):
     pairs, free_names = compiled.required()
     if all(p in given.get(node, {}) for node, p in pairs) and set(free_names) <= set(free):
         return compiled.to_internal({**given, **free}, rows.shifts)
-    posterior = _initial_posterior(compiled, rows, rng)
+    posterior = _respect_labels(compiled, rows, _initial_posterior(compiled, rows, rng))
     params = mstep(compiled, engine.statistics_from_posterior(posterior), None, reg_covar)
     for node, values in given.items():
         factor = compiled.factors[node]
@@ -134,6 +136,34 @@ def _initial_posterior(compiled, rows, rng):
         posterior[np.arange(rows.n_rows), labels] += 1.0 - INITIAL_SOFTENING
         return posterior
     posterior = rng.random((rows.n_rows, n_configurations))
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def _respect_labels(compiled, rows, posterior):
+    """The seeded posterior made to agree with partial labels (semi-supervised EM starts from them).
+
+    Each labelled node's seeded components are first renumbered to match the labels as well as
+    they can (the assignment of seeded components to labels with the most shared weight), then
+    labelled rows keep only the configurations that agree with their labels.
+    """
+    if not rows.labels:
+        return posterior
+    n = rows.n_rows
+    shaped = posterior.reshape((n,) + compiled.latent_sizes)
+    for name, labels in rows.labels.items():
+        axis = compiled.latent.index(name)
+        k = compiled.latent_sizes[axis]
+        given = labels >= 0
+        others = tuple(a + 1 for a in range(len(compiled.latent)) if a != axis)
+        marginal = shaped.sum(axis=others) if others else shaped
+        shared = (marginal[given] * rows.weights[given, None]).T @ np.eye(k)[labels[given]]      # (seeded, label)
+        seeded, label = scipy.optimize.linear_sum_assignment(-shared)
+        order = np.empty(k, dtype=np.intp)
+        order[label] = seeded
+        shaped = np.take(shaped, order, axis=axis + 1)
+    shaped = np.ascontiguousarray(shaped)
+    apply_labels(compiled, rows, shaped, slice(0, n), probabilities=True)
+    posterior = shaped.reshape(n, compiled.n_configurations)
     return posterior / posterior.sum(axis=1, keepdims=True)
 
 

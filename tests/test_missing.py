@@ -273,3 +273,24 @@ def test_both_routes_for_missing_coordinates_agree(monkeypatch, cov_type):
     np.testing.assert_allclose(fits[0].history, fits[1].history, rtol=1e-12)
     np.testing.assert_allclose(fits[0].params["x"]["cov"], fits[1].params["x"]["cov"], rtol=1e-10)
     np.testing.assert_allclose(fits[0].params["x"]["mean"], fits[1].params["x"]["mean"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_few_labels_name_the_components_from_the_start(seed):
+    """Three labelled rows per component: the seeded start is renumbered to agree with them, so component j
+    is the labelled class j (without that, k-means numbers the clusters its own way and EM keeps them)."""
+    rng = np.random.default_rng(4)
+    centres = np.array([[0.0, 0.0], [4.0, 1.0], [0.5, 5.0]])
+    truth = np.repeat(np.arange(3), 150)
+    x = centres[truth] + rng.normal(size=(450, 2))
+    labels = np.full(450, np.nan)
+    for j in range(3):
+        labels[np.flatnonzero(truth == j)[:3]] = j
+    g = nx.DiGraph()
+    g.add_node("z", family="categorical", latent=True, k=3)
+    g.add_node("x", family="normal", dim=2, covariance="full")
+    g.add_edge("z", "x")
+    fit = declarem.Model(g).fit({"x": x, "z": labels}, seed=seed)
+    assert np.abs(fit.params["x"]["mean"] - centres).max() < 0.5
+    posterior = fit.posterior({"x": x, "z": labels})["z"]
+    assert (posterior.argmax(axis=1) == truth).mean() > 0.95

@@ -229,11 +229,11 @@ def joint_probabilities(compiled, rows, tables, chunk, varying):
             shaped[...] = contribution.reshape(shape)
         else:
             shaped *= contribution.reshape(shape)
-    _apply_labels(compiled, rows, shaped, chunk, probabilities=True)
+    apply_labels(compiled, rows, shaped, chunk, probabilities=True)
     return joint
 
 
-def _apply_labels(compiled, rows, shaped, chunk, probabilities):
+def apply_labels(compiled, rows, shaped, chunk, probabilities):
     """Keep, on labelled rows, only the configurations that agree with the labels (partial labels).
 
     Parameters
@@ -368,7 +368,7 @@ def _joint(compiled, rows, tables, chunk, varying):
         else:
             shaped += contribution
     if rows.labels:
-        _apply_labels(compiled, rows, shaped, chunk, probabilities=False)
+        apply_labels(compiled, rows, shaped, chunk, probabilities=False)
     return joint
 
 
