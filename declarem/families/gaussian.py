@@ -195,8 +195,8 @@ class FillPlan:
     Attributes
     ----------
     x0 : ndarray of shape (m, dim)
-    entry_x0 : ndarray of shape (n_entries, dim)
-        Each entry's row, by coordinate.
+    entry_x0 : ndarray of shape (n_entries, 1 + dim)
+        Each entry's row, by coordinate, after a leading 1.
     segments : list of (int, slice)
         Per missing coordinate, its entries.
     groups : list of (size, members, entries, pattern, starts, used, block)
@@ -221,7 +221,8 @@ class FillPlan:
         coordinates, rows = rows, coordinates
         entry_of = np.full((m, dim), -1, dtype=np.intp)
         entry_of[rows, coordinates] = np.arange(len(rows))
-        self.entry_x0 = x0[rows]
+        # Each entry's row with a leading 1: one product gives an entry's weighted sums and cross moments.
+        self.entry_x0 = np.column_stack([np.ones(len(rows)), x0[rows]])
         bounds = np.searchsorted(coordinates, np.arange(dim + 1))
         self.segments = [(c, slice(bounds[c], bounds[c + 1])) for c in range(dim) if bounds[c + 1] > bounds[c]]
         self.n_entries = len(rows)
@@ -324,7 +325,7 @@ def conditional_fill(plan, precision, shifted_mean, conditionals):
     residual = np.empty((plan.n_entries, n_sets))
     for coordinate, segment in plan.segments:
         # r at this coordinate, for the entries missing it: their rows times P's column, for every set.
-        np.matmul(plan.entry_x0[segment], precision[:, :, coordinate].T, out=residual[segment])
+        np.matmul(plan.entry_x0[segment, 1:], precision[:, :, coordinate].T, out=residual[segment])
         residual[segment] -= shifted_mean[:, coordinate]
     correction = np.empty((len(plan.x0), n_sets))
     fills = []
@@ -411,10 +412,10 @@ def conditional_moments(plan, weights, conditionals, fills):
     second[:, np.arange(dim), np.arange(dim)] -= upper[:, np.arange(dim), np.arange(dim)]
     first = np.zeros((n_sets, dim))
     for coordinate, segment in plan.segments:
-        first[:, coordinate] = weighted_fill[segment].sum(axis=0)
-        cross = weighted_fill[segment].T @ plan.entry_x0[segment]                          # (n_sets, dim)
-        second[:, :, coordinate] += cross
-        second[:, coordinate, :] += cross
+        sums = weighted_fill[segment].T @ plan.entry_x0[segment]                           # (n_sets, 1 + dim)
+        first[:, coordinate] = sums[:, 0]
+        second[:, :, coordinate] += sums[:, 1:]
+        second[:, coordinate, :] += sums[:, 1:]
     rows_index, cols_index = upper_indices(dim)
     return np.concatenate([first, second[:, rows_index, cols_index]], axis=1)
 
