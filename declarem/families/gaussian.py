@@ -325,7 +325,8 @@ def conditional_fill(plan, precision, shifted_mean, conditionals):
     residual = np.empty((plan.n_entries, n_sets))
     for coordinate, segment in plan.segments:
         # r at this coordinate, for the entries missing it: their rows times P's column, for every set.
-        np.matmul(plan.entry_x0[segment, 1:], precision[:, :, coordinate].T, out=residual[segment])
+        for block in _single_threaded(segment, plan.dim * n_sets):
+            np.matmul(plan.entry_x0[block, 1:], precision[:, :, coordinate].T, out=residual[block])
         residual[segment] -= shifted_mean[:, coordinate]
     correction = np.empty((len(plan.x0), n_sets))
     fills = []
@@ -352,6 +353,19 @@ def conditional_fill(plan, precision, shifted_mean, conditionals):
         fills.append(-solved)                                                              # (s, g, n_sets)
     return correction, fills
 
+
+def _single_threaded(segment, width):
+    """The segment's rows in blocks whose products with a (width)-sized operand OpenBLAS runs on one thread.
+
+    Larger ones it spreads over threads, which for these small products is several times
+    slower, and stalls beside other busy processes.
+    """
+    step = max(1, SINGLE_THREAD_PRODUCT // width)
+    return [slice(first, min(first + step, segment.stop)) for first in range(segment.start, segment.stop, step)]
+
+
+# Multiply-adds below which OpenBLAS keeps a matrix product on one thread.
+SINGLE_THREAD_PRODUCT = 1 << 17
 
 # The (a, b) pairs with a <= b of a small matrix, by size.
 _PAIRS = [np.triu_indices(size) for size in range(17)]
@@ -412,7 +426,8 @@ def conditional_moments(plan, weights, conditionals, fills):
     second[:, np.arange(dim), np.arange(dim)] -= upper[:, np.arange(dim), np.arange(dim)]
     first = np.zeros((n_sets, dim))
     for coordinate, segment in plan.segments:
-        sums = weighted_fill[segment].T @ plan.entry_x0[segment]                           # (n_sets, 1 + dim)
+        sums = sum(weighted_fill[block].T @ plan.entry_x0[block]                           # (n_sets, 1 + dim)
+                   for block in _single_threaded(segment, (dim + 1) * n_sets))
         first[:, coordinate] = sums[:, 0]
         second[:, :, coordinate] += sums[:, 1:]
         second[:, coordinate, :] += sums[:, 1:]
