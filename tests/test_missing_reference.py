@@ -877,8 +877,10 @@ def test_gmm_missing_from_dataframe(gmm_data):
     _, xm, _, _ = gmm_data
     init = gmm_init("full")
     init_d = {"z": {"probs": init[0]}, "x": {"mean": init[1], "cov": init[2]}}
-    (rw, rm, rc), rhist, _ = gj_em(xm, *init, "full", N_ITER)
-    frame = pd.DataFrame({f"x_{j}": xm[:, j] for j in range(D)})
+    (rw, rm, rc), rhist, _ = gj_em(xm, *init, "full", N_ITER, empty_rows=False)
+    # pandas' nullable floats hold pd.NA where a value is missing.
+    frame = pd.DataFrame({f"x_{j}": pd.array(np.where(np.isnan(xm[:, j]), None, xm[:, j]), dtype="Float64")
+                          for j in range(D)})
     fit = declarem_fit(("gmm-frame", "full"), gmm_graph("full"), frame, init_d)
     assert_close(fit.params["x"]["cov"], rc, what="x.cov")
     assert_history(fit.history, rhist, "DataFrame")
