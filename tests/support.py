@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: the command line run in this process, a Python file loaded as a module.
+"""Helpers shared by the tests: the command line run in this process, a Python file loaded as a module,
+covariance parameters as full matrices.
 
 A fresh interpreter per command costs the import of declarem (with sympy and scipy) every time;
 most tests run ``declarem.cli.main`` here instead, with standard output, standard error and
@@ -12,6 +13,8 @@ import io
 import subprocess
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 #: A two-component Poisson mixture reading counts.csv beside it: the small model of the CLI tests.
 POISSON_SPEC = """
@@ -75,3 +78,17 @@ def run_cli(*args, cwd="."):
     # As subprocess.run(..., text=True) reads a process's output: universal newlines.
     stdout, stderr = (stream.getvalue().replace("\r\n", "\n") for stream in (out, err))
     return subprocess.CompletedProcess(["declarem", *arguments], status, stdout, stderr)
+
+
+def full_covariances(c, cov_type, k, d):
+    """A vector normal's covariance parameter of any covariance type as (k, d, d) matrices."""
+    c = np.asarray(c, dtype=float)
+    if cov_type == "full":
+        return c
+    if cov_type == "tied":
+        return np.broadcast_to(c, (k, d, d)).copy()
+    if cov_type == "diag":
+        return np.stack([np.diag(ck) for ck in c])
+    if cov_type == "spherical":
+        return c[:, None, None] * np.eye(d)[None]
+    raise ValueError(cov_type)

@@ -47,6 +47,7 @@ import itertools
 import networkx as nx
 import numpy as np
 import pytest
+from support import full_covariances as support_full_covariances
 from scipy import stats
 from scipy.special import logsumexp
 
@@ -189,16 +190,8 @@ def cov_key(cov_type):
 
 
 def full_covariances(c, cov_type, k=K, d=D):
-    c = np.asarray(c, dtype=float)
-    if cov_type == "full":
-        return c
-    if cov_type == "tied":
-        return np.broadcast_to(c, (k, d, d)).copy()
-    if cov_type == "diag":
-        return np.stack([np.diag(ck) for ck in c])
-    if cov_type == "spherical":
-        return c[:, None, None] * np.eye(d)[None]
-    raise ValueError(cov_type)
+    """Any covariance parameter -> (K, D, D)."""
+    return support_full_covariances(c, cov_type, k, d)
 
 
 def constrain(scatter, nk, cov_type):

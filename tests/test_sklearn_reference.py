@@ -17,6 +17,7 @@ import warnings
 import networkx as nx
 import numpy as np
 import pytest
+from support import full_covariances as support_full_covariances
 from scipy.special import logsumexp
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
@@ -138,16 +139,7 @@ def sklearn_fit(x, w, m, c, cov_type, max_iter=N_ITER, reg_covar=1e-6):
 
 def full_covariances(c, cov_type, k=K, d=D):
     """Any covariance parameter -> (K, D, D)."""
-    c = np.asarray(c, dtype=float)
-    if cov_type == "full":
-        return c
-    if cov_type == "tied":
-        return np.broadcast_to(c, (k, d, d)).copy()
-    if cov_type == "diag":
-        return np.stack([np.diag(ck) for ck in c])
-    if cov_type == "spherical":
-        return c[:, None, None] * np.eye(d)[None]
-    raise ValueError(cov_type)
+    return support_full_covariances(c, cov_type, k, d)
 
 
 def log_joint(x, w, m, covs):
