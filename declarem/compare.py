@@ -16,7 +16,7 @@ from .data import missing_parents_as_latent, check_regular_file, node_data, sequ
 from .em import initial_params, mstep
 from .errors import OptionError, ReferenceUpdateError
 from .inference import engine_for, prepare_rows
-from .params import check_init
+from .params import check_init, seed_sequence
 
 
 @dataclass
@@ -144,7 +144,7 @@ def compare(model, data, reference, init=None, iterations=10, reg_covar=0.0, see
     engine = engine_for(compiled, rows, lengths)
     sequences = {} if lengths is None or len(lengths) == 1 else {"lengths": list(lengths)}
     given = check_init(compiled, init)
-    start = initial_params(engine, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]),
+    start = initial_params(engine, np.random.default_rng(seed_sequence(seed).spawn(1)[0]),
                            given, reg_covar)
     start_external = compiled.to_external(start, rows.shifts)
 

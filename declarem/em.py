@@ -16,7 +16,7 @@ from .fit import Fit
 from .inference import engine_for, prepare_rows
 from .inference.enumeration import apply_labels
 from .monitor import ConvergenceMonitor, EMRun
-from .params import check_init
+from .params import check_init, seed_sequence
 from .squarem import run_squarem
 
 KMEANS_ITERATIONS = 10
@@ -26,7 +26,7 @@ INITIAL_SOFTENING = 0.1
 COLLAPSE_RATIO = 1e-10
 
 
-def _check_options(max_iter, tol, restarts, reg_covar, seed):
+def _check_options(max_iter, tol, restarts, reg_covar):
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise OptionError(f"max_iter must be a non-negative integer, found {max_iter!r}")
     if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
@@ -35,8 +35,6 @@ def _check_options(max_iter, tol, restarts, reg_covar, seed):
         raise OptionError(f"restarts must be a positive integer, found {restarts!r}")
     if not isinstance(reg_covar, (int, float)) or not math.isfinite(reg_covar) or reg_covar < 0:
         raise OptionError(f"reg_covar must be a finite number >= 0, found {reg_covar!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OptionError(f"seed must be a non-negative integer, found {seed!r}")
 
 
 def mstep(compiled, stats, old, reg_covar):
@@ -256,7 +254,8 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
               reg_covar=1e-6, hard=False, progress=None, source="data", accelerate=None, memory_budget=None,
               lengths=None):
     """Fit a model by EM; see ``Model.fit``."""
-    _check_options(max_iter, tol, restarts, reg_covar, seed)
+    _check_options(max_iter, tol, restarts, reg_covar)
+    seeds = seed_sequence(seed).spawn(restarts)
     if accelerate not in ACCELERATORS:
         raise OptionError(f"accelerate must be one of {', '.join(map(repr, ACCELERATORS))}, found {accelerate!r}")
     compiled = model.compiled
@@ -279,7 +278,7 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     given = check_init(compiled, init)
     best = None
     failures = []
-    for index, child in enumerate(np.random.SeedSequence(int(seed)).spawn(restarts)):
+    for index, child in enumerate(seeds):
         rng = np.random.default_rng(child)
         try:
             start = initial_params(engine, rng, given, reg_covar)

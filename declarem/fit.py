@@ -118,6 +118,16 @@ class Fit:
         engine, params = self._engine(data, weights, lengths)
         return float(engine.expected_statistics(params)[1])
 
+    def sample(self, n_rows, seed=0, lengths=None):
+        """Draw rows from the fitted model: ``model.sample(n_rows, fit.params, ...)``.
+
+        Returns
+        -------
+        dict of str to ndarray
+            One column per data column, latent nodes included.
+        """
+        return self.model.sample(n_rows, self.params, seed=seed, lengths=lengths)
+
     def top(self, node, n=10, labels=None):
         """The most probable categories of a categorical node, for each value of its parents.
 

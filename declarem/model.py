@@ -472,6 +472,13 @@ class Model:
 
     # -- what later stages use ------------------------------------------------------------
 
+    def __getstate__(self):
+        """Pickle the declaration; the compiled form (numpy callables) is rebuilt on first use."""
+        state = dict(self.__dict__)
+        state["_compiled"] = None
+        state.pop("_with_latent", None)
+        return state
+
     def with_latent(self, names):
         """This model with the named observed categorical nodes latent (same parameters, same shapes).
 
@@ -508,14 +515,16 @@ class Model:
         weights : array-like of shape (n_rows,) or str, optional
             Non-negative row weights (counts), or the name of a data column holding them.
             Default: the spec's ``[data] weights`` column if it names one, else all ones.
-        init : mapping, optional
-            ``{node: {param: array}}``; may name only some parameters.
+        init : mapping or Fit, optional
+            ``{node: {param: array}}``; may name only some parameters. A fit starts from its
+            parameters (a warm start).
         max_iter : int
             Number of EM iterations at most.
         tol : float
             Stop when the objective's relative change falls below ``tol``; 0 never stops early.
-        seed : int
-            Seeds the initialisation; equal inputs and seed give equal fits.
+        seed : None, int or numpy.random.Generator
+            Seeds the initialisation; equal inputs and integer seed give equal fits. None draws
+            fresh entropy; a Generator gives one draw (as scikit-learn's ``random_state``).
         restarts : int
             Independent initialisations; the fit with the highest objective is kept.
         reg_covar : float
@@ -557,9 +566,10 @@ class Model:
         Parameters
         ----------
         n_rows : int
-        params : mapping
-            ``{node: {param: array}}`` for every node.
-        seed : int
+        params : mapping or Fit
+            ``{node: {param: array}}`` for every node, or a fit (its parameters).
+        seed : None, int or numpy.random.Generator
+            None draws fresh entropy; a Generator is used as it is.
         lengths : sequence of int, optional
             For a model with a chain: rows per sequence (default one sequence).
 

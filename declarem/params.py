@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from .errors import InitError
+from .errors import InitError, OptionError
 from .tables import shown, type_name
 
 
@@ -66,6 +66,27 @@ def _first_non_number(value):
     return None
 
 
+def parameters_of(value):
+    """Parameters as given: a mapping, or a Fit (its fitted parameters), wherever parameters are taken."""
+    from .fit import Fit
+    return value.params if isinstance(value, Fit) else value
+
+
+def seed_sequence(seed, what="seed"):
+    """A ``numpy.random.SeedSequence`` from a seed: None (fresh entropy), an integer >= 0, or a Generator.
+
+    A Generator gives one draw, so a caller's stream advances as it does for scikit-learn's
+    ``random_state``.
+    """
+    if seed is None:
+        return np.random.SeedSequence()
+    if isinstance(seed, np.random.Generator):
+        return np.random.SeedSequence(int(seed.integers(2 ** 63)))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError(f"{what} must be None, an integer >= 0 or a numpy Generator, found {seed!r}")
+    return np.random.SeedSequence(int(seed))
+
+
 def check_init(compiled, init, where="init", closed=False):
     """Validate a user ``init`` mapping (or parameters read from a fit).
 
@@ -89,6 +110,7 @@ def check_init(compiled, init, where="init", closed=False):
     """
     if init is None:
         return {}, {}
+    init = parameters_of(init)
     if not hasattr(init, "items"):
         raise InitError(f"{where}: expected a mapping of node to parameters, found {type(init).__name__}")
     checked, free, implied = {}, {}, {}

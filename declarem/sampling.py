@@ -110,7 +110,7 @@ def sample_rows(model, n_rows, params, seed=0, lengths=None):
     if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 1:
         raise InitError(f"the number of rows to sample must be a positive integer, found {n_rows!r}")
     compiled = model.compiled
-    from .params import check_init
+    from .params import check_init, seed_sequence
     given, free = check_init(compiled, params, where="params", closed=True)
     pairs, free_names = compiled.required()
     missing = [f"{node}.{p}" for node, p in pairs if p not in given.get(node, {})]
@@ -123,7 +123,7 @@ def sample_rows(model, n_rows, params, seed=0, lengths=None):
         lengths = sequence_lengths(model, {}, lengths, n_rows)
     elif model.chain is not None:
         lengths = [n_rows]
-    rng = np.random.default_rng(seed)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed_sequence(seed))
     drawn = {}
     for name, factor in compiled.factors.items():
         node = model.nodes[name]

@@ -3,6 +3,7 @@
 import itertools
 import json
 import warnings
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -12,6 +13,8 @@ import scipy.stats
 import declarem
 from declarem.em import ConvergenceMonitor
 from declarem.inference import engine_for, prepare_rows
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
 from declarem.data import node_data
 
 
@@ -327,3 +330,34 @@ def test_decode_gives_each_rows_most_probable_joint_configuration():
         assert (decoded["z1"][row], decoded["z2"][row]) == best
     with pytest.raises(declarem.DeclaremError, match="lengths"):
         fit.decode(data, lengths=[40])
+
+
+def test_a_fit_is_taken_wherever_parameters_are_and_pickles(tmp_path):
+    """init=fit warm-starts, model.sample(n, fit) and fit.sample(n) draw from the fit, Model and Fit pickle."""
+    import pickle
+    model = declarem.load_model(MODELS / "gmm.toml")
+    first = model.fit(MODELS / "gmm.csv", max_iter=5, tol=0.0)
+    warm = model.fit(MODELS / "gmm.csv", init=first, max_iter=5, tol=0.0)
+    assert warm.history[0] == pytest.approx(first.history[-1], rel=1e-12)
+    drawn = model.sample(50, first, seed=3)
+    np.testing.assert_array_equal(drawn["x_0"], first.sample(50, seed=3)["x_0"])
+    np.testing.assert_array_equal(drawn["x_0"], model.sample(50, first.params, seed=np.random.default_rng(3))["x_0"])
+    restored = pickle.loads(pickle.dumps(first))
+    assert restored.loglik == first.loglik
+    assert restored.score(MODELS / "gmm.csv") == pytest.approx(first.score(MODELS / "gmm.csv"), rel=1e-12)
+    again = pickle.loads(pickle.dumps(model)).fit(MODELS / "gmm.csv", max_iter=5, tol=0.0)
+    assert again.history == first.history
+
+
+@pytest.mark.parametrize("seed", [None, 7, np.random.default_rng(7)])
+def test_seed_takes_none_an_integer_or_a_generator(seed):
+    model = declarem.load_model(MODELS / "gmm.toml")
+    fit = model.fit(MODELS / "gmm.csv", seed=seed, max_iter=3)
+    assert np.isfinite(fit.loglik)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_a_bad_seed_is_named(seed):
+    model = declarem.load_model(MODELS / "gmm.toml")
+    with pytest.raises(declarem.DeclaremError, match="seed must be None, an integer >= 0 or a numpy Generator"):
+        model.fit(MODELS / "gmm.csv", seed=seed, max_iter=3)
