@@ -113,6 +113,31 @@ class Fit:
         engine, params = self._engine(data, None, lengths)
         return engine.most_probable(params)
 
+    def row_loglik(self, data):
+        """Each row's observed-data log-likelihood at the fitted parameters, base measures included.
+
+        Returns
+        -------
+        ndarray of shape (n_rows,)
+            Summed with row weights, ``score``. Missing values are integrated out.
+
+        Raises
+        ------
+        OptionError
+            For a model with a chain: its likelihood belongs to whole sequences, not rows.
+        """
+        if self.model.chain is not None:
+            raise OptionError("row_loglik: a chain's likelihood belongs to whole sequences, not rows; "
+                              "use score(data, lengths=...)")
+        engine, params = self._engine(data, None)
+        _, per_row = engine.posterior_marginals(params)
+        per_row = np.array(per_row, dtype=float)
+        for name, factor in engine.compiled.factors.items():
+            view = engine.rows.factors[name]
+            if view.values is not None:
+                per_row += factor.base(view.values, view.missing)
+        return per_row
+
     def score(self, data, weights=None, lengths=None):
         """Observed-data log-likelihood of ``data`` at the fitted parameters (weighted sum)."""
         engine, params = self._engine(data, weights, lengths)

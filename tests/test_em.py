@@ -361,3 +361,15 @@ def test_a_bad_seed_is_named(seed):
     model = declarem.load_model(MODELS / "gmm.toml")
     with pytest.raises(declarem.DeclaremError, match="seed must be None, an integer >= 0 or a numpy Generator"):
         model.fit(MODELS / "gmm.csv", seed=seed, max_iter=3)
+
+
+def test_row_loglik_sums_to_the_score_and_refuses_a_chain():
+    model = declarem.load_model(MODELS / "poisson_mixture.toml")
+    fit = model.fit(MODELS / "poisson_mixture.csv", max_iter=20)
+    per_row = fit.row_loglik(MODELS / "poisson_mixture.csv")
+    assert per_row.shape == (fit.n_observations,)
+    assert per_row.sum() == pytest.approx(fit.score(MODELS / "poisson_mixture.csv"), rel=1e-12)
+    chain = declarem.load_model(MODELS / "earthquakes_hmm2.toml")
+    chain_fit = chain.fit(MODELS / "earthquakes.csv", max_iter=5)
+    with pytest.raises(declarem.DeclaremError, match="whole sequences"):
+        chain_fit.row_loglik(MODELS / "earthquakes.csv")

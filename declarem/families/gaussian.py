@@ -9,7 +9,6 @@ equation.
 """
 
 import numpy as np
-import scipy.sparse
 
 
 def upper_indices(dim):
