@@ -17,7 +17,22 @@ import numpy as np
 from .errors import DeclaremError, OptionError
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default (where it has one and the help does not say it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default is not None and action.default is not False \
+                and action.default != argparse.SUPPRESS and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         raise OptionError(f"{self.prog}: {message}")
 
@@ -37,76 +52,96 @@ def _finite_float(text):
 
 
 def _parser():
+    from . import __version__
     parser = _Parser(prog="declarem", description="EM derived from a declared model.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"declarem {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    fit = commands.add_parser("fit", help="fit a model by EM and write the result as JSON")
-    fit.add_argument("spec")
+    fit = commands.add_parser("fit", help="fit a model by EM: a summary on a terminal, else the result as JSON")
+    fit.add_argument("spec", help="the model's TOML spec file")
     fit.add_argument("--data", help="CSV with a header row, or a sparse count matrix (.npz) "
                                      "(default: the spec's [data] path)")
-    fit.add_argument("--out", help="write the JSON result here (default: standard output)")
-    fit.add_argument("--max-iter", type=int, default=1000)
-    fit.add_argument("--tol", type=_finite_float, default=1e-8, help="relative change of the objective")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--restarts", type=int, default=1)
-    fit.add_argument("--reg-covar", type=_finite_float, default=1e-6)
+    fit.add_argument("--out", help="write the JSON result here (default: a summary on standard output when it "
+                                   "is a terminal, else the JSON)")
+    fit.add_argument("--json", action="store_true", help="write the JSON result to standard output, even on a "
+                                                         "terminal")
+    fit.add_argument("--max-iter", type=int, default=1000, help="EM iterations at most, per restart")
+    fit.add_argument("--tol", type=_finite_float, default=1e-8,
+                     help="stop when the objective's relative change falls below this")
+    fit.add_argument("--seed", type=int, default=0, help="seeds the initialisation")
+    fit.add_argument("--restarts", type=int, default=1, help="seeded starts; the best fit is kept")
+    fit.add_argument("--reg-covar", type=_finite_float, default=1e-6,
+                     help="added to the diagonal of normal covariances in the M-step")
     fit.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
     fit.add_argument("--init", help="JSON file of initial parameters ({node: {param: list}}) or a fit")
     fit.add_argument("--hard", action="store_true", help="classification (hard) EM")
     fit.add_argument("--accelerate", choices=["squarem"], help="extrapolate the EM map (SQUAREM)")
-    fit.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    progress = fit.add_mutually_exclusive_group()
+    progress.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    progress.add_argument("--verbose", action="store_true", help="a progress line per iteration, also on a "
+                                                                 "terminal (where one line updates in place)")
 
     derive = commands.add_parser("derive", help="show the derived E-step statistics and M-step updates")
-    derive.add_argument("spec")
+    derive.add_argument("spec", help="the model's TOML spec file")
     derive.add_argument("--latex", action="store_true", help="print a LaTeX document instead of text")
 
     check = commands.add_parser("check", help="validate a spec (and its data) and compile its derivation")
-    check.add_argument("spec")
-    check.add_argument("--data")
+    check.add_argument("spec", help="the model's TOML spec file")
+    check.add_argument("--data", help="also check this data file against the model (default: the spec's [data] "
+                                      "path, if any)")
 
     sample = commands.add_parser("sample", help="draw seeded synthetic data from a spec and parameters")
-    sample.add_argument("spec")
+    sample.add_argument("spec", help="the model's TOML spec file")
     sample.add_argument("--params", required=True, help="JSON of parameters ({node: {param: list}}) or a fit")
     sample.add_argument("--n", type=int, required=True, help="number of rows")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="seeds the draws")
     sample.add_argument("--out", help="CSV path (default: standard output)")
     sample.add_argument("--observed-only", action="store_true", help="leave out latent columns")
     sample.add_argument("--lengths", help="for a model with a chain: rows per sequence, e.g. 100,50,50 "
                         "(default: one sequence of --n rows)")
     compare = commands.add_parser("compare", help="hold a hand-coded EM update against the derived one")
-    compare.add_argument("spec")
+    compare.add_argument("spec", help="the model's TOML spec file")
     compare.add_argument("--reference", required=True, help="FILE.py[:FUNCTION], a function "
                          "step(data, params) -> params (default name: step)")
     compare.add_argument("--data", help="data file (default: the spec's [data] path)")
     compare.add_argument("--init", help="JSON of starting parameters (default: the seeded initialisation)")
-    compare.add_argument("--iterations", type=int, default=10)
-    compare.add_argument("--rtol", type=_finite_float, default=1e-8)
-    compare.add_argument("--atol", type=_finite_float, default=1e-10)
+    compare.add_argument("--iterations", type=int, default=10, help="EM iterations to hold the updates against")
+    compare.add_argument("--rtol", type=_finite_float, default=1e-8, help="relative tolerance on each parameter")
+    compare.add_argument("--atol", type=_finite_float, default=1e-10, help="absolute tolerance on each parameter")
     compare.add_argument("--reg-covar", type=_finite_float, default=0.0,
                          help="regulariser of the derived update (default 0: the exact update)")
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--seed", type=int, default=0, help="seeds the initialisation")
     compare.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
 
     decode = commands.add_parser("decode", help="most probable latent values of each row (Viterbi path for "
                                  "a chain), as CSV")
-    decode.add_argument("spec")
+    decode.add_argument("spec", help="the model's TOML spec file")
     decode.add_argument("--fit", required=True, help="a fit written by `declarem fit --out`")
     decode.add_argument("--data", help="data file (default: the spec's [data] path)")
     decode.add_argument("--out", help="CSV path (default: standard output)")
 
     top = commands.add_parser("top", help="most probable categories of a categorical node, per parent value")
-    top.add_argument("spec")
+    top.add_argument("spec", help="the model's TOML spec file")
     top.add_argument("--fit", required=True, help="a fit written by `declarem fit --out`")
     top.add_argument("--node", help="categorical node (default: the first observed categorical child)")
-    top.add_argument("--n", type=int, default=10)
+    top.add_argument("--n", type=int, default=10, help="categories to list per parent value")
     top.add_argument("--labels", help="text file with one label per category (a vocabulary)")
     return parser
 
 
 def main(argv=None):
     """Run the command line; returns the exit status (the console script exits with it)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        # A bare `declarem` lists the commands.
+        _parser().print_help()
+        return 0
     try:
-        args = _parser().parse_args(argv)
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as done:
+            # --help and --version print and stop here: a status, not an exit, for callers of main.
+            return int(done.code or 0)
         return _COMMANDS[args.command](args)
     except DeclaremError as exc:
         print(f"declarem: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -178,29 +213,107 @@ def _fit(args):
     columns, spec_weights = read_model_data(model, source)
     weights = args.weights or spec_weights
     init = _read_params(args.init, model) if args.init else None
-    started = time.perf_counter()
-
-    def progress(iteration, objective, change):
-        print(f"iter {iteration:5d}  objective {objective: .10g}  change {change: .3e}", file=sys.stderr)
-
+    progress = None if args.quiet else _Progress(sys.stderr, verbose=args.verbose)
     from .em import fit_model
-    fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,
-                    seed=args.seed, restarts=args.restarts, reg_covar=args.reg_covar, hard=args.hard,
-                    progress=None if args.quiet else progress, source=source, accelerate=args.accelerate)
-    elapsed = time.perf_counter() - started
-    if not args.quiet:
+    try:
+        fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,
+                        seed=args.seed, restarts=args.restarts, reg_covar=args.reg_covar, hard=args.hard,
+                        progress=progress, source=source, accelerate=args.accelerate)
+    finally:
+        if progress is not None:
+            progress.close()
+    if progress is not None:
         state = "converged" if fit.converged else "stopped at max-iter"
-        print(f"{state} after {fit.n_iter} iterations in {elapsed:.2f} s; loglik {fit.loglik:.10g}, "
+        print(f"{state} after {fit.n_iter} iterations in {progress.elapsed():.2f} s; loglik {fit.loglik:.10g}, "
               f"BIC {fit.bic():.6g}", file=sys.stderr)
         if fit.n_missing:
             print(f"{fit.n_missing} missing values in {fit.n_missing_rows} rows, integrated out (none dropped)",
                   file=sys.stderr)
     if args.out:
         fit.save(args.out)
-    else:
+    elif args.json or not sys.stdout.isatty():
         json.dump(fit.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
+    else:
+        print(_summary(fit))
     return 0
+
+
+class _Progress:
+    """A fit's progress on standard error: iteration, objective, its relative change (as ``--tol`` measures
+    it) and the time since the restart began.
+
+    On a terminal one line is rewritten in place (``verbose``: a line per iteration); elsewhere (a log
+    file, a pipe) a line per iteration. With several restarts, a header for each and which one won.
+    """
+
+    def __init__(self, stream, verbose=False):
+        self.stream = stream
+        self.in_place = stream.isatty() and not verbose
+        self.begun = self.restart_begun = time.perf_counter()
+        self.restarts = 1
+        self.open_line = False
+        self.width = 0
+
+    def __call__(self, iteration, objective, change):
+        relative = change / abs(objective) if objective else change
+        line = (f"iter {iteration:5d}  objective {objective: .10g}  change {relative: .3e}  "
+                f"{time.perf_counter() - self.restart_begun:7.2f} s")
+        if self.in_place:
+            # Padded over what a longer previous line left.
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+            self.stream.flush()
+            self.open_line = True
+        else:
+            print(line, file=self.stream)
+
+    def restart(self, index, total):
+        """A restart begins (0-based ``index`` of ``total``)."""
+        self.close()
+        self.restarts = total
+        self.restart_begun = time.perf_counter()
+        if total > 1:
+            print(f"restart {index + 1} of {total}", file=self.stream)
+
+    def chosen(self, index, objective):
+        """The restart whose fit is kept."""
+        self.close()
+        if self.restarts > 1:
+            print(f"restart {index + 1} of {self.restarts} kept: objective {objective:.10g}", file=self.stream)
+
+    def close(self):
+        if self.open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open_line = False
+            self.width = 0
+
+    def elapsed(self):
+        return time.perf_counter() - self.begun
+
+
+def _summary(fit):
+    """A fit as a person reads it: state, log-likelihood, BIC and AIC, then every parameter."""
+    state = "converged" if fit.converged else "stopped at max-iter (not converged)"
+    lines = [f"model {fit.model.name!r}: {state} after {fit.n_iter} iterations",
+             f"loglik {fit.loglik:.10g}   BIC {fit.bic():.8g}   AIC {fit.aic():.8g}   "
+             f"({fit.n_observations:g} rows, {fit.n_parameters} free parameters)"]
+    if fit.n_missing:
+        lines.append(f"missing values: {fit.n_missing} cells in {fit.n_missing_rows} rows, integrated out")
+    lines.append("parameters:")
+    for node, params in fit.params.items():
+        if not isinstance(params, dict):
+            lines.append(f"  {node} = {float(params):.6g}")
+            continue
+        for name, value in params.items():
+            text = np.array2string(np.asarray(value), precision=4, suppress_small=True, max_line_width=100,
+                                   threshold=60)
+            label = f"  {node}.{name} = "
+            indented = (label + text.replace("\n", "\n" + " " * len(label))).split("\n")
+            lines.extend(line.rstrip() for line in indented)
+    lines.append("(--json or --out FIT.json for the full result as JSON)")
+    return "\n".join(lines)
 
 
 def _derive(args):

@@ -278,7 +278,10 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
     given = check_init(compiled, init)
     best = None
     failures = []
+    best_index = None
     for index, child in enumerate(seeds):
+        if hasattr(progress, "restart"):
+            progress.restart(index, restarts)
         rng = np.random.default_rng(child)
         try:
             start = initial_params(engine, rng, given, reg_covar)
@@ -289,9 +292,11 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
             failures.append(f"restart {index}: {exc}")
             continue
         if best is None or result.history[-1] > best.history[-1]:
-            best = result
+            best, best_index = result, index
     if best is None:
         raise FitError("every restart failed: " + "; ".join(failures))
+    if hasattr(progress, "chosen"):
+        progress.chosen(best_index, best.history[-1])
     if failures:
         warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
                       RuntimeWarning, stacklevel=3)

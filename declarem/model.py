@@ -532,7 +532,10 @@ class Model:
         hard : bool
             Classification EM: each row takes its most probable latent configuration.
         progress : callable, optional
-            Called as ``progress(iteration, objective, change)`` after each iteration.
+            Called as ``progress(iteration, objective, change)`` after each iteration (``change``:
+            the objective's rise in that iteration). If it also has methods ``restart(index,
+            restarts)`` and ``chosen(index, objective)``, they are called as each restart begins
+            and with the restart whose fit is kept.
         accelerate : {None, "squarem"}
             ``"squarem"`` extrapolates the EM map (Varadhan & Roland 2008) with a safeguard
             that never reports an objective below the plain EM step's; ``n_iter`` then

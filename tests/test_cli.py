@@ -133,3 +133,61 @@ def test_csv_triples_are_weighted_by_count_when_the_spec_declares_a_matrix(tmp_p
     assert from_csv.returncode == 0 and from_npz.returncode == 0, from_csv.stderr + from_npz.stderr
     assert json.loads(from_csv.stdout)["n_observations"] == 20.0
     assert json.loads(from_npz.stdout)["n_observations"] == 20.0
+
+
+def test_a_bare_declarem_lists_the_commands_and_version_and_defaults_show():
+    bare = run()
+    assert bare.returncode == 0 and "COMMAND" in bare.stdout
+    for command in ("fit", "derive", "check", "sample", "compare", "decode", "top"):
+        assert f"    {command} " in bare.stdout
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("declarem ")
+    helped = run("fit", "--help")
+    assert "(default: 1000)" in helped.stdout and "(default: 1e-08)" in helped.stdout
+    assert "(default: 0)" in helped.stdout                       # --seed: a default of 0 is shown too
+
+
+class _Terminal:
+    """A captured stream that says it is a terminal."""
+
+    def __init__(self):
+        import io
+        self.buffer = io.StringIO()
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_fit_prints_a_summary_and_one_progress_line(spec, monkeypatch):
+    from declarem import cli
+    out, err = _Terminal(), _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert cli.main(["fit", str(spec), "--restarts", "2"]) == 0
+    summary, progress = out.buffer.getvalue(), err.buffer.getvalue()
+    assert summary.startswith("model 'counts': converged after") and "c.rate = [" in summary
+    assert "loglik" in summary and "BIC" in summary and not summary.lstrip().startswith("{")
+    lines = progress.split("\n")
+    assert lines[0] == "restart 1 of 2" and lines[1].startswith("\riter     1") and "\riter     2" in lines[1]
+    assert any(line.startswith("restart 2 of 2 kept") or line.startswith("restart 1 of 2 kept") for line in lines)
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    verbose = _Terminal()
+    monkeypatch.setattr(sys, "stderr", verbose)
+    assert cli.main(["fit", str(spec), "--verbose", "--json"]) == 0
+    assert "\r" not in verbose.buffer.getvalue() and "\niter     2" in verbose.buffer.getvalue()
+    assert json.loads(sys.stdout.buffer.getvalue())["converged"] is True
+
+
+def test_the_progress_change_is_relative_as_tol_measures_it(spec):
+    result = run("fit", spec, "--max-iter", "4", "--tol", "0")
+    history = json.loads(result.stdout)["history"]
+    shown = [float(line.split("change")[1].split()[0]) for line in result.stderr.splitlines()
+             if line.startswith("iter")]
+    want = [(b - a) / abs(b) for a, b in zip(history[:-1], history[1:])]
+    np.testing.assert_allclose(shown, want, rtol=1e-3)
