@@ -353,7 +353,8 @@ def _check(args):
         for name, labels in checked.labels.items():
             given = int((labels >= 0).sum())
             print(f"  column '{name}' labels latent node '{name}' on {given} of {checked.n_rows} rows")
-    print(f"  {compiled.n_free()} free parameters")
+    count = compiled.n_free()
+    print(f"  {count} free parameter{'' if count == 1 else 's'}")
     return 0
 
 

@@ -113,7 +113,7 @@ def decompose(family, constants, where):
             raise FamilyError(
                 f"{where} is not an exponential family in its parameters: "
                 f"the term {term} does not split into a function of x times a function of the "
-                f"parameters; fix a parameter that mixes with x as a known constant")
+                f"parameters; write a number in the logpdf in place of a parameter that mixes with x")
         if not (term.free_symbols & param_set):
             base += term
         elif x_part == 1:
