@@ -283,6 +283,10 @@ class Fit:
                    hard=stored.get("hard", False), log_prior=_finite(stored.get("log_prior", 0.0), "log_prior", path),
                    n_missing=stored.get("n_missing", 0), n_missing_rows=stored.get("n_missing_rows", 0))
 
+    def _repr_html_(self):
+        from .notebook import fit_html
+        return fit_html(self)
+
     def __repr__(self):
         return (f"Fit(model={self.model.name!r}, loglik={self.loglik:.6g}, n_iter={self.n_iter}, "
                 f"converged={self.converged})")

@@ -603,5 +603,9 @@ class Model:
             spec["families"] = {name: dict(table) for name, table in self.graph.graph["families"].items()}
         return spec
 
+    def _repr_html_(self):
+        from .notebook import model_html
+        return model_html(self)
+
     def __repr__(self):
         return f"Model({self.name!r}, nodes={list(self.nodes)}, latent={self.latent})"

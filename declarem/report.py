@@ -77,6 +77,14 @@ class Derivation:
             lines.extend(f"  note: {n}" for n in self.free.notes)
         return "\n".join(lines)
 
+    def _repr_latex_(self):
+        from .notebook import derivation_latex
+        return derivation_latex(self)
+
+    def _repr_html_(self):
+        from .notebook import derivation_html
+        return derivation_html(self)
+
     def to_latex(self, standalone=True):
         """The derivation as LaTeX; ``standalone`` wraps it in a compilable document."""
         body = [f"\\section*{{Derivation of model \\texttt{{{_tex_text(self.model.name)}}}}}"]
