@@ -5,10 +5,10 @@ DiGraph); declarem derives the E-step's expected statistics and the M-step,
 and fits it.
 """
 
-from .errors import DeclaremError
+from .errors import ConvergenceWarning, DeclaremError
 from .fit import Fit
 from .model import Model
 from .spec import load_model
 
-__all__ = ["load_model", "Model", "Fit", "DeclaremError"]
+__all__ = ["load_model", "Model", "Fit", "DeclaremError", "ConvergenceWarning"]
 __version__ = "0.1.0"

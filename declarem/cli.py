@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -215,10 +216,14 @@ def _fit(args):
     init = _read_params(args.init, model) if args.init else None
     progress = None if args.quiet else _Progress(sys.stderr, verbose=args.verbose)
     from .em import fit_model
+    from .errors import ConvergenceWarning
     try:
-        fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,
-                        seed=args.seed, restarts=args.restarts, reg_covar=args.reg_covar, hard=args.hard,
-                        progress=progress, source=source, accelerate=args.accelerate)
+        with warnings.catch_warnings():
+            # The summary line below says "stopped at max-iter" itself.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,
+                            seed=args.seed, restarts=args.restarts, reg_covar=args.reg_covar, hard=args.hard,
+                            progress=progress, source=source, accelerate=args.accelerate)
     finally:
         if progress is not None:
             progress.close()

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.optimize
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
-from .errors import FitError, OptionError
+from .errors import ConvergenceWarning, FitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
 from .inference.enumeration import apply_labels
@@ -301,6 +301,10 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
                       RuntimeWarning, stacklevel=3)
     params, history, converged, n_iter = best
+    if not converged and tol > 0 and n_iter == max_iter:
+        warnings.warn(f"the fit stopped at max_iter={max_iter} before converging (relative change of the "
+                      f"objective still above tol={tol:g}); raise max_iter, or start from this fit "
+                      "(init=fit)", ConvergenceWarning, stacklevel=3)
     if _collapse_warning(compiled, rows, params):
         converged = False
     log_prior = compiled.log_prior(params)

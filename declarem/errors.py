@@ -43,3 +43,7 @@ class FitError(DeclaremError):
 
 class ReferenceUpdateError(DeclaremError):
     """A hand-coded reference update given to ``compare`` cannot be loaded or run, or returns bad parameters."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped at ``max_iter`` before its objective's relative change fell below ``tol``."""

@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
     raise ImportError("declarem.sklearn needs scikit-learn 1.6 or later: pip install 'scikit-learn>=1.6' "
                       f"({exc})") from exc
 
+from .errors import ConvergenceWarning as DeclaremConvergenceWarning
 from .model import Model
 from .spec import load_model
 
@@ -167,9 +168,12 @@ class DeclaremEstimator(DensityMixin, BaseEstimator):
         weights = _checked_weights(sample_weight, X.shape[0])
         if weights is None and model.data_info.get("weights"):
             weights = np.ones(X.shape[0])   # X holds the declared columns only, not a weights column
-        fit = model.fit(_as_data(X, names), weights=weights, init=init, max_iter=self.max_iter, tol=self.tol,
-                        seed=_seed(self.random_state), restarts=restarts, reg_covar=self.reg_covar,
-                        progress=self._progress if self.verbose >= 2 else None, lengths=lengths)
+        with warnings.catch_warnings():
+            # Said below as scikit-learn's ConvergenceWarning, which scikit-learn's tools expect.
+            warnings.simplefilter("ignore", DeclaremConvergenceWarning)
+            fit = model.fit(_as_data(X, names), weights=weights, init=init, max_iter=self.max_iter, tol=self.tol,
+                            seed=_seed(self.random_state), restarts=restarts, reg_covar=self.reg_covar,
+                            progress=self._progress if self.verbose >= 2 else None, lengths=lengths)
         self.model_ = model
         self.fit_ = fit
         self.params_ = fit.params

@@ -373,3 +373,14 @@ def test_row_loglik_sums_to_the_score_and_refuses_a_chain():
     chain_fit = chain.fit(MODELS / "earthquakes.csv", max_iter=5)
     with pytest.raises(declarem.DeclaremError, match="whole sequences"):
         chain_fit.row_loglik(MODELS / "earthquakes.csv")
+
+
+def test_stopping_at_max_iter_warns_unless_tol_is_zero():
+    model = declarem.load_model(MODELS / "gmm.toml")
+    with pytest.warns(declarem.ConvergenceWarning, match="stopped at max_iter=2 before converging"):
+        fit = model.fit(MODELS / "gmm.csv", max_iter=2)
+    assert not fit.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(MODELS / "gmm.csv", max_iter=2, tol=0.0)      # exactly 2 iterations, as asked
+        model.fit(MODELS / "gmm.csv", max_iter=200)              # converges
