@@ -146,7 +146,10 @@ def _check_implied(compiled, implied, free, where):
                         "give those parameters (top-level entries of init) instead")
     computed = compiled.block.probs(free)
     for node, params in implied.items():
-        given = as_float_array(params.get("probs") if hasattr(params, "get") else params, f"{node}.probs", where)
+        if not hasattr(params, "keys"):
+            raise InitError(f"{where}: node '{node}' must map to its parameters ({{\"probs\": [...]}}), found "
+                            f"{type_name(params)}")
+        given = as_float_array(params.get("probs"), f"{node}.probs", where)
         if set(params) - {"probs"} or given.shape != computed[node][0].shape or \
                 not np.allclose(given, computed[node][0], rtol=1e-9, atol=1e-12):
             raise InitError(f"{where}: the probs of node '{node}' disagree with the free parameters given; "
