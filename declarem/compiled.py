@@ -439,13 +439,19 @@ class ScalarFactor(Factor):
         with np.errstate(invalid="ignore", divide="ignore"):
             means = sums.reshape(self.n_sets, self.dim, self.statistic_count) / set_weights[:, :, None]
         flat = means.reshape(-1, self.statistic_count)
-        flat = np.where(np.isfinite(flat), flat, 1.0)
         if old is None:
             start = {n: np.full(len(flat), DEFAULT_START[s.domain]) for n, s in self.params.items()}
         else:
             start = {n: np.broadcast_to(old[n].reshape(self.n_sets, -1), (self.n_sets, self.dim)).ravel()
                      for n in self.param_names}
-        solved = self._solver.solve(flat, start)
+        # Only (set, column) pairs with weight have mean statistics; the others keep their values below
+        # (their placeholder means need not be attainable, and a numeric solve would find no optimum).
+        used = (set_weights.reshape(-1) > 0) & np.isfinite(flat).all(axis=1)
+        solved = {n: np.array(start[n], dtype=float) for n in self.param_names}
+        if used.any():
+            part = self._solver.solve(flat[used], {n: np.asarray(start[n])[used] for n in self.param_names})
+            for name in self.param_names:
+                solved[name][used] = np.broadcast_to(np.asarray(part[name], dtype=float), (int(used.sum()),))
         new = {}
         for name, spec in self.params.items():
             value = np.asarray(solved[name], dtype=float).reshape(self.n_sets, self.dim)

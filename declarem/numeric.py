@@ -84,11 +84,14 @@ def _ascent_direction(gradient, hessian):
     except np.linalg.LinAlgError:
         chol = None
     if chol is not None:
-        return np.linalg.solve(-hessian, gradient[..., None])[..., 0]
+        try:
+            return np.linalg.solve(-hessian, gradient[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            pass        # positive definite to Cholesky, singular to LU: go row by row
     for row in range(n_rows):
         try:
             np.linalg.cholesky(-hessian[row])
+            direction[row] = np.linalg.solve(-hessian[row], gradient[row])
         except np.linalg.LinAlgError:
-            continue
-        direction[row] = np.linalg.solve(-hessian[row], gradient[row])
+            continue    # not safely invertible: the gradient direction
     return direction

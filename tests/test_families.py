@@ -194,3 +194,22 @@ def test_second_model_does_no_sympy_work(monkeypatch):
     assert np.isfinite(fit.loglik)
     fit_again = model.fit(data, max_iter=5, seed=1)
     assert np.isfinite(fit_again.loglik)
+
+
+@pytest.mark.parametrize("trials", [21, 100])
+def test_binomial_with_many_trials_fits(trials):
+    """log(trials!) is beyond numpy's integers from 21 trials on: the derivation writes it as a float."""
+    import networkx as nx
+    from scipy.special import logsumexp
+    from scipy.stats import binom
+    rng = np.random.default_rng(trials)
+    heads = np.concatenate([rng.binomial(trials, 0.2, 200), rng.binomial(trials, 0.7, 200)]).astype(float)
+    g = nx.DiGraph()
+    g.add_node("z", family="categorical", latent=True, k=2)
+    g.add_node("h", family="binomial", trials=trials)
+    g.add_edge("z", "h")
+    fit = declarem.Model(g).fit({"h": heads})
+    p = fit.params
+    want = logsumexp(np.log(p["z"]["probs"]) + binom.logpmf(heads[:, None], trials, p["h"]["p"]), axis=1).sum()
+    assert fit.loglik == pytest.approx(want, rel=1e-10)
+    assert sorted(p["h"]["p"]) == pytest.approx([0.2, 0.7], abs=0.03)

@@ -13,7 +13,7 @@ def to_numpy(arguments, expression):
     results of real branches (LambertW's principal branch) are returned as
     their real part.
     """
-    function = sympy.lambdify(arguments, expression, modules=_MODULES)
+    function = sympy.lambdify(arguments, _float_large_integers(expression), modules=_MODULES)
 
     def evaluate(*values):
         result = function(*values)
@@ -24,3 +24,15 @@ def to_numpy(arguments, expression):
         return np.array(result, dtype=float)
 
     return evaluate
+
+
+# Integers beyond this are not int64 in numpy: numpy would hold them as Python objects (log(100!),
+# from a binomial's constants), which its functions cannot take.
+LARGEST_EXACT = 2 ** 53
+
+
+def _float_large_integers(expression):
+    """The expression with integers too large for numpy's integers written as floats."""
+    if not isinstance(expression, sympy.Basic):
+        return expression
+    return expression.replace(lambda e: e.is_Integer and abs(e) > LARGEST_EXACT, lambda e: sympy.Float(e))
