@@ -11,7 +11,7 @@ import numpy as np
 import scipy.optimize
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
-from .errors import ConvergenceWarning, FitError, OptionError
+from .errors import ConvergenceWarning, DataError, FitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
 from .inference.enumeration import apply_labels
@@ -267,6 +267,9 @@ def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, see
         weights = model.data_info.get("weights")
     checked = node_data(model, data, weights, source=source)
     lengths = sequence_lengths(model, data, lengths, checked.n_rows, source)
+    if lengths is not None and not np.all(checked.weights == 1.0):
+        raise DataError(f"{source}: row weights do not apply to a chain's rows (each row is one time step); "
+                        "leave out weights")
     fitted_model, prepared = missing_parents_as_latent(model, checked)
     compiled = fitted_model.compiled
     prepared = group_identical_rows(fitted_model, prepared)

@@ -410,7 +410,8 @@ class Model:
         if family.kind != "indicator":
             raise SpecError(f"{where}: 'probs' applies to categorical nodes")
         if parents:
-            raise SpecError(f"{where}: 'probs' expressions are supported on nodes without parents")
+            raise SpecError(f"{where}: 'probs' expressions need a node without parents; remove 'parents' or "
+                            "'probs'")
         if prior is not None:
             raise SpecError(f"{where}: a node with 'probs' expressions takes no prior")
         texts = attrs["probs"]
