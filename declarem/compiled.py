@@ -382,12 +382,11 @@ class ScalarFactor(Factor):
             log_partition = self._log_partition(*columns).sum(axis=1)
         return eta.reshape(self.n_sets, -1), log_partition
 
-    def missing_correction(self, params, values, holes, context):
+    def missing_correction(self, params, holes, context):
         """What a row's missing cells take off T . eta - A: their columns' log-partitions, (m, n_sets).
 
         Parameters
         ----------
-        values : ndarray of shape (m, dim)
         holes : ndarray of bool, shape (m, dim)
         context : dict
             Per E-step scratch space (holds the per-column log-partitions).
@@ -538,17 +537,18 @@ class GaussianFactor(Factor):
         """The distinct missing-coordinate patterns of a data set's rows (built once per data set)."""
         return self.parts.missing_patterns(holes)
 
-    def missing_plan(self, x0, positions, patterns):
+    def missing_plan(self, x0, missing, positions, patterns):
         """The index work for a chunk's partly missing rows (built once per data set).
 
         Parameters
         ----------
         x0 : ndarray of shape (m, dim)
             The rows, zero where missing; each has some coordinate present and some missing.
+        missing : ndarray of bool, shape (m, dim)
         positions : ndarray of int, shape (m,)
             The rows' indices in the data set ``patterns`` describes.
         """
-        return patterns.plan(x0, positions)
+        return patterns.plan(x0, missing, positions)
 
     def missing_correction(self, params, plan, patterns, context):
         """The marginal log-density of partly missing rows minus their joint one at x0, (m, n_sets)."""

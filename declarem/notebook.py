@@ -9,6 +9,8 @@ import html
 
 import numpy as np
 
+from .report import tex_text
+
 #: Arrays with more entries than this are shown by shape, not in full.
 LARGEST_SHOWN = 60
 
@@ -23,7 +25,7 @@ def derivation_latex(derivation):
     """
     rows = []
     for item in _items(derivation):
-        rows.append(r"&\textbf{" + _latex_text(_heading(item)) + "}")
+        rows.append(r"&\textbf{" + tex_text(_heading(item)) + "}")
         rows.append(r"&\text{E-step (expected statistics):}")
         rows.extend(_as_row(line) for line in item.statistics_latex)
         rows.append(r"&\text{M-step:}")
@@ -100,12 +102,6 @@ def _as_row(line):
 def _math_block(lines):
     return "<p>$$\\begin{aligned}\n" + " \\\\\n".join(_escape(_as_row(line)) for line in lines) + \
         "\n\\end{aligned}$$</p>"
-
-
-def _latex_text(text):
-    replacements = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
-                    "$": r"\$", "{": r"\{", "}": r"\}", "^": r"\^{}", "~": r"\~{}"}
-    return "".join(replacements.get(c, c) for c in str(text))
 
 
 def _array_text(array):

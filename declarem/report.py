@@ -87,11 +87,11 @@ class Derivation:
 
     def to_latex(self, standalone=True):
         """The derivation as LaTeX; ``standalone`` wraps it in a compilable document."""
-        body = [f"\\section*{{Derivation of model \\texttt{{{_tex_text(self.model.name)}}}}}"]
+        body = [f"\\section*{{Derivation of model \\texttt{{{tex_text(self.model.name)}}}}}"]
         for item in self.nodes.values():
             parents = f", indexed by ${', '.join(_tex_name(p) for p in item.parents)}$" if item.parents else ""
-            body.append(f"\\subsection*{{Node \\texttt{{{_tex_text(item.node)}}}: "
-                        f"{_tex_text(item.family)}, {item.role}{parents} ({item.status})}}")
+            body.append(f"\\subsection*{{Node \\texttt{{{tex_text(item.node)}}}: "
+                        f"{tex_text(item.family)}, {item.role}{parents} ({item.status})}}")
             body.append("Expected sufficient statistics:")
             body.append("\\begin{align*}")
             body.append(" \\\\\n".join(item.statistics_latex))
@@ -101,7 +101,7 @@ class Derivation:
             body.append(" \\\\\n".join(item.updates_latex))
             body.append("\\end{align*}")
             for note in item.notes:
-                body.append(f"\\noindent\\emph{{Note:}} {_tex_text(note)}\\par")
+                body.append(f"\\noindent\\emph{{Note:}} {tex_text(note)}\\par")
         if self.free:
             body.append(f"\\subsection*{{Free parameters ({self.free.status})}}")
             body.append("Expected counts:")
@@ -119,7 +119,8 @@ class Derivation:
                 + text + "\n\\end{document}\n")
 
 
-def _tex_text(text):
+def tex_text(text):
+    """Text escaped for LaTeX's text mode."""
     replacements = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
                     "$": r"\$", "{": r"\{", "}": r"\}", "^": r"\^{}", "~": r"\~{}"}
     return "".join(replacements.get(c, c) for c in str(text))
@@ -130,7 +131,7 @@ def _grouped(expression):
 
 
 def _tex_name(name):
-    return r"\mathrm{" + _tex_text(name) + "}"
+    return r"\mathrm{" + tex_text(name) + "}"
 
 
 def _describe(model, name, factor):
@@ -231,10 +232,10 @@ def _describe_expressed(node, role):
 def _describe_free(model, block):
     solution = block.solution
     count_names = {symbol: sympy.Symbol(f"n_{node}[{j}]") for (node, j), symbol in solution.counts.items()}
-    tex = {symbol: f"n^{{{_tex_text(node)}}}_{{{j}}}" for (node, j), symbol in solution.counts.items()}
+    tex = {symbol: f"n^{{{tex_text(node)}}}_{{{j}}}" for (node, j), symbol in solution.counts.items()}
     tex.update({p: _tex_name(p.name) for p in solution.params})
     statistics = [f"n_{node}[j] = expected count of {node} = j" for node in block.nodes]
-    statistics_latex = [f"&n^{{{_tex_text(node)}}}_j" for node in block.nodes]
+    statistics_latex = [f"&n^{{{tex_text(node)}}}_j" for node in block.nodes]
     objective = solution.objective.subs(count_names)
     if solution.closed:
         updates = [f"{p.name} = {e.subs(count_names)}" for p, e in solution.closed.items()]

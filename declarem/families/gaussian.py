@@ -65,10 +65,7 @@ def natural(mean, cov):
     log_partition : ndarray of shape (n_sets,)
     """
     n_sets, dim = mean.shape
-    chol = np.linalg.cholesky(cov)
-    identity = np.broadcast_to(np.eye(dim), cov.shape)
-    chol_inv = np.linalg.solve(chol, identity)
-    precision = np.swapaxes(chol_inv, 1, 2) @ chol_inv
+    chol, precision = _precision(cov)
     rows, cols = upper_indices(dim)
     eta = np.empty((n_sets, statistic_size(dim)))
     eta[:, :dim] = np.einsum("kij,kj->ki", precision, mean)
@@ -128,11 +125,15 @@ def precision_and_shift(mean, cov):
     shifted_mean : ndarray of shape (n_sets, dim)
         precision @ mean per set.
     """
-    dim = mean.shape[1]
-    chol = np.linalg.cholesky(cov)
-    chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(dim), cov.shape))
-    precision = np.swapaxes(chol_inv, 1, 2) @ chol_inv
+    precision = _precision(cov)[1]
     return precision, np.einsum("kij,kj->ki", precision, mean)
+
+
+def _precision(cov):
+    """Cholesky factors and inverses of covariance matrices, (n_sets, dim, dim) each."""
+    chol = np.linalg.cholesky(cov)
+    chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(cov.shape[-1]), cov.shape))
+    return chol, np.swapaxes(chol_inv, 1, 2) @ chol_inv
 
 
 class MissingPatterns:
@@ -167,13 +168,15 @@ class MissingPatterns:
             self.coordinates[int(size)] = distinct
             self.pattern[rows] = pattern.reshape(-1)
 
-    def plan(self, x0, positions):
+    def plan(self, x0, missing, positions):
         """The index work for integrating out these rows' missing coordinates, done once per data set.
 
         Parameters
         ----------
         x0 : ndarray of shape (m, dim)
             The rows, zero where missing; each has some coordinate present and some missing.
+        missing : ndarray of bool, shape (m, dim)
+            Where they are missing.
         positions : ndarray of int, shape (m,)
             Their indices in the data set these patterns describe.
 
@@ -181,7 +184,7 @@ class MissingPatterns:
         -------
         FillPlan
         """
-        return FillPlan(self, x0, positions)
+        return FillPlan(self, x0, missing, positions)
 
 
 class FillPlan:
@@ -205,17 +208,11 @@ class FillPlan:
         block in a (dim, dim) array, (p, s, s).
     """
 
-    def __init__(self, patterns, x0, positions):
+    def __init__(self, patterns, x0, missing, positions):
         m, dim = x0.shape
         self.x0 = x0
         self.dim = dim
         sizes = patterns.size[positions]
-        missing = np.zeros((m, dim), dtype=bool)
-        for size, distinct in patterns.coordinates.items():
-            members = np.flatnonzero(sizes == size)
-            if len(members):
-                chosen = distinct[patterns.pattern[positions[members]]]
-                missing[members[:, None], chosen] = True
         rows, coordinates = np.nonzero(missing.T)                # entries ordered by coordinate
         coordinates, rows = rows, coordinates
         entry_of = np.full((m, dim), -1, dtype=np.intp)

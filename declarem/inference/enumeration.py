@@ -184,6 +184,7 @@ def _fixed_statistics(compiled, rows, varying, tables):
 
 
 def _weighted_by_rows(compiled, rows, names, tables):
+    """Statistics of the named factors with each row's weight spread evenly over the configurations."""
     stats = ExpectedStatistics(compiled)
     for start in range(0, rows.n_rows, CHUNK_ROWS):
         chunk = slice(start, min(start + CHUNK_ROWS, rows.n_rows))
@@ -444,7 +445,7 @@ def _missing_correction(factor, view, table, chunk, positions):
     """
     holes = view.missing[chunk][positions]
     if factor.missing_rule == "columns":
-        return factor.missing_correction(table.params, view.values[chunk][positions], holes, table.scratch)
+        return factor.missing_correction(table.params, holes, table.scratch)
     # Rows with nothing present contribute 0: their T(x) is 0, so add back A.
     empty = holes.all(axis=1)
     correction = np.empty((len(positions), factor.n_sets))

@@ -75,7 +75,7 @@ class FactorRows:
             plan = None
             if len(partial):
                 x0 = np.where(holes[partial], 0.0, self.values[chunk][partial])
-                plan = factor.missing_plan(x0, chunk.start + partial, self.patterns(factor))
+                plan = factor.missing_plan(x0, holes[partial], chunk.start + partial, self.patterns(factor))
             self._plans[key] = (partial, plan)
         return self._plans[key]
 
