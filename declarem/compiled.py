@@ -15,88 +15,17 @@ configuration of the node's parents (flattened in ``parents`` order), with tied
 parameters repeated; the user sees (K1, ..., Km, *own), tied ones as (*own).
 """
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.special
-import sympy
 
-from .derive import NumericSolver, scalar_solution, simplex_solution, warn_if_provisional
-from .derive.cache import cached
-from .derive.free import solve_free
-from .derive.lambdify import to_numpy
 from .errors import FamilyError, InitError
-from .families.builtin import PRIOR_TABLE
-from .numeric import FROM_DOMAIN, maximize_rows
+from .kernels import scalar_kernels, simplex_kernels
 from .params import as_float_array
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
-
-
-class _xlogy(sympy.Function):
-    """c * log(b) with the convention 0 * log(0) = 0, for densities on the parameter boundary."""
-
-
-def _with_safe_logs(expression):
-    def is_scaled_log(term):
-        return term.is_Mul and sum(isinstance(f, sympy.log) for f in term.args) == 1
-
-    def to_xlogy(term):
-        logarithm = next(f for f in term.args if isinstance(f, sympy.log))
-        return _xlogy(term / logarithm, logarithm.args[0])
-
-    return expression.replace(is_scaled_log, to_xlogy)
-
-
-class ScalarKernels:
-    """A scalar family's derivation as numpy callables; built once per declaration (cached)."""
-
-    def __init__(self, family, constants):
-        try:
-            self.solution = scalar_solution(family, constants)
-        except FamilyError as exc:
-            raise FamilyError(str(exc)) from None
-        form = self.solution.form
-        arguments = list(form.params)
-        self.statistics = [to_numpy([form.x], t) for t in form.statistics]
-        self.base = to_numpy([form.x], form.base)
-        self.natural = [to_numpy(arguments, eta) for eta in form.natural]
-        self.log_partition = to_numpy(arguments, form.log_partition)
-        self.solver = NumericSolver(self.solution)
-        self.pooled = {p.name: to_numpy(list(self.solution.means), e) for p, e in self.solution.poolable.items()}
-        safe = _with_safe_logs(form.logpdf - form.base)
-        self.boundary_log_density = sympy.lambdify([form.x] + arguments, safe,
-                                                   modules=[{"_xlogy": scipy.special.xlogy}, "scipy", "numpy"])
-
-
-@functools.lru_cache(maxsize=None)
-def scalar_kernels(family, constants):
-    return ScalarKernels(family, constants)
-
-
-class SimplexKernels:
-    """A probability vector's derived update (and its prior's log-density) as numpy callables."""
-
-    def __init__(self, family, prior_name):
-        prior = PRIOR_TABLE[prior_name] if prior_name else None
-        self.prior = prior
-        self.solution = simplex_solution(family, prior["element_logpdf"] if prior else None)
-        count, pseudo = self.solution.count, self.solution.pseudo
-        self.numerator = to_numpy([count, pseudo], self.solution.numerator)
-        if prior:
-            element = self.solution.element_objective - self.solution.element_objective.subs(pseudo, 1)
-            p = next(s for s in element.free_symbols if s.name == "p")
-            self.prior_element = sympy.lambdify([p, pseudo], _with_safe_logs(element),
-                                                modules=[{"_xlogy": scipy.special.xlogy}, "numpy"])
-            self.prior_normaliser = prior["log_normaliser"]
-
-
-@functools.lru_cache(maxsize=None)
-def simplex_kernels(family, prior_name=None):
-    return SimplexKernels(family, prior_name)
 
 
 @dataclass(frozen=True)
@@ -310,17 +239,15 @@ class ScalarFactor(Factor):
         except FamilyError as exc:
             raise FamilyError(f"{model.source}: node '{node.name}': {exc}") from None
         self.kernels = kernels
-        self.solution = solution = kernels.solution
         self.dim = node.dim
         self.vector = node.columns is not None or node.dim > 1
         self.location = family.location
         self.regularized = family.regularized
-        self.param_names = [p.name for p in solution.form.params]
+        self.param_names = list(kernels.param_names)
         tie_columns = set(form.tie_across_columns) if form else set()
         tie_parents = set(form.tie_across_parents) if form else set()
         for name in tie_columns | tie_parents:
-            symbol = next(p for p in solution.form.params if p.name == name)
-            if symbol not in solution.poolable:
+            if name not in kernels.poolable:
                 raise FamilyError(f"{model.source}: node '{node.name}': parameter '{name}' of "
                                   f"'{family.name}' cannot be tied (its update is not a weighted mean)")
         self.tie_columns = tie_columns
@@ -328,7 +255,7 @@ class ScalarFactor(Factor):
             own = () if (not self.vector or name in tie_columns) else (self.dim,)
             self.params[name] = ParamSpec(name, own, family.domains[name],
                                           tied_across_parents=name in tie_parents)
-        self.statistic_count = len(solution.form.statistics)
+        self.statistic_count = kernels.statistic_count
         self._statistics = kernels.statistics
         self._base = kernels.base
         self._natural = kernels.natural
@@ -604,7 +531,6 @@ class CategoricalFactor(Factor):
         self.k = node.k
         prior_name = node.prior[0] if node.prior else None
         self.kernels = simplex_kernels(node.family, prior_name)
-        self.solution = self.kernels.solution
         self.params["probs"] = ParamSpec("probs", (self.k,), "unit", simplex=True)
         self.statistic_count = self.k
         # Probabilities written in free parameters are set by the model's FreeBlock, not here.
@@ -741,131 +667,10 @@ class DeterministicFactor(Factor):
         return {}
 
 
-class FreeBlock:
-    """The model's free parameters: their derived M-step over the nodes whose probs use them."""
-
-    def __init__(self, model):
-        symbols = model.free_symbols()
-        self.names = list(model.free_params)
-        self.domains = dict(model.free_params)
-        self.groups = {group: tuple(members) for group, members in model.simplex_groups.items()}
-        self.nodes = [name for name, node in model.nodes.items() if node.probs is not None]
-        params = tuple(symbols[n] for n in self.names)
-        self._params = params
-        self._probs = {n: sympy.lambdify(list(params), list(model.nodes[n].probs), modules=["scipy", "numpy"])
-                       for n in self.nodes}
-        if not params:
-            # Constant probabilities (fixed by the declaration): nothing to estimate.
-            self.solution = None
-            return
-        key = (params, tuple((symbols[n], d) for n, d in self.domains.items()),
-               tuple((g, tuple(symbols[m] for m in ms)) for g, ms in self.groups.items()),
-               tuple((n, model.nodes[n].probs) for n in self.nodes))
-        self.solution = solution = free_solution(key)
-        counts = list(solution.counts.values())
-        self._count_keys = list(solution.counts)
-        self._closed = {p.name: to_numpy(counts, e) for p, e in solution.closed.items()} \
-            if solution.closed else None
-        self._numeric = None
-
-    def n_free(self):
-        return sum(1 for d in self.domains.values() if d != "simplex") + \
-            sum(len(members) - 1 for members in self.groups.values())
-
-    def probs(self, values):
-        """Each member node's probabilities, shape (1, k), at free-parameter values."""
-        arguments = [np.asarray(values[n], dtype=float) for n in self.names]
-        return {n: np.array([float(v) for v in f(*arguments)]).reshape(1, -1) for n, f in self._probs.items()}
-
-    def solve(self, stats, old):
-        """New free-parameter values from the member nodes' expected counts."""
-        if not self.names:
-            return {}
-        counts = [np.array([stats.sums[node][0, j]]) for node, j in self._count_keys]
-        if self._closed is not None:
-            with np.errstate(all="ignore"):
-                new = {n: float(f(*counts)[0]) for n, f in self._closed.items()}
-            if all(np.isfinite(v) for v in new.values()):
-                return new
-        start = self._unconstrained(old)
-        if self._numeric is None:
-            self._numeric = self._numeric_kernels()
-        objective_, gradient_, hessian_, to_params = self._numeric
-
-        def evaluate(function):
-            def call(u, rows):
-                with np.errstate(all="ignore"):
-                    return function(*[u[:, i] for i in range(u.shape[1])], *counts)
-            return call
-
-        def gradient(u, rows):
-            return np.column_stack([evaluate(g)(u, rows) for g in gradient_])
-
-        def hessian(u, rows):
-            return np.stack([np.column_stack([evaluate(h)(u, rows) for h in row]) for row in hessian_], axis=1)
-
-        u, _ = maximize_rows(evaluate(objective_), gradient, hessian, start[None, :])
-        return {n: float(f(*u[0])) for n, f in to_params.items()}
-
-    def _numeric_kernels(self):
-        """The Newton problem as numpy callables, built on first need (a closed form rarely needs it)."""
-        solution = self.solution
-        counts = list(solution.counts.values())
-        arguments = list(solution.unconstrained) + counts
-        return (to_numpy(arguments, solution.profile),
-                [to_numpy(arguments, g) for g in solution.gradient],
-                [[to_numpy(arguments, h) for h in row] for row in solution.hessian],
-                {p.name: to_numpy(list(solution.unconstrained), solution.to_params[p]) for p in self._params})
-
-    def _unconstrained(self, old):
-        coordinates = []
-        for p in self.solution.unconstrained:
-            name = p.name[2:]
-            value = None if old is None else float(old[name])
-            domain = self.domains[name]
-            if domain == "simplex":
-                group = next(ms for ms in self.groups.values() if name in ms)
-                last = None if old is None else float(old[group[-1]])
-                coordinates.append(0.0 if old is None else np.log(value / last))
-            elif value is None:
-                coordinates.append(0.0)
-            else:
-                coordinates.append(float(FROM_DOMAIN[domain](value)))
-        return np.array(coordinates)
-
-    def check(self, values, where, closed=False):
-        """Validate user-given free parameters (closed: boundary allowed); return them as floats."""
-        checked = {}
-        for name, value in values.items():
-            array = as_float_array(value, name, where)
-            if array.shape != ():
-                raise InitError(f"{where}: free parameter '{name}' must be a single number, found shape "
-                                f"{array.shape}")
-            number = float(array)
-            domain = self.domains[name]
-            inside = 0 <= number <= 1 if closed else 0 < number < 1
-            bad = {"real": not np.isfinite(number), "positive": not (number >= 0 if closed else number > 0),
-                   "unit": not inside, "simplex": not inside}[domain] or not np.isfinite(number)
-            if bad:
-                raise InitError(f"{where}: free parameter '{name}' = {number!r} is outside its domain ({domain})")
-            checked[name] = number
-        for group, members in self.groups.items():
-            given = [m for m in members if m in checked]
-            if given and len(given) != len(members):
-                raise InitError(f"{where}: give all of {', '.join(members)} (simplex '{group}') or none")
-            if given and abs(sum(checked[m] for m in members) - 1.0) > 1e-9:
-                raise InitError(f"{where}: {', '.join(members)} (simplex '{group}') must sum to 1")
-        return checked
-
-
-@functools.lru_cache(maxsize=None)
-def free_solution(key):
-    params, domains, groups, probs = key
-    solution = cached("free", sympy.srepr(key),
-                      lambda: solve_free(params, dict(domains), {g: ms for g, ms in groups},
-                                         {n: list(e) for n, e in probs}))
-    warn_if_provisional("the free parameters", solution)
-    return solution
+def _free_block(model):
+    """The model's free-parameter block (sympy: only models with free parameters import it)."""
+    from .freeblock import FreeBlock
+    return FreeBlock(model)
 
 
 def build_factor(model, node):
@@ -899,7 +704,7 @@ class CompiledModel:
         self.model = model
         self.factors = {name: build_factor(model, node) for name, node in model.nodes.items()}
         expressed = any(node.probs is not None for node in model.nodes.values())
-        self.block = FreeBlock(model) if expressed else None
+        self.block = _free_block(model) if expressed else None
         self.latent = list(model.latent)
         self.latent_sizes = tuple(model.nodes[name].k for name in self.latent)
         self.n_configurations = int(np.prod(self.latent_sizes, dtype=int)) if self.latent else 1

@@ -8,7 +8,6 @@ import os
 import warnings
 
 import numpy as np
-import scipy.optimize
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
 from .errors import ConvergenceWarning, DataError, FitError, OptionError
@@ -155,7 +154,8 @@ def _respect_labels(compiled, rows, posterior):
         others = tuple(a + 1 for a in range(len(compiled.latent)) if a != axis)
         marginal = shaped.sum(axis=others) if others else shaped
         shared = (marginal[given] * rows.weights[given, None]).T @ np.eye(k)[labels[given]]      # (seeded, label)
-        seeded, label = scipy.optimize.linear_sum_assignment(-shared)
+        from scipy.optimize import linear_sum_assignment
+        seeded, label = linear_sum_assignment(-shared)
         order = np.empty(k, dtype=np.intp)
         order[label] = seeded
         shaped = np.take(shaped, order, axis=axis + 1)

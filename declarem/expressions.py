@@ -9,8 +9,6 @@ Raw text never reaches ``eval``, ``exec`` or ``sympy.sympify``.
 import ast
 import math
 
-import sympy
-
 from .errors import ExpressionError
 
 MAX_LENGTH = 2000
@@ -25,19 +23,11 @@ MAX_EXPANDED_TERMS = 5000
 MAX_SPECIAL_ARGUMENT = 1000
 SPECIAL = ("gamma", "lgamma", "digamma")
 
-FUNCTIONS = {
-    "log": sympy.log,
-    "exp": sympy.exp,
-    "sqrt": sympy.sqrt,
-    "lgamma": sympy.loggamma,
-    "gamma": sympy.gamma,
-    "digamma": sympy.digamma,
-    "abs": sympy.Abs,
-    "sin": sympy.sin,
-    "cos": sympy.cos,
-    "tanh": sympy.tanh,
-}
-CONSTANTS = {"pi": sympy.pi, "e": sympy.E}
+#: Function names of expressions, with the sympy function each builds.
+FUNCTIONS = {"log": "log", "exp": "exp", "sqrt": "sqrt", "lgamma": "loggamma", "gamma": "gamma",
+             "digamma": "digamma", "abs": "Abs", "sin": "sin", "cos": "cos", "tanh": "tanh"}
+#: Constant names of expressions, with the sympy constant each is.
+CONSTANTS = {"pi": "pi", "e": "E"}
 #: Names an expression gives a meaning of its own: no parameter or node may take them.
 RESERVED_NAMES = frozenset(FUNCTIONS) | frozenset(CONSTANTS)
 
@@ -67,6 +57,7 @@ def parse_expression(text, symbols, where="expression"):
     -------
     sympy.Expr
     """
+    import sympy
     if isinstance(text, bool):
         raise ExpressionError(f"{where}: expected an expression, found the boolean {text}")
     if isinstance(text, (int, float)):
@@ -165,6 +156,7 @@ class _Builder:
         self.fail(f"'{type(node).__name__}' is not allowed")
 
     def constant(self, value):
+        import sympy
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(f"the constant {value!r} is not a number")
         if isinstance(value, int):
@@ -181,7 +173,8 @@ class _Builder:
         if identifier in self.symbols:
             return self.symbols[identifier]
         if identifier in CONSTANTS:
-            return CONSTANTS[identifier]
+            import sympy
+            return getattr(sympy, CONSTANTS[identifier])
         if identifier in FUNCTIONS:
             self.fail(f"the function '{identifier}' is used without arguments")
         self.fail(f"unknown name '{identifier}'")
@@ -196,7 +189,8 @@ class _Builder:
         if node.func.id in SPECIAL and argument.is_number and not _is_small(argument):
             self.fail(f"'{node.func.id}' of a constant larger than {MAX_SPECIAL_ARGUMENT} (sympy would "
                       "evaluate it exactly); write its value instead")
-        return FUNCTIONS[node.func.id](argument)
+        import sympy
+        return getattr(sympy, FUNCTIONS[node.func.id])(argument)
 
     def check_power(self, base, exponent):
         # Constant powers are evaluated eagerly by sympy; refuse ones too large to represent.

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-import sympy
 
 from .errors import SizeError, SpecError
-from .expressions import RESERVED_NAMES, parse_expression
+from .expressions import RESERVED_NAMES
 from .families import FamilyRegistry
 from .families.builtin import PRIOR_TABLE
 from .resources import check_model_size, check_sample_size
@@ -401,6 +400,7 @@ class Model:
 
     def free_symbols(self):
         """The free parameters as sympy symbols, with their domains' assumptions."""
+        import sympy
         return {name: sympy.Symbol(name, positive=domain != "real", real=True)
                 for name, domain in self.free_params.items()}
 
@@ -418,11 +418,13 @@ class Model:
         if not isinstance(texts, (list, tuple)) or len(texts) != k:
             raise SpecError(f"{where}: 'probs' must be a list of {k} expressions, one per category")
         symbols = self.free_symbols()
+        from .expressions import parse_expression
         expressions = tuple(parse_expression(t, symbols, f"{where}: probs[{j}]") for j, t in enumerate(texts))
         self._check_sums_to_one(expressions, symbols, where)
         return expressions
 
     def _check_sums_to_one(self, expressions, symbols, where):
+        import sympy
         eliminated = {symbols[m[-1]]: 1 - sum(symbols[n] for n in m[:-1]) for m in self.simplex_groups.values()}
         total = sympy.expand(sum(expressions).subs(eliminated))
         if total == 1:

@@ -160,7 +160,7 @@ def _simplex_terms(solution):
 
 
 def _describe_categorical(node, factor, role):
-    solution = factor.solution
+    solution = factor.kernels.solution
     numerator, denominator = _simplex_terms(solution)
     text = f"probs[j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}"
     latex = (r"\mathrm{probs}_j &= \frac{" + sympy.latex(numerator) + r"}{\sum_i \left(" +
@@ -181,7 +181,7 @@ def _describe_categorical(node, factor, role):
 
 def _describe_chain(node, factor, role):
     """A chain's start and transition rows: the simplex update applied to first-step and transition counts."""
-    solution = factor.solution
+    solution = factor.kernels.solution
     numerator, denominator = _simplex_terms(solution)
     z = node.name
     updates = [f"start[j] = {_grouped(numerator)} / sum_i {_grouped(denominator)}, with n_j = s_j",
@@ -270,7 +270,7 @@ def _describe_gaussian(node, factor, role):
 
 
 def _describe_scalar(node, factor, role):
-    solution = factor.solution
+    solution = factor.kernels.solution
     tex_names = {t: r"\mathbb{E}[" + sympy.latex(s) + "]" for t, s in zip(solution.means, solution.form.statistics)}
     tex_names.update({p: _tex_name(p.name) for p in solution.form.params})
     statistics = [str(t) for t in solution.means]

@@ -17,6 +17,7 @@ import networkx as nx
 import pytest
 
 import declarem
+from declarem import diskcache, kernels
 from declarem.derive import cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,26 @@ HOSTILE_VALUES = [
     {"record": "ScalarSolution", "fields": {"form": {"expr": ["eval", ["Integer", "1"]]}}},
     {"list": [{"expr": ["Integer", "9" * 5000]}]},
 ]
+
+
+def _load(path, kind, key):
+    """An entry of any kind read back as a process would use it, or None when it would not be used."""
+    if kind not in kernels.PLAN_READERS:
+        return cache.load(path, kind, key)
+    plan = diskcache.read_entry(path, kind, key)
+    try:
+        kernels.PLAN_READERS[kind](plan)
+    except ValueError:
+        return None
+    return plan
+
+
+def _cached(kind, key, compute):
+    """``cached`` for an entry of any kind: the stored value, else compute() stored."""
+    if kind not in kernels.PLAN_READERS:
+        return cache.cached(kind, key, compute)
+    return diskcache.cached_json(kind, key, lambda: (compute(), compute()), lambda plan: (
+        kernels.PLAN_READERS[kind](plan), plan)[1])
 
 
 def run(code, cache_dir):
@@ -60,10 +81,10 @@ def entries(filled, tmp_path, monkeypatch):
     found = []
     for path in sorted(directory.glob("*.json")):
         stored = json.loads(path.read_text())
-        value = cache._load(str(path), stored["kind"], stored["key"])
+        value = _load(str(path), stored["kind"], stored["key"])
         assert value is not None, path
         found.append((path, stored["kind"], stored["key"], value))
-    assert {kind for _, kind, _, _ in found} == {"scalar", "simplex"}
+    assert {kind for _, kind, _, _ in found} == {"scalar", "simplex", "scalar-kernels", "simplex-kernels"}
     return found
 
 
@@ -71,7 +92,7 @@ def _plant(path, kind, key, value_data):
     """Write an entry with a correct checksum around arbitrary data, as someone who read the format could."""
     stored = json.loads(path.read_text())
     planted = dict(stored, value=json.dumps(value_data))
-    planted["sha256"] = cache._digest(kind, key, planted["value"])
+    planted["sha256"] = diskcache.digest(kind, key, planted["value"])
     path.write_text(json.dumps(planted))
 
 
@@ -82,6 +103,25 @@ def test_second_process_loads_the_derivation(filled, tmp_path):
     second = run(NO_SOLVING + COMPILE, directory)
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in directory.iterdir()) == names
+
+
+def test_a_warm_process_fits_without_sympy_to_the_same_digits(tmp_path):
+    """A process whose derivations are cached never imports sympy, and its fit equals the deriving process's."""
+    directory = tmp_path / "cache"
+    fit = ("import sys\nfrom declarem.cli import main\n"
+           "assert main(['fit', 'models/gamma_mixture.toml', '--quiet', '--out', sys.argv[1]]) == 0\n"
+           "print('sympy' in sys.modules)\n")
+    outputs = []
+    for run_name in ("cold", "warm"):
+        out = tmp_path / f"{run_name}.json"
+        env = dict(os.environ, DECLAREM_CACHE_DIR=str(directory))
+        done = subprocess.run([sys.executable, "-c", fit, str(out)], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs.append((done.stdout.strip(), out.read_bytes()))
+    (cold_imported, cold_fit), (warm_imported, warm_fit) = outputs
+    assert cold_imported == "True" and warm_imported == "False"
+    assert warm_fit == cold_fit
 
 
 def test_entries_are_json_and_private(entries):
@@ -97,8 +137,8 @@ def test_unreadable_entries_are_derived_again(entries):
         original = path.read_bytes()
         for damage in (b"", b"not json", original[: len(original) // 2], b"[]", b'{"format": 1}'):
             path.write_bytes(damage)
-            assert cache._load(str(path), kind, key) is None
-        assert cache.cached(kind, key, lambda: value) == value
+            assert _load(str(path), kind, key) is None
+        assert _cached(kind, key, lambda: value) == value
         assert path.read_bytes() == original
 
 
@@ -111,8 +151,8 @@ def test_flipped_byte_is_recomputed_not_used(entries):
                         if chr(raw[i]).isdigit() and raw[i] != ord("7"))
         raw[position] = ord("7")
         path.write_bytes(bytes(raw))
-        assert cache._load(str(path), kind, key) is None
-        assert cache.cached(kind, key, lambda: value) == value
+        assert _load(str(path), kind, key) is None
+        assert _cached(kind, key, lambda: value) == value
         assert path.read_bytes() == original
 
 
@@ -127,7 +167,7 @@ def test_planted_pickle_does_not_run(entries, tmp_path):
     for path, kind, key, _ in entries:
         path.write_bytes(pickle.dumps((key, Payload())))
         path.with_suffix(".pickle").write_bytes(pickle.dumps((key, Payload())))  # the first format's name
-        assert cache._load(str(path), kind, key) is None
+        assert _load(str(path), kind, key) is None
     assert not marker.exists()
 
 
@@ -137,7 +177,7 @@ def test_planted_json_with_foreign_classes_is_refused(entries):
         for path, kind, key, _ in entries:
             original = path.read_text()
             _plant(path, kind, key, value_data)
-            assert cache._load(str(path), kind, key) is None, value_data
+            assert _load(str(path), kind, key) is None, value_data
             path.write_text(original)
 
 
@@ -157,9 +197,9 @@ def test_directory_writable_by_others_is_refused(tmp_path, monkeypatch):
     shared.mkdir()
     shared.chmod(0o777)
     monkeypatch.setenv("DECLAREM_CACHE_DIR", str(shared))
-    monkeypatch.setattr(cache, "_refused", set())
+    monkeypatch.setattr(diskcache, "_refused", set())
     with pytest.warns(RuntimeWarning, match="running without a cache"):
-        assert cache.usable_dir() is None
+        assert diskcache.usable_dir() is None
     assert cache.cached("scalar", "key", lambda: 1) == 1
     assert list(shared.iterdir()) == []
 
@@ -167,7 +207,7 @@ def test_directory_writable_by_others_is_refused(tmp_path, monkeypatch):
 def test_a_created_directory_is_private(tmp_path, monkeypatch):
     directory = tmp_path / "new" / "cache"
     monkeypatch.setenv("DECLAREM_CACHE_DIR", str(directory))
-    assert cache.usable_dir() == str(directory)
+    assert diskcache.usable_dir() == str(directory)
     assert directory.stat().st_mode & 0o077 == 0
 
 
@@ -175,13 +215,13 @@ def test_a_created_directory_is_private(tmp_path, monkeypatch):
 def test_entry_owned_by_someone_else_is_not_used(entries):
     for path, kind, key, _ in entries:
         os.chown(path, 65534, 65534)
-        assert cache._load(str(path), kind, key) is None
+        assert _load(str(path), kind, key) is None
 
 
 def test_cache_can_be_turned_off(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DECLAREM_CACHE_DIR", "off")
-    assert cache.usable_dir() is None
+    assert diskcache.usable_dir() is None
     assert cache.cached("scalar", "key", lambda: 1) == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -212,7 +252,7 @@ def test_provisional_derivation_is_not_cached(tmp_path, monkeypatch):
 
 def test_route_does_not_depend_on_a_busy_machine(monkeypatch):
     """With every core busy, the hardest catalog derivation still closes (the budget is CPU time)."""
-    from declarem.compiled import FreeBlock, free_solution
+    from declarem.freeblock import FreeBlock, free_solution
     monkeypatch.setenv("DECLAREM_CACHE_DIR", "off")
     model = declarem.load_model(ROOT / "models" / "abo.toml")
     free_solution.cache_clear()
@@ -231,7 +271,7 @@ def test_stored_derivations_read_back_equal():
     from declarem.derive.serial import FormatError, from_data, to_data
     for name in ("gamma_mixture", "abo", "topic_model"):
         compiled = declarem.load_model(ROOT / "models" / f"{name}.toml").compiled
-        solutions = [getattr(f, "solution", None) for f in compiled.factors.values()]
+        solutions = [f.kernels.solution for f in compiled.factors.values() if hasattr(f, "kernels")]
         solutions.append(compiled.block.solution if compiled.block else None)
         for solution in filter(None, solutions):
             data = json.loads(json.dumps(to_data(solution)))

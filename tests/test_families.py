@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import declarem
-from declarem.derive import NumericSolver, scalar_solution, simplex_solution
+from declarem.derive import scalar_solution, simplex_solution
+from declarem.kernels import NumericSolver
 from declarem.derive.moments import expected_statistics
 from declarem.errors import FamilyError
 from declarem.families import FamilyRegistry, family_from_table
@@ -89,8 +90,8 @@ def test_moment_matching_and_numeric_twin(name, data):
     means = moments[None, :]
     far_start = {p.name: np.array([{"real": 0.0, "positive": 1.0, "unit": 0.5}[solution.domains[p]]])
                  for p in solution.form.params}
-    derived = NumericSolver(solution).solve(means, far_start)
-    twin = NumericSolver(solution, solve_all=True).solve(means, far_start)
+    derived = NumericSolver.from_solution(solution).solve(means, far_start)
+    twin = NumericSolver.from_solution(solution, solve_all=True).solve(means, far_start)
     for p in solution.form.params:
         truth = point[p]
         assert derived[p.name][0] == pytest.approx(truth, rel=1e-6, abs=1e-8)

@@ -10,10 +10,10 @@ import warnings
 
 from .cache import cached
 from .expfam import decompose
-from .scalar import NumericSolver, solve_scalar
+from .scalar import solve_scalar
 from .simplex import solve_simplex
 
-__all__ = ["scalar_solution", "simplex_solution", "NumericSolver", "warn_if_provisional"]
+__all__ = ["scalar_solution", "simplex_solution", "warn_if_provisional"]
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,9 +22,7 @@ import numpy as np
 import sympy
 
 from ..errors import FamilyError
-from ..numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
 from .budget import SolveBudget
-from .lambdify import to_numpy
 from .moments import expected_statistics, is_positive_statistic
 
 CHECK_POINTS = {"real": (0.7, -1.3), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
@@ -245,6 +243,14 @@ def _add_numeric_problem(solution):
     solution.hessian = [[sympy.diff(g, v) for v in unconstrained] for g in solution.gradient]
 
 
+def numeric_twin(solution):
+    """The solution with every parameter solved numerically: the closed forms' numeric twin, for checks."""
+    twin = ScalarSolution(form=solution.form, domains=solution.domains, means=solution.means,
+                          objective=solution.objective, closed={}, numeric=solution.form.params)
+    _add_numeric_problem(twin)
+    return twin
+
+
 def _poolable(solution):
     """Closed parameters that may be tied: f's derivative is c(theta) * (phi(t) - theta)."""
     poolable = {}
@@ -262,7 +268,8 @@ def _poolable(solution):
 
 def _check_numeric_twin(solution, checker):
     """The numeric route must reach the same parameters as the closed route, at known moments."""
-    compiled = NumericSolver(solution, solve_all=True)
+    from ..kernels import NumericSolver
+    compiled = NumericSolver.from_solution(solution, solve_all=True)
     for values, moments in checker.points:
         means = np.array([[moments[t] for t in solution.means]])
         start = {p.name: np.array([1.0 if solution.domains[p] != "real" else 0.0])
@@ -272,74 +279,3 @@ def _check_numeric_twin(solution, checker):
             if abs(found[p.name][0] - values[p]) > 1e-5 * (1 + abs(values[p])):
                 solution.notes.append(
                     f"numeric check: {p.name} = {found[p.name][0]:.8g}, expected {values[p]:.8g}")
-
-
-class NumericSolver:
-    """Newton's method on a scalar family's objective, vectorised over parameter sets.
-
-    ``solve_all=True`` treats every parameter as numeric (the closed forms'
-    numeric twin); otherwise only the solution's numeric parameters are.
-    """
-
-    def __init__(self, solution, solve_all=False):
-        self.solution = solution
-        if solve_all and solution.closed:
-            twin = ScalarSolution(form=solution.form, domains=solution.domains, means=solution.means,
-                                  objective=solution.objective, closed={}, numeric=solution.form.params)
-            _add_numeric_problem(twin)
-            solution = twin
-        self.numeric = solution.numeric
-        self.closed = solution.closed
-        self.domains = solution.domains
-        arguments = list(solution.unconstrained) + list(solution.means)
-        self._objective = to_numpy(arguments, solution.profile) if solution.numeric else None
-        self._gradient = [to_numpy(arguments, g) for g in solution.gradient]
-        self._hessian = [[to_numpy(arguments, h) for h in row] for row in solution.hessian]
-        means_and_numeric = list(solution.means) + list(self.numeric)
-        self._closed = {p: to_numpy(means_and_numeric, e) for p, e in self.closed.items()}
-
-    def solve(self, means, start):
-        """Parameters maximising the objective for each set.
-
-        Parameters
-        ----------
-        means : ndarray of shape (n_sets, n_statistics)
-        start : mapping of name to ndarray of shape (n_sets,)
-            Where the numeric search starts (the previous parameters).
-
-        Returns
-        -------
-        dict of name to ndarray of shape (n_sets,)
-        """
-        columns = [means[:, j] for j in range(means.shape[1])]
-        found = {}
-        if self.numeric:
-            u0 = np.column_stack([FROM_DOMAIN[self.domains[p]](
-                np.broadcast_to(np.asarray(start[p.name], dtype=float), (len(means),)))
-                for p in self.numeric])
-            u0 = np.where(np.isfinite(u0), u0, 0.0)
-
-            def arguments(u, rows):
-                return [u[:, i] for i in range(u.shape[1])] + [c[rows] for c in columns]
-
-            def objective(u, rows):
-                with np.errstate(all="ignore"):
-                    return self._objective(*arguments(u, rows))
-
-            def gradient(u, rows):
-                with np.errstate(all="ignore"):
-                    return np.column_stack([g(*arguments(u, rows)) for g in self._gradient])
-
-            def hessian(u, rows):
-                with np.errstate(all="ignore"):
-                    return np.stack([np.column_stack([h(*arguments(u, rows)) for h in row])
-                                     for row in self._hessian], axis=1)
-
-            u, _ = maximize_rows(objective, gradient, hessian, u0)
-            for i, p in enumerate(self.numeric):
-                found[p.name] = TO_DOMAIN[self.domains[p]](u[:, i])
-        numeric_values = [found[p.name] for p in self.numeric]
-        for p, function in self._closed.items():
-            with np.errstate(all="ignore"):
-                found[p.name] = function(*columns, *numeric_values)
-        return found

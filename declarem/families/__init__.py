@@ -2,8 +2,6 @@
 
 import difflib
 
-import sympy
-
 from ..errors import FamilyError
 from ..expressions import RESERVED_NAMES, parse_expression
 from .builtin import INTERNAL, builtin_families
@@ -55,6 +53,7 @@ def family_from_table(name, table, where):
             raise FamilyError(f"{where}: family '{name}': '{param}' is the name of a function or constant in "
                               "expressions; give the parameter another name")
     # Parse now, so a bad expression is reported when the spec is read, not at the first fit.
+    import sympy
     names = {n: sympy.Symbol(n) for n in ["x", *params]}
     parse_expression(table["logpdf"], names, f"{where}: family '{name}' logpdf")
     return Family(name=name, kind="scalar", logpdf=table["logpdf"], support=table["support"],

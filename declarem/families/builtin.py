@@ -5,10 +5,15 @@ few declarations a user family has no need of (constants such as binomial's
 ``trials``, the location and covariance roles of the normal).
 """
 
-from scipy.special import gammaln
-
 from .family import CovarianceForm, Family
 from .gaussian import GaussianParts
+
+
+def _dirichlet_log_normaliser(a):
+    """log Gamma(sum a) - sum log Gamma(a) over the last axis: the Dirichlet's log normaliser."""
+    from scipy.special import gammaln
+    return gammaln(a.sum(axis=-1)) - gammaln(a).sum(axis=-1)
+
 
 BUILTIN_TABLE = {
     "categorical": dict(
@@ -76,7 +81,7 @@ BUILTIN_TABLE = {
 PRIOR_TABLE = {
     "dirichlet": dict(
         applies_to="indicator", element_logpdf="(a - 1)*log(p)", hyperparameter="a",
-        minimum=1.0, maximum=1e6, log_normaliser=lambda a: gammaln(a.sum(axis=-1)) - gammaln(a).sum(axis=-1),
+        minimum=1.0, maximum=1e6, log_normaliser=_dirichlet_log_normaliser,
         description="Dirichlet(a) on each probability row: MAP adds a - 1 pseudo-counts per category."),
 }
 

@@ -13,7 +13,6 @@ words). Only M is formed per row.
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
 
 ROW_BLOCK = 8192
 
@@ -44,9 +43,9 @@ class BilinearPlan:
     child: str
     row_index: np.ndarray
     column_index: np.ndarray
-    pattern: scipy.sparse.csr_matrix
+    pattern: object
     order: np.ndarray
-    transposed: scipy.sparse.csr_matrix
+    transposed: object
     transposed_order: np.ndarray
 
 
@@ -87,6 +86,7 @@ def _pattern(major, minor, shape):
     """A CSR matrix with one stored entry per row of the data, and the order that fills it."""
     order = np.lexsort((minor, major))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(major, minlength=shape[0]))])
+    import scipy.sparse  # imported when first needed: it is slow to import
     return scipy.sparse.csr_matrix((np.zeros(len(major)), minor[order], indptr), shape=shape), order
 
 

@@ -12,7 +12,6 @@ and nothing of size (n_rows, configurations) outlives its chunk.
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
 
 from ..errors import FitError
 from .bilinear import bilinear_statistics
@@ -558,6 +557,7 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
             set_weights[set_index] += row_weights if set_weights.ndim == 1 else row_weights[:, None]
         else:
             rows_of = np.repeat(np.arange(n), n_latent)
+            import scipy.sparse  # imported when first needed: it is slow to import
             scatter = scipy.sparse.csr_matrix((marginal.reshape(-1), (sets.reshape(-1), rows_of)),
                                               shape=(factor.n_sets, n))
             sums += scatter @ view.statistics_of(factor, chunk)

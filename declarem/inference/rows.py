@@ -3,7 +3,6 @@
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import scipy.sparse
 
 from ..errors import DataError
 from ..resources import available_memory, check_rows_size
@@ -129,6 +128,7 @@ class Rows:
             n = chunk.stop - chunk.start
             # A negative target (a missing category) takes no part.
             present = targets[chunk] >= 0
+            import scipy.sparse  # imported when first needed: it is slow to import
             self._scatter[key] = scipy.sparse.csr_matrix(
                 (np.ones(int(present.sum())), (targets[chunk][present], np.flatnonzero(present))),
                 shape=(n_targets, n))

@@ -1,0 +1,330 @@
+"""A family's derivation in numeric form: named expression trees, compiled to numpy, cached.
+
+The derivation (``declarem.derive``, sympy) runs once per declaration. What the
+E- and M-steps need from it is a handful of expressions: statistics, natural
+parameters, log-partition, the closed-form updates and the numeric M-step's
+objective with its gradient and Hessian. This module keeps those as expression
+trees (``evaluate``) under their argument names, and stores them in the
+derivation cache beside the derivation itself. A process that finds them there
+compiles the trees with numpy and never imports sympy; one that does not derives
+(importing sympy then) and writes them. Both evaluate the same trees.
+
+The sympy records (``ScalarSolution``, ``SimplexSolution``) stay available as
+each kernel's ``solution``, derived or loaded on first access, for ``derive``.
+"""
+
+import functools
+
+import numpy as np
+
+from .diskcache import cached_json
+from .errors import FamilyError
+from .evaluate import TreeError, compile_tree, with_safe_logs
+from .families.builtin import PRIOR_TABLE
+from .numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
+
+#: Bumped when the kernels' stored form changes.
+KERNEL_FORMAT = "1"
+
+
+def _tree(expression):
+    from .derive.serial import _expression_to_data
+    return _expression_to_data(expression)
+
+
+def _names(symbols):
+    return [s.name for s in symbols]
+
+
+def _strings(value, where):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TreeError(f"{where}: expected a list of names")
+    return value
+
+
+class NumericSolver:
+    """Newton's method on a scalar family's objective, vectorised over parameter sets.
+
+    Parameters
+    ----------
+    plan : mapping
+        The numeric form of a ``ScalarSolution``: names of the means, of the
+        numeric parameters and of their unconstrained variables, the domains,
+        and trees of the closed forms, the profile objective, its gradient and
+        Hessian (see ``solver_plan``).
+    """
+
+    def __init__(self, plan):
+        self.numeric = _strings(plan["numeric"], "numeric")
+        self.domains = dict(plan["domains"])
+        means = _strings(plan["means"], "means")
+        unconstrained = _strings(plan["unconstrained"], "unconstrained")
+        arguments = unconstrained + means
+        self._objective = compile_tree(arguments, plan["profile"]) if self.numeric else None
+        self._gradient = [compile_tree(arguments, g) for g in plan["gradient"]]
+        self._hessian = [[compile_tree(arguments, h) for h in row] for row in plan["hessian"]]
+        if len(self._gradient) != len(self.numeric) or any(len(row) != len(self.numeric) for row in self._hessian):
+            raise TreeError("gradient or Hessian does not match the numeric parameters")
+        self._closed = {name: compile_tree(means + self.numeric, tree) for name, tree in plan["closed"].items()}
+        if any(self.domains.get(name) not in FROM_DOMAIN for name in self.numeric):
+            raise TreeError("a numeric parameter without a domain")
+
+    @classmethod
+    def from_solution(cls, solution, solve_all=False):
+        """The solver of a derived ``ScalarSolution``; ``solve_all=True`` solves every parameter numerically
+        (the closed forms' numeric twin, for checks)."""
+        return cls(solver_plan(solution, solve_all))
+
+    @property
+    def closed(self):
+        """Names of the parameters in closed form."""
+        return list(self._closed)
+
+    def solve(self, means, start):
+        """Parameters maximising the objective for each set.
+
+        Parameters
+        ----------
+        means : ndarray of shape (n_sets, n_statistics)
+        start : mapping of name to ndarray of shape (n_sets,)
+            Where the numeric search starts (the previous parameters).
+
+        Returns
+        -------
+        dict of name to ndarray of shape (n_sets,)
+        """
+        columns = [means[:, j] for j in range(means.shape[1])]
+        found = {}
+        if self.numeric:
+            u0 = np.column_stack([FROM_DOMAIN[self.domains[name]](
+                np.broadcast_to(np.asarray(start[name], dtype=float), (len(means),)))
+                for name in self.numeric])
+            u0 = np.where(np.isfinite(u0), u0, 0.0)
+
+            def arguments(u, rows):
+                return [u[:, i] for i in range(u.shape[1])] + [c[rows] for c in columns]
+
+            def objective(u, rows):
+                with np.errstate(all="ignore"):
+                    return self._objective(*arguments(u, rows))
+
+            def gradient(u, rows):
+                with np.errstate(all="ignore"):
+                    return np.column_stack([g(*arguments(u, rows)) for g in self._gradient])
+
+            def hessian(u, rows):
+                with np.errstate(all="ignore"):
+                    return np.stack([np.column_stack([h(*arguments(u, rows)) for h in row])
+                                     for row in self._hessian], axis=1)
+
+            u, _ = maximize_rows(objective, gradient, hessian, u0)
+            for i, name in enumerate(self.numeric):
+                found[name] = TO_DOMAIN[self.domains[name]](u[:, i])
+        numeric_values = [found[name] for name in self.numeric]
+        for name, function in self._closed.items():
+            with np.errstate(all="ignore"):
+                found[name] = function(*columns, *numeric_values)
+        return found
+
+
+def solver_plan(solution, solve_all=False):
+    """The numeric form of a ``ScalarSolution``'s M-step (see ``NumericSolver``)."""
+    if solve_all and solution.closed:
+        from .derive.scalar import numeric_twin
+        solution = numeric_twin(solution)
+    return {"means": _names(solution.means), "numeric": _names(solution.numeric),
+            "unconstrained": _names(solution.unconstrained),
+            "domains": {p.name: domain for p, domain in solution.domains.items()},
+            "closed": {p.name: _tree(e) for p, e in solution.closed.items()},
+            "profile": _tree(solution.profile) if solution.numeric else None,
+            "gradient": [_tree(g) for g in solution.gradient],
+            "hessian": [[_tree(h) for h in row] for row in solution.hessian]}
+
+
+def _scalar_plan(solution):
+    """Everything a scalar factor evaluates, as named trees: the kernels' stored form."""
+    form = solution.form
+    return {"format": KERNEL_FORMAT, "x": form.x.name, "params": _names(form.params),
+            "statistics": [_tree(t) for t in form.statistics], "base": _tree(form.base),
+            "natural": [_tree(eta) for eta in form.natural], "log_partition": _tree(form.log_partition),
+            "poolable": {p.name: _tree(e) for p, e in solution.poolable.items()},
+            "boundary": with_safe_logs(_tree(form.logpdf - form.base)),
+            "solver": solver_plan(solution)}
+
+
+def compile_scalar_plan(plan):
+    """A scalar family's stored plan compiled: the attributes of ``ScalarKernels``.
+
+    Raises
+    ------
+    TreeError
+        When the plan is not one this version writes (the entry is then derived again).
+    """
+    _check_format(plan)
+    try:
+        x, params = plan["x"], _strings(plan["params"], "params")
+        means = _strings(plan["solver"]["means"], "means")
+        return {"param_names": params, "statistic_count": len(plan["statistics"]),
+                "poolable": set(plan["poolable"]),
+                "statistics": [compile_tree([x], t) for t in plan["statistics"]],
+                "base": compile_tree([x], plan["base"]),
+                "natural": [compile_tree(params, eta) for eta in plan["natural"]],
+                "log_partition": compile_tree(params, plan["log_partition"]),
+                "solver": NumericSolver(plan["solver"]),
+                "pooled": {name: compile_tree(means, e) for name, e in plan["poolable"].items()},
+                "boundary_log_density": compile_tree([x] + params, plan["boundary"])}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TreeError(f"bad kernel plan: {exc}") from None
+
+
+def compile_simplex_plan(plan):
+    """A probability vector's stored plan compiled: the attributes of ``SimplexKernels``."""
+    _check_format(plan)
+    try:
+        compiled = {"numerator": compile_tree(["count", "pseudo"], plan["numerator"])}
+        if "prior_element" in plan:
+            compiled["prior_element"] = compile_tree(["p", "pseudo"], plan["prior_element"])
+        return compiled
+    except (KeyError, TypeError) as exc:
+        raise TreeError(f"bad kernel plan: {exc}") from None
+
+
+#: How each kind of stored kernel plan is read back.
+PLAN_READERS = {"scalar-kernels": compile_scalar_plan, "simplex-kernels": compile_simplex_plan}
+
+
+def _load_or_derive(kind, key, derive, required=()):
+    """The compiled kernels of (kind, key): from the cache, else from ``derive() -> (plan, storable)``.
+
+    A stored plan without each of the ``required`` kernels is derived again.
+    """
+    compile_plan = PLAN_READERS[kind]
+    found = {}
+
+    def read(plan):
+        compiled = compile_plan(plan)
+        if any(name not in compiled for name in required):
+            raise TreeError(f"a plan without {', '.join(required)}")
+        found.update(compiled)
+        return plan
+
+    plan = cached_json(kind, key, derive, read)
+    return found or compile_plan(plan)
+
+
+class ScalarKernels:
+    """A scalar family's derivation as numpy callables; built once per declaration.
+
+    Attributes
+    ----------
+    param_names : list of str
+    statistic_count : int
+    poolable : set of str
+        Parameters whose update is a weighted mean of a function of the means
+        (they may be tied across columns or parent values).
+    statistics : list of callable
+        ``T_j(x)``.
+    base : callable
+        ``log h(x)``.
+    natural : list of callable
+        ``eta_j(*params)``.
+    log_partition : callable
+        ``A(*params)``.
+    solver : NumericSolver
+    pooled : dict of str to callable
+        ``phi(*means)`` of each poolable parameter.
+    boundary_log_density : callable
+        ``log p(x | *params) - log h(x)`` with ``0 * log 0 = 0``.
+    """
+
+    def __init__(self, family, constants):
+        self.family, self.constants = family, constants
+        self.__dict__.update(_load_or_derive("scalar-kernels", _key(family, constants), self._derive))
+
+    def _derive(self):
+        solution = self.solution
+        plan = _scalar_plan(solution)
+        return plan, (None if solution.provisional else plan)
+
+    @functools.cached_property
+    def solution(self):
+        """The derived ``ScalarSolution`` (sympy), for ``derive`` and the reports."""
+        from .derive import scalar_solution
+        try:
+            return scalar_solution(self.family, self.constants)
+        except FamilyError as exc:
+            raise FamilyError(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def scalar_kernels(family, constants):
+    """The kernels of a scalar family with these constants (one per process)."""
+    return ScalarKernels(family, constants)
+
+
+class SimplexKernels:
+    """A probability vector's derived update (and its prior's log-density) as numpy callables.
+
+    Attributes
+    ----------
+    prior : mapping or None
+        The prior's entry in ``PRIOR_TABLE``.
+    numerator : callable
+        ``u(count, pseudo)``: each probability is proportional to it.
+    prior_element : callable
+        With a prior only. ``f(p, pseudo)``: one category's log prior term (its
+        normaliser apart), with ``0 * log 0 = 0``.
+    prior_normaliser : callable
+        With a prior only: the prior's log normaliser of a concentration array.
+    """
+
+    def __init__(self, family, prior_name):
+        self.family = family
+        self.prior = PRIOR_TABLE[prior_name] if prior_name else None
+        key = repr((_key(family, ()), prior_name))
+        required = ("prior_element",) if self.prior else ()
+        self.__dict__.update(_load_or_derive("simplex-kernels", key, self._derive, required))
+        if self.prior:
+            self.prior_normaliser = self.prior["log_normaliser"]
+
+    def _derive(self):
+        solution = self.solution
+        rename = {solution.count: "count", solution.pseudo: "pseudo"}
+        plan = {"format": KERNEL_FORMAT, "numerator": _tree(_renamed(solution.numerator, rename))}
+        if self.prior:
+            element = solution.element_objective - solution.element_objective.subs(solution.pseudo, 1)
+            p = next(s for s in element.free_symbols if s.name == "p")
+            rename[p] = "p"
+            plan["prior_element"] = with_safe_logs(_tree(_renamed(element, rename)))
+        return plan, plan
+
+    @functools.cached_property
+    def solution(self):
+        """The derived ``SimplexSolution`` (sympy), for ``derive`` and the reports."""
+        from .derive import simplex_solution
+        return simplex_solution(self.family, self.prior["element_logpdf"] if self.prior else None)
+
+
+def _renamed(expression, names):
+    """The expression with the given symbols renamed (the trees' arguments are named)."""
+    import sympy
+    return expression.xreplace({s: sympy.Symbol(name, **s.assumptions0) for s, name in names.items()
+                                if s.name != name})
+
+
+@functools.lru_cache(maxsize=None)
+def simplex_kernels(family, prior_name=None):
+    """The kernels of an indicator family's probability vector under a prior (one per process)."""
+    return SimplexKernels(family, prior_name)
+
+
+def _check_format(plan):
+    if not isinstance(plan, dict) or plan.get("format") != KERNEL_FORMAT:
+        raise TreeError("not a kernel plan of this format")
+
+
+def _key(family, constants):
+    """What a family's kernels depend on: its declaration and constants, and the kernels' format."""
+    declaration = (family.name, family.kind, family.logpdf, family.support, family.params, family.constants,
+                   family.upper_bound)
+    return repr((KERNEL_FORMAT, declaration, constants))
