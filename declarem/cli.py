@@ -335,7 +335,7 @@ def _check(args):
         node = model.nodes[name]
         shapes = ", ".join(f"{p} {factor.external_shape(spec)}" for p, spec in factor.params.items())
         role = "latent" if node.latent else "observed"
-        print(f"  {name}: {node.family.name} ({role}); parameters {shapes}")
+        print(f"  {name}: {node.family.name} ({role}); " + (f"parameters {shapes}" if shapes else "no parameters"))
     derivation = model.derive()
     status = ", ".join(f"{n}: {d.status}" for n, d in derivation.nodes.items())
     print(f"  M-steps: {status}")

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FamilyError, InitError
-from .kernels import scalar_kernels, simplex_kernels
+from .errors import DataError, FamilyError, FitError, InitError
+from .kernels import regression_kernels, scalar_kernels, simplex_kernels
+from .numeric import maximize_rows
 from .params import as_float_array
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
@@ -667,6 +668,210 @@ class DeterministicFactor(Factor):
         return {}
 
 
+class CovariateFactor(Factor):
+    """An observed column that is only a covariate: no parameters and no term in the likelihood.
+
+    Its values reach the nodes it is a continuous parent of (``RegressionFactor``).
+    """
+
+    statistic_count = 0
+
+    def statistics(self, values):
+        return np.zeros((len(values), 0))
+
+    def natural(self, params):
+        return np.zeros((self.n_sets, 0)), np.zeros(self.n_sets)
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        return {}
+
+
+class RegressionFactor(Factor):
+    """A scalar family whose linear parameter is set by continuous parents: a regression per parameter set.
+
+    Per set s (a configuration of the discrete parents) and row with covariates u,
+    the linear predictor is ``lambda = intercept[s] + coef[s] . u`` and the family's
+    linear parameter is its inverse link (``RegressionKernels``). The E-step needs
+    the log-density per row and set, and the M-step the posterior weight of each
+    row on each set (the "rows" layout: no finite statistics exist for log and
+    logit links). The M-step is Newton's method in (intercept, coef) on the
+    weighted log-likelihood, in closed form when it is quadratic (weighted least
+    squares), then each other parameter's weighted-mean update given the new
+    predictor.
+    """
+
+    layout = "rows"
+
+    def __init__(self, model, node):
+        super().__init__(model, node)
+        family = node.family
+        try:
+            self.kernels = regression_kernels(family, node.constants)
+        except FamilyError as exc:
+            raise FamilyError(f"{model.source}: node '{node.name}': {exc}") from None
+        self.covariates = node.covariates
+        self.n_covariates = sum(model.nodes[c].dim for c in node.covariates)
+        self.params["intercept"] = ParamSpec("intercept", (), "real")
+        self.params["coef"] = ParamSpec("coef", (self.n_covariates,), "real")
+        for name in self.kernels.others:
+            self.params[name] = ParamSpec(name, (), family.domains[name])
+        self.regularized = tuple(n for n in family.regularized if n in self.params)
+        # The row data: the node's value, then its covariates' columns.
+        self.statistic_count = 1 + self.n_covariates
+
+    def row_data(self, node_data):
+        """The node's values and its covariates' columns, (n_rows, 1 + n_covariates)."""
+        n = node_data.n_rows
+        columns = [np.asarray(node_data.values[self.name], dtype=float).reshape(n, 1)]
+        for covariate in self.covariates:
+            values = np.asarray(node_data.values[covariate], dtype=float).reshape(n, -1)
+            holes = node_data.missing.get(covariate)
+            if holes is not None and holes.any():
+                row = int(np.flatnonzero(holes.reshape(n, -1).any(axis=1))[0])
+                raise DataError(f"node '{self.name}': its covariate '{covariate}' is missing on row {row + 1}; a "
+                                "covariate has no distribution to integrate a missing value out over, so fill "
+                                "or remove the rows where it is missing")
+            columns.append(values)
+        return np.column_stack(columns)
+
+    def statistics(self, values):
+        """The row data itself: (n_rows, 1 + n_covariates)."""
+        return np.asarray(values, dtype=float).reshape(len(values), self.statistic_count)
+
+    def statistics_with_holes(self, values, holes):
+        """The row data with a missing value of the node set to 0 (its rows get no weight)."""
+        data = self.statistics(values).copy()
+        data[holes.reshape(len(data), -1)[:, 0], 0] = 0.0
+        return data
+
+    def base(self, values, holes=None):
+        """log h(x) of each row's own value, 0 where it is missing: (n_rows,)."""
+        x = np.asarray(values, dtype=float).reshape(len(values), -1)[:, 0]
+        with np.errstate(all="ignore"):
+            base = np.broadcast_to(self.kernels.base(x), x.shape)
+        return base if holes is None else np.where(holes.reshape(len(x), -1)[:, 0], 0.0, base)
+
+    def natural(self, params):
+        """A regression has no per-set natural parameters: they vary with each row's covariates."""
+        return None, None
+
+    def _per_set(self, params):
+        return (np.asarray(params["intercept"], dtype=float).reshape(self.n_sets),
+                np.asarray(params["coef"], dtype=float).reshape(self.n_sets, self.n_covariates),
+                [np.asarray(params[o], dtype=float).reshape(self.n_sets) for o in self.kernels.others])
+
+    def row_log_density(self, data, sets, params):
+        """log p(x | u, set) - log h(x) of each row on each of its sets.
+
+        Parameters
+        ----------
+        data : ndarray of shape (n, 1 + n_covariates)
+        sets : ndarray of int, shape (L,) (the same sets for every row) or (n, L)
+        params : dict
+            Internal parameters.
+
+        Returns
+        -------
+        ndarray of shape (n, L)
+        """
+        intercept, coef, others = self._per_set(params)
+        u = data[:, 1:]
+        if sets.ndim == 1:
+            predictor = u @ coef[sets].T + intercept[sets]
+        else:
+            predictor = np.einsum("nm,nlm->nl", u, coef[sets]) + intercept[sets]
+        with np.errstate(all="ignore"):
+            return self.kernels.log_density(data[:, :1], predictor, *(o[sets] for o in others))
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        """New parameters from each row's posterior weight on each set.
+
+        Parameters
+        ----------
+        sums : RowWeights
+            ``weights`` (n_sets, n_rows) and the rows' ``data`` (n_rows, 1 + n_covariates).
+        set_weights : ndarray of shape (n_sets,)
+        old : dict or None
+        """
+        if sums.weights is None:
+            return self._keep_empty_sets(self._defaults(), old, np.zeros(self.n_sets))
+        weights, data = sums.weights, sums.data
+        x = data[:, 0]
+        design = np.column_stack([np.ones(len(data)), data[:, 1:]])
+        if old is None:
+            start = self._defaults()
+        else:
+            start = {name: np.array(value, dtype=float) for name, value in old.items()}
+        _, _, others = self._per_set(start)
+        others = [o[:, None] for o in others]
+        used = np.flatnonzero(set_weights > 0)
+        beta = np.column_stack([start["intercept"].reshape(self.n_sets),
+                                start["coef"].reshape(self.n_sets, self.n_covariates)])
+        if len(used):
+            beta[used] = self._solve_predictor(x, design, weights[used], [o[used] for o in others], beta[used])
+        new = {"intercept": beta[:, 0].copy(), "coef": beta[:, 1:].copy()}
+        predictor = beta @ design.T
+        for name, phi in self.kernels.weighted_means.items():
+            with np.errstate(all="ignore"):
+                values = np.broadcast_to(phi(x, predictor, *others), weights.shape)
+            total = np.where(weights > 0, weights * values, 0.0).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                new[name] = total / set_weights
+        new = self._keep_empty_sets(new, old, set_weights)
+        return self._regularize(new, reg_covar)
+
+    def _defaults(self):
+        return {name: np.broadcast_to(self.default_value(spec), (self.n_sets,) + spec.own_shape).copy()
+                for name, spec in self.params.items()}
+
+    def _solve_predictor(self, x, design, weights, others, start):
+        """(intercept, coef) of each set maximising sum_rows w log p: (m, 1 + n_covariates).
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_rows,)
+        design : ndarray of shape (n_rows, 1 + n_covariates)
+            A column of ones, then the covariates.
+        weights : ndarray of shape (m, n_rows)
+        others : list of ndarray of shape (m, 1)
+        start : ndarray of shape (m, 1 + n_covariates)
+        """
+        kernels = self.kernels
+
+        def derivatives(beta, rows):
+            predictor = beta @ design.T
+            with np.errstate(all="ignore"):
+                first = np.broadcast_to(kernels.first(x, predictor, *(o[rows] for o in others)), predictor.shape)
+                second = np.broadcast_to(kernels.second(x, predictor, *(o[rows] for o in others)),
+                                         predictor.shape)
+            w = weights[rows]
+            gradient = np.where(w > 0, w * first, 0.0) @ design
+            hessian = np.einsum("sn,ni,nj->sij", np.where(w > 0, w * second, 0.0), design, design)
+            return gradient, hessian
+
+        if kernels.quadratic:
+            # The objective is quadratic in the predictor: one Newton step from zero is its maximiser
+            # (for a normal mean, the weighted least-squares solution).
+            gradient, hessian = derivatives(np.zeros_like(start), np.arange(len(start)))
+            try:
+                return np.linalg.solve(-hessian, gradient[..., None])[..., 0]
+            except np.linalg.LinAlgError:
+                raise FitError(f"node '{self.name}': the weighted covariates of some parameter set are collinear "
+                               "(or the set has fewer rows than coefficients), so its coefficients are not "
+                               "determined; use fewer covariates or components") from None
+
+        def objective(beta, rows):
+            predictor = beta @ design.T
+            with np.errstate(all="ignore"):
+                density = kernels.log_density(x, predictor, *(o[rows] for o in others))
+            w = weights[rows]
+            return np.where(w > 0, w * density, 0.0).sum(axis=1)
+
+        beta, _ = maximize_rows(objective, lambda b, r: derivatives(b, r)[0], lambda b, r: derivatives(b, r)[1],
+                                start)
+        return beta
+
+
 def _free_block(model):
     """The model's free-parameter block (sympy: only models with free parameters import it)."""
     from .freeblock import FreeBlock
@@ -682,6 +887,10 @@ def build_factor(model, node):
         return DeterministicFactor(model, node)
     if family.kind == "indicator":
         return CategoricalFactor(model, node)
+    if family.kind == "covariate":
+        return CovariateFactor(model, node)
+    if node.covariates:
+        return RegressionFactor(model, node)
     form = family.covariance_form(node.covariance) if node.covariance else None
     if form is not None and model.registry.internal(form.family).kind == "gaussian":
         return GaussianFactor(model, node, form)

@@ -172,7 +172,7 @@ def _clustering_features(compiled, rows):
     columns = []
     for name, factor in compiled.factors.items():
         view = rows.factors[name]
-        if factor.layout != "dense" or view.observed_offset is not None or not view.latent_axes:
+        if factor.layout not in ("dense", "rows") or view.observed_offset is not None or not view.latent_axes:
             continue
         columns.append(view.values.reshape(rows.n_rows, -1))
     if not columns:

@@ -189,8 +189,29 @@ def compile_simplex_plan(plan):
         raise TreeError(f"bad kernel plan: {exc}") from None
 
 
+def compile_regression_plan(plan):
+    """A linear-predictor plan compiled: the attributes of ``RegressionKernels``."""
+    _check_format(plan)
+    try:
+        arguments = [plan["x"], plan["predictor"]] + _strings(plan["others"], "others")
+        if not isinstance(plan["quadratic"], bool):
+            raise TreeError("bad kernel plan: 'quadratic' is not a boolean")
+        if not isinstance(plan["linear"], str):
+            raise TreeError("bad kernel plan: 'linear' is not a name")
+        return {"others": plan["others"], "quadratic": plan["quadratic"], "linear": plan["linear"],
+                "inverse": compile_tree([plan["predictor"]], plan["inverse"]),
+                "log_density": compile_tree(arguments, plan["log_density"]),
+                "first": compile_tree(arguments, plan["first"]),
+                "second": compile_tree(arguments, plan["second"]),
+                "weighted_means": {name: compile_tree(arguments, tree)
+                                   for name, tree in plan["weighted_means"].items()}}
+    except (KeyError, TypeError) as exc:
+        raise TreeError(f"bad kernel plan: {exc}") from None
+
+
 #: How each kind of stored kernel plan is read back.
-PLAN_READERS = {"scalar-kernels": compile_scalar_plan, "simplex-kernels": compile_simplex_plan}
+PLAN_READERS = {"scalar-kernels": compile_scalar_plan, "simplex-kernels": compile_simplex_plan,
+                "regression-kernels": compile_regression_plan}
 
 
 def _load_or_derive(kind, key, derive, required=()):
@@ -303,6 +324,64 @@ class SimplexKernels:
         """The derived ``SimplexSolution`` (sympy), for ``derive`` and the reports."""
         from .derive import simplex_solution
         return simplex_solution(self.family, self.prior["element_logpdf"] if self.prior else None)
+
+
+class RegressionKernels:
+    """A family's log-density in its linear predictor, as numpy callables (continuous parents).
+
+    Attributes
+    ----------
+    linear : str
+        The parameter the linear predictor sets.
+    inverse : callable
+        The inverse link: the linear parameter at a predictor value.
+    others : list of str
+        The family's parameters other than the linear one.
+    log_density : callable
+        ``l(x, lambda, *others) - log h(x)``.
+    first, second : callable
+        Its first and second derivatives in lambda, same arguments.
+    weighted_means : dict of str to callable
+        ``phi(x, lambda, *others)`` of each other parameter: its update is the weighted mean of phi.
+    quadratic : bool
+        The log-density is quadratic in lambda: (intercept, coef) solve in closed form.
+    base : callable
+        ``log h(x)``.
+    """
+
+    def __init__(self, family, constants):
+        self.family, self.constants = family, constants
+        self.__dict__.update(_load_or_derive("regression-kernels", _key(family, constants) + repr(family.linear),
+                                             self._derive))
+        self.base = scalar_kernels(family, constants).base
+
+    def _derive(self):
+        solution = self.solution
+        arguments = [solution.x, solution.predictor, *solution.others]
+        rename = {symbol: symbol.name for symbol in arguments}
+        plan = {"format": KERNEL_FORMAT, "x": solution.x.name, "predictor": solution.predictor.name,
+                "others": _names(solution.others), "quadratic": bool(solution.quadratic),
+                "linear": solution.linear.name, "inverse": _tree(_renamed(solution.inverse, rename)),
+                "log_density": _tree(_renamed(solution.log_density, rename)),
+                "first": _tree(_renamed(solution.first, rename)),
+                "second": _tree(_renamed(solution.second, rename)),
+                "weighted_means": {p.name: _tree(_renamed(e, rename)) for p, e in solution.weighted_means.items()}}
+        return plan, plan
+
+    @functools.cached_property
+    def solution(self):
+        """The derived ``RegressionSolution`` (sympy), for ``derive`` and the reports."""
+        from .derive import regression_solution
+        try:
+            return regression_solution(self.family, self.constants)
+        except FamilyError as exc:
+            raise FamilyError(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def regression_kernels(family, constants):
+    """The linear-predictor kernels of a family with these constants (one per process)."""
+    return RegressionKernels(family, constants)
 
 
 def _renamed(expression, names):

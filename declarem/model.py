@@ -75,7 +75,7 @@ class Node:
     k : int or None
         Number of categories (categorical nodes).
     parents : tuple of str
-        In the order that indexes the parameters.
+        The discrete parents, in the order that indexes the parameters.
     columns : tuple of str or None
         Data columns of a vector node, when declared.
     dim : int
@@ -94,6 +94,9 @@ class Node:
     chain : bool
         Whether the node's previous value is a parent (a lag edge to itself): a hidden
         Markov chain with parameters ``start`` and ``probs``.
+    covariates : tuple of str
+        The continuous parents, in ``parents`` order: the node's linear parameter is
+        ``intercept + coef . (their columns)`` through the family's canonical link.
     """
 
     name: str
@@ -110,6 +113,7 @@ class Node:
     probs: tuple | None = None
     table: tuple | None = None
     chain: bool = False
+    covariates: tuple = ()
 
     @property
     def is_discrete(self):
@@ -202,8 +206,9 @@ class Model:
             raise SpecError(f"{where}: latent nodes must be categorical (discrete); "
                             f"'{family.name}' is not. Declare the node categorical with k values")
         k = self._validate_k(attrs, family, where)
-        parents = self._validate_parents(name, attrs, where)
+        parents, covariates = self._validate_parents(name, attrs, where)
         columns, dim = self._validate_columns(attrs, family, latent, where)
+        self._validate_covariates(name, family, latent, covariates, dim, where)
         covariance = self._validate_covariance(attrs, family, dim, where)
         constants = self._validate_constants(attrs, family, where)
         prior = self._validate_prior(attrs, family, k, parents, where)
@@ -216,7 +221,7 @@ class Model:
         chain = self._validate_lagged(name, attrs, family, latent, parents, probs, where)
         return Node(name=name, family=family, latent=latent, k=k, parents=parents, columns=columns,
                     dim=dim, covariance=covariance, constants=constants, prior=prior, probs=probs,
-                    table=table, chain=chain)
+                    table=table, chain=chain, covariates=covariates)
 
     def _validate_lagged(self, name, attrs, family, latent, parents, probs, where):
         """Whether the node is a chain (``lagged = [itself]``); other lags are refused."""
@@ -277,12 +282,37 @@ class Model:
                 raise SpecError(f"{where}: 'parents' {declared} does not match the graph's edges "
                                 f"into the node {predecessors}")
             parents = list(declared)
+        discrete, continuous = [], []
         for parent in parents:
             parent_family = self.registry.get(self.graph.nodes[parent].get("family"), self._where(parent))
-            if parent_family.kind not in DISCRETE_KINDS:
-                raise SpecError(f"{where}: parent '{parent}' is a '{parent_family.name}' node; parents "
-                                "must be categorical (their values index the child's parameters)")
-        return tuple(parents)
+            (discrete if parent_family.kind in DISCRETE_KINDS else continuous).append(parent)
+        return tuple(discrete), tuple(continuous)
+
+    def _validate_covariates(self, name, family, latent, covariates, dim, where):
+        """Continuous parents are covariates of a scalar child with a linear parameter; a covariate has none."""
+        if family.kind == "covariate":
+            if any(True for _ in self.graph.predecessors(name)):
+                raise SpecError(f"{where}: a covariate has no parents (it has no distribution to condition)")
+            if not any(True for _ in self.graph.successors(name)):
+                raise SpecError(f"{where}: covariate '{name}' is no node's parent; make it a parent of the node "
+                                "it explains (parents = [..., \"{name}\"]) or remove it")
+        if not covariates:
+            return
+        first = covariates[0]
+        parent_family = self.registry.get(self.graph.nodes[first].get("family"), self._where(first))
+        if family.kind != "scalar" or family.linear is None:
+            supported = ", ".join(n for n, f in self.registry.families.items() if f.linear)
+            raise SpecError(f"{where}: parent '{first}' is a real-valued ('{parent_family.name}') node, and "
+                            f"'{family.name}' has no linear parameter for it to enter; continuous parents are "
+                            f"supported for {supported} and user families declaring 'linear'; a discrete "
+                            "parent must be categorical")
+        if dim != 1:
+            raise SpecError(f"{where}: continuous parents need a scalar child (one column); '{name}' has "
+                            f"dim = {dim}. Declare one node per column")
+        for parent in covariates:
+            if self.graph.nodes[parent].get("latent"):
+                raise SpecError(f"{where}: parent '{parent}' is latent and continuous; continuous parents must "
+                                "be observed columns")
 
     def _validate_columns(self, attrs, family, latent, where):
         columns = attrs.get("columns")

@@ -148,6 +148,10 @@ def _describe(model, name, factor):
         return _describe_categorical(node, factor, role)
     if kind == "GaussianFactor":
         return _describe_gaussian(node, factor, role)
+    if kind == "CovariateFactor":
+        return _describe_covariate(node, role)
+    if kind == "RegressionFactor":
+        return _describe_regression(node, factor, role)
     return _describe_scalar(node, factor, role)
 
 
@@ -213,6 +217,56 @@ def _describe_deterministic(node, role):
         updates=["none"], updates_latex=[r"&\text{none}"], status="closed",
         notes=[f"table {parent} -> {node.name}: {mapping}; the E-step keeps only the values of {parent} "
                f"that map to the observed {node.name}"])
+
+
+def _describe_covariate(node, role):
+    return NodeDerivation(
+        node=node.name, family="covariate", role=role, parents=node.parents,
+        statistics=["none: a covariate has no distribution"], statistics_latex=[r"&\text{none}"],
+        updates=["none"], updates_latex=[r"&\text{none}"], status="closed",
+        notes=["its columns enter the linear predictor of the nodes it is a parent of"])
+
+
+def _describe_regression(node, factor, role):
+    solution = factor.kernels.solution
+    shown = _shown_regression(solution)
+    u = ", ".join(node.covariates)
+    predictor = f"lambda = intercept + coef . ({u})"
+    linear = solution.linear.name
+    tex = {solution.predictor: r"\lambda"}
+    statistics = [f"w_r = weight of row r on each parameter set (its posterior); {predictor}"]
+    statistics_latex = [r"&w_{r s} = P(\text{set } s \mid r), \quad \lambda_{r s} = \mathrm{intercept}_s + "
+                        r"\mathrm{coef}_s \cdot u_r"]
+    score = f"sum_r w_r ({shown(solution.first)}) [1, {u}]"
+    if solution.quadratic:
+        updates = [f"(intercept, coef) solve 0 = {score}: weighted least squares, in closed form "
+                   f"(d2/dlambda2 = {shown(solution.second)} does not depend on the data)"]
+        status = "closed"
+    else:
+        updates = [f"(intercept, coef) solve 0 = {score} (Newton's method: Hessian sum_r w_r "
+                   f"({shown(solution.second)}) [1, {u}][1, {u}]^T)"]
+        status = "numeric"
+    updates_latex = [r"0 &= \textstyle\sum_r w_r\," + sympy.latex(solution.first, symbol_names=tex) +
+                     r"\,(1, u_r)"]
+    for parameter, phi in solution.weighted_means.items():
+        updates.append(f"{parameter.name} = sum_r w_r ({shown(phi)}) / sum_r w_r")
+        updates_latex.append(f"{_tex_name(parameter.name)} &= " + r"\textstyle\sum_r w_r\," +
+                             sympy.latex(phi, symbol_names=tex) + r" \big/ \sum_r w_r")
+    notes = [f"link: lambda = {shown(solution.link)}, so {linear} = {shown(solution.inverse)}",
+             f"log-density in lambda: {shown(solution.log_density)} (+ log h(x))",
+             f"continuous parents {u} set {linear} through the canonical link; discrete parents index the sets"]
+    for name in factor.regularized:
+        notes.append(f"reg_covar is added to {name}")
+    return NodeDerivation(node=node.name, family=f"{node.family.name} regression", role=role,
+                          parents=node.parents, statistics=statistics,
+                          statistics_latex=statistics_latex, updates=updates, updates_latex=updates_latex,
+                          status=status, notes=notes)
+
+
+def _shown_regression(solution):
+    """Expressions of a regression's derivation with the linear predictor written lambda."""
+    named = sympy.Symbol("lambda", real=True)
+    return lambda expression: expression.subs(solution.predictor, named)
 
 
 def _describe_expressed(node, role):

@@ -50,7 +50,7 @@ import scipy.special
 import sympy
 from scipy.stats import sampling as unuran
 
-from .compiled import CategoricalFactor, DeterministicFactor, GaussianFactor, ScalarFactor
+from .compiled import CategoricalFactor, CovariateFactor, DeterministicFactor, GaussianFactor, ScalarFactor
 from .derive.expfam import family_symbols
 from .derive.lambdify import to_numpy
 from .errors import FitError, InitError
@@ -131,6 +131,9 @@ def sample_rows(model, n_rows, params, seed=0, lengths=None):
             drawn[name] = _draw_chain(factor, internal[name], lengths, rng)
             continue
         sets = _set_index(factor, node, drawn, n_rows)
+        if node.covariates:
+            drawn[name] = _draw_regression(factor, node, internal[name], sets, rng, drawn)
+            continue
         drawn[name] = _draw(factor, node, internal[name], sets, rng)
     columns = {}
     for name, values in drawn.items():
@@ -218,7 +221,33 @@ def _draw_scalar(factor, node, params, sets, rng):
     return _draw_exact(node, values, constants, rng)
 
 
+def _draw_covariate(factor, node, params, sets, rng):
+    raise FitError(f"node '{node.name}' is a covariate, with no distribution to draw it from, so the nodes it is a "
+                   f"parent of cannot be sampled without its values; declare '{node.name}' with a family (e.g. "
+                   "normal) to sample the whole model")
+
+
+def _draw_regression(factor, node, params, sets, rng, drawn):
+    """A node with continuous parents: each row's linear parameter from its covariates, shape (n_rows, 1)."""
+    n_rows = len(sets)
+    covariates = np.column_stack([drawn[c].reshape(n_rows, -1) for c in node.covariates])
+    intercept, coef, others = factor._per_set(params)
+    predictor = intercept[sets] + np.einsum("nm,nm->n", covariates, coef[sets])
+    kernels = factor.kernels
+    with np.errstate(all="ignore"):
+        values = {kernels.linear: kernels.inverse(predictor).reshape(n_rows, 1)}
+    values.update({name: value[sets].reshape(n_rows, 1) for name, value in zip(kernels.others, others)})
+    if node.family.sampler:
+        try:
+            return _draw_declared(node.family, values, dict(node.constants), rng)
+        except ValueError as exc:
+            raise FitError(f"node '{node.name}': cannot sample family '{node.family.name}' at these "
+                           f"parameters: numpy says {exc}") from None
+    return _draw_exact(node, values, dict(node.constants), rng)
+
+
 _SAMPLERS = (
+    (CovariateFactor, _draw_covariate),
     (DeterministicFactor, _draw_table),
     (CategoricalFactor, _draw_categorical),
     (GaussianFactor, _draw_gaussian),

@@ -40,17 +40,23 @@ CUSTOM = {
     },
 }
 
+#: In a variant's attributes: give ``x`` a covariate parent ``u`` as well (a regression).
+REGRESSION = "_regression"
+
 #: The node attributes of each example; one family may have several variants.
 VARIANTS = {
     "categorical": [("categorical", {"k": 3})],
     "deterministic": [("deterministic", {"table": [0, 0]})],
-    "bernoulli": [("bernoulli", {})],
+    "covariate": [],
+    "bernoulli": [("bernoulli", {}), ("bernoulli, with a continuous parent `u` (logistic regression)",
+                                      {REGRESSION: True})],
     "binomial": [("binomial", {"trials": 10})],
-    "poisson": [("poisson", {})],
+    "poisson": [("poisson", {}), ("poisson, with a continuous parent `u` (Poisson regression)", {REGRESSION: True})],
     "exponential": [("exponential", {})],
     "geometric": [("geometric", {})],
     "normal": [
         ("normal, univariate", {}),
+        ("normal, with a continuous parent `u` (linear regression)", {REGRESSION: True}),
         ('normal, `dim = 2`, `covariance = "full"`', {"dim": 2, "covariance": "full"}),
         ('normal, `dim = 2`, `covariance = "tied"`', {"dim": 2, "covariance": "tied"}),
         ('normal, `dim = 2`, `covariance = "diag"`', {"dim": 2, "covariance": "diag"}),
@@ -70,8 +76,11 @@ def mixture(family, attrs):
     if family in CUSTOM:
         graph.graph["families"] = {family: CUSTOM[family]}
     graph.add_node("z", family="categorical", latent=True, k=K)
-    graph.add_node("x", family=family, **attrs)
+    graph.add_node("x", family=family, **{k: v for k, v in attrs.items() if k != REGRESSION})
     graph.add_edge("z", "x")
+    if attrs.get(REGRESSION):
+        graph.add_node("u", family="covariate")
+        graph.add_edge("u", "x")
     return declarem.Model(graph, source=f"{family} example")
 
 
@@ -94,15 +103,17 @@ def spec_text(family, attrs):
         for key in ("logpdf", "support", "params"):
             lines.append(f"{key} = {_toml_value(CUSTOM[family][key])}")
         lines.append("")
+    if attrs.get(REGRESSION):
+        lines += ["[nodes.u]", 'family = "covariate"', ""]
     lines += ["[nodes.x]", f'family = "{family}"']
-    lines += [f"{key} = {_toml_value(value)}" for key, value in attrs.items()]
-    lines.append('parents = ["z"]')
+    lines += [f"{key} = {_toml_value(value)}" for key, value in attrs.items() if key != REGRESSION]
+    lines.append('parents = ["z", "u"]' if attrs.get(REGRESSION) else 'parents = ["z"]')
     return "\n".join(lines)
 
 
 def shape_text(factor, spec):
     """A parameter's shape with symbols: K for the parent, D for columns, k for categories."""
-    own = "k" if type(factor).__name__ == "CategoricalFactor" else "D"
+    own = {"CategoricalFactor": "k", "RegressionFactor": "m"}.get(type(factor).__name__, "D")
     dims = [] if spec.tied_across_parents else ["K"] * len(factor.parents)
     dims += [own] * len(spec.own_shape)
     if not dims:
@@ -125,9 +136,13 @@ def latex_block(item):
 
 def family_rows(name, entry):
     params = ", ".join(f"`{p}` ({domain})" for p, domain in entry["params"]) or "none"
-    density = f'`{entry["logpdf"]}`' if entry["logpdf"] else "none: 0 where `x = table[parent]`, else minus infinity"
+    density = f'`{entry["logpdf"]}`' if entry["logpdf"] else \
+        "none: a covariate has no distribution" if entry.get("kind") == "covariate" else \
+        "none: 0 where `x = table[parent]`, else minus infinity"
     rows = [("log-density", density), ("support", f'`{entry["support"]}`'),
             ("parameters (domain)", params)]
+    if entry.get("linear"):
+        rows.append(("linear parameter (continuous parents)", f'`{entry["linear"]}`'))
     if entry.get("constants"):
         rows.append(("node constants", ", ".join(f"`{c}`" for c in entry["constants"])))
     return rows
@@ -140,7 +155,8 @@ def variant_section(family, title, attrs, level=None):
     factor = model.compiled.factors["x"]
     shapes = ", ".join(f"`{p}` {shape_text(factor, spec)}" for p, spec in factor.params.items()) or "none"
     out = [f"{'#' * level} {title}", ""] if level else []
-    out.append(f"Parameters of `x` under a parent `z` with K values: {shapes}; "
+    covariates = " and a covariate `u` (m = 1 column)" if attrs.get(REGRESSION) else ""
+    out.append(f"Parameters of `x` under a parent `z` with K values{covariates}: {shapes}; "
                f"M-step: **{item.status}**.")
     out += ["", "```toml", spec_text(family, attrs), "```", ""]
     out += ["Derived by `model.derive()` (text):", "", "```text", node_section(derivation, "x"), "```", ""]

@@ -137,15 +137,15 @@ def test_node_errors_name_file_and_node(tmp_path, attrs, fragment):
     assert "node 'x'" in message and fragment in message
 
 
-def test_continuous_parent_is_refused(tmp_path):
+def test_continuous_parent_of_a_family_without_a_linear_parameter_is_refused(tmp_path):
     message = spec_error(tmp_path, """
         [nodes.a]
         family = "normal"
         [nodes.b]
-        family = "poisson"
+        family = "gamma"
         parents = ["a"]
     """)
-    assert "node 'b'" in message and "parent 'a'" in message and "categorical" in message
+    assert "node 'b'" in message and "parent 'a'" in message and "no linear parameter" in message
 
 
 def test_missing_parent_is_named(tmp_path):

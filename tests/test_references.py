@@ -46,6 +46,8 @@ CASES = {
                         {"z": {"start": [0.5, 0.5], "probs": [[0.9, 0.1], [0.2, 0.8]]},
                          "x": {"probs": [[0.25, 0.25, 0.25, 0.25], [0.2, 0.2, 0.2, 0.4]]}}),
     "categorical_hmm_seeded": ("categorical_hmm", "categorical_hmm_reference.py", None),
+    "regression_mixture": ("regression_mixture", "regression_mixture_reference.py", None),
+    "poisson_regression": ("poisson_regression", "poisson_regression_reference.py", None),
 }
 
 

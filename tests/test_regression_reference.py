@@ -24,8 +24,8 @@ from scipy.special import expit, logsumexp
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"reference_{name}", MODELS / f"{name}.py")
+def _load(name, folder=MODELS):
+    spec = importlib.util.spec_from_file_location(f"reference_{name}", folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +33,7 @@ def _load(name):
 
 linear = _load("regression_mixture_reference")
 poisson = _load("poisson_regression_reference")
-logistic = _load("logistic_regression_reference")
+logistic = _load("logistic_regression_reference", Path(__file__).resolve().parent)
 make_data = _load("make_regression_data")
 
 

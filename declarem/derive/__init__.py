@@ -10,10 +10,11 @@ import warnings
 
 from .cache import cached
 from .expfam import decompose
+from .regression import solve_regression
 from .scalar import solve_scalar
 from .simplex import solve_simplex
 
-__all__ = ["scalar_solution", "simplex_solution", "warn_if_provisional"]
+__all__ = ["scalar_solution", "simplex_solution", "regression_solution", "warn_if_provisional"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,6 +40,29 @@ def scalar_solution(family, constants=()):
     solution = cached("scalar", repr((_declaration(family), constants)), compute)
     warn_if_provisional(f"family '{family.name}'", solution)
     return solution
+
+
+@functools.lru_cache(maxsize=None)
+def regression_solution(family, constants=()):
+    """The derived linear-predictor form of a family whose linear parameter continuous parents set.
+
+    Parameters
+    ----------
+    family : Family
+        With ``linear`` declared.
+    constants : tuple of (str, number)
+
+    Returns
+    -------
+    RegressionSolution
+    """
+    where = f"family '{family.name}'"
+
+    def compute():
+        form = decompose(family, dict(constants), where=where)
+        return solve_regression(form, family.linear, family.domains, where)
+
+    return cached("regression", repr((_declaration(family), family.linear, constants)), compute)
 
 
 @functools.lru_cache(maxsize=None)

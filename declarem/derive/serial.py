@@ -15,6 +15,7 @@ import sympy
 
 from .expfam import ExpFamForm
 from .free import FreeSolution
+from .regression import RegressionSolution
 from .scalar import ScalarSolution
 from .simplex import SimplexSolution
 
@@ -36,7 +37,8 @@ ASSUMPTIONS = ("real", "positive", "nonnegative", "negative", "nonpositive", "in
                "infinite", "hermitian", "imaginary", "rational", "irrational",
                "algebraic", "transcendental", "prime", "composite", "even", "odd", "noninteger")
 #: The derivation records, by name, each rebuilt from its fields.
-RECORDS = {cls.__name__: cls for cls in (ScalarSolution, SimplexSolution, FreeSolution, ExpFamForm)}
+RECORDS = {cls.__name__: cls for cls in (ScalarSolution, SimplexSolution, FreeSolution, ExpFamForm,
+                                         RegressionSolution)}
 MAX_DEPTH = 2000
 
 

@@ -9,7 +9,7 @@ from .family import DOMAINS, SUPPORTS, CovarianceForm, Family
 
 __all__ = ["Family", "CovarianceForm", "FamilyRegistry", "family_from_table", "SUPPORTS", "DOMAINS"]
 
-USER_KEYS = ("logpdf", "support", "params", "description")
+USER_KEYS = ("logpdf", "support", "params", "linear", "description")
 USER_SUPPORTS = tuple(s for s in SUPPORTS if s != "category")
 
 
@@ -22,7 +22,9 @@ def family_from_table(name, table, where):
     name : str
     table : mapping
         Keys ``logpdf`` (text), ``support`` (one of SUPPORTS) and ``params``
-        (mapping of parameter name to domain), optionally ``description``.
+        (mapping of parameter name to domain), optionally ``linear`` (the
+        parameter continuous parents set through the canonical link) and
+        ``description``.
     where : str
         The file (or graph) the table came from, for error messages.
     """
@@ -52,12 +54,16 @@ def family_from_table(name, table, where):
         if param in RESERVED_NAMES:
             raise FamilyError(f"{where}: family '{name}': '{param}' is the name of a function or constant in "
                               "expressions; give the parameter another name")
+    linear = table.get("linear")
+    if linear is not None and linear not in params:
+        raise FamilyError(f"{where}: family '{name}': 'linear' must name one of its parameters "
+                          f"({', '.join(params)}), found {linear!r}")
     # Parse now, so a bad expression is reported when the spec is read, not at the first fit.
     import sympy
     names = {n: sympy.Symbol(n) for n in ["x", *params]}
     parse_expression(table["logpdf"], names, f"{where}: family '{name}' logpdf")
     return Family(name=name, kind="scalar", logpdf=table["logpdf"], support=table["support"],
-                  params=tuple(params.items()), description=str(table.get("description", "")))
+                  params=tuple(params.items()), linear=linear, description=str(table.get("description", "")))
 
 
 class FamilyRegistry:

@@ -23,9 +23,13 @@ BUILTIN_TABLE = {
         kind="table", logpdf="", support="category", params=(),
         description="An observed category that is a fixed function of its parent's category, given as "
                     "`table` (parent value -> this node's value): coarsened data, declared."),
+    "covariate": dict(
+        kind="covariate", logpdf="", support="real", params=(),
+        description="An observed column that is only a covariate: a continuous parent of normal, poisson or "
+                    "bernoulli nodes (their linear predictor), with no distribution of its own."),
     "bernoulli": dict(
         sampler=("binomial", "1", "p"),
-        logpdf="x*log(p) + (1 - x)*log(1 - p)", support="binary", params=(("p", "unit"),),
+        logpdf="x*log(p) + (1 - x)*log(1 - p)", support="binary", params=(("p", "unit"),), linear="p",
         description="A 0/1 outcome with success probability `p`."),
     "binomial": dict(
         sampler=("binomial", "trials", "p"),
@@ -37,7 +41,7 @@ BUILTIN_TABLE = {
     "poisson": dict(
         sampler=("poisson", "rate"),
         logpdf="x*log(rate) - rate - lgamma(x + 1)", support="nonnegative-integer",
-        params=(("rate", "positive"),), description="Counts with mean `rate`."),
+        params=(("rate", "positive"),), linear="rate", description="Counts with mean `rate`."),
     "exponential": dict(
         sampler=("exponential", "1/rate"),
         logpdf="log(rate) - rate*x", support="positive", params=(("rate", "positive"),),
@@ -49,7 +53,7 @@ BUILTIN_TABLE = {
     "normal": dict(
         sampler=("normal", "mean", "sqrt(var)"),
         logpdf="-(x - mean)**2/(2*var) - log(2*pi*var)/2", support="real",
-        params=(("mean", "real"), ("var", "positive")), location="mean", regularized=("var",),
+        params=(("mean", "real"), ("var", "positive")), location="mean", regularized=("var",), linear="mean",
         covariance=(
             ("diag", CovarianceForm("normal")),
             ("spherical", CovarianceForm("normal", tie_across_columns=("var",))),

@@ -21,6 +21,9 @@ exist:
     moment-to-parameter map, since sympy cannot solve for a general dimension.
 ``"table"``
     A deterministic many-to-one map from the parent's category (no parameters).
+``"covariate"``
+    An observed column that is only a covariate (a continuous parent of other
+    nodes): no distribution, no parameters, no term in the likelihood.
 """
 
 from dataclasses import dataclass, field
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 SUPPORTS = ("real", "positive", "nonnegative", "unit", "integer", "nonnegative-integer",
             "positive-integer", "binary", "category")
 DOMAINS = ("real", "positive", "unit")
-KINDS = ("scalar", "indicator", "gaussian", "table")
+KINDS = ("scalar", "indicator", "gaussian", "table", "covariate")
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class Family:
         method name followed by its arguments as expressions in the parameters
         and constants (normal: ``("normal", "mean", "sqrt(var)")``). Without
         one, sampling inverts the distribution function numerically.
+    linear : str or None
+        The parameter that continuous parents set through the canonical link
+        (normal: ``mean``, poisson: ``rate``, bernoulli: ``p``).
     description : str
     """
 
@@ -109,6 +115,7 @@ class Family:
     covariance: tuple = ()
     parts: object = field(default=None, compare=False)
     sampler: tuple = ()
+    linear: str | None = None
     description: str = ""
 
     def __post_init__(self):

@@ -20,13 +20,55 @@ CHUNK_ROWS = 8192
 UNDERFLOW = 1e-280
 
 
+CATEGORICAL_LAYOUTS = ("index", "latent")
+
+
+class RowWeights:
+    """The posterior weight of each row on each parameter set, with the rows' data.
+
+    The statistics of a factor with no finite sufficient statistic (the "rows"
+    layout: a regression with a log or logit link), whose M-step iterates over
+    the rows. Allocated for the rows it is first given (a chain's block order,
+    say) and only added to for those.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (n_sets, n_rows), or None before any row
+    data : ndarray of shape (n_rows, n_columns), or None
+    """
+
+    def __init__(self, n_sets):
+        self.n_sets = n_sets
+        self.weights = None
+        self.data = None
+
+    def bind(self, data):
+        """The weights array for rows with this data (allocated on first use)."""
+        if self.weights is None:
+            self.data = data
+            self.weights = np.zeros((self.n_sets, len(data)))
+        elif self.data is not data:
+            raise ValueError("row weights of one E-step come from two different sets of rows")
+        return self.weights
+
+    def __iadd__(self, other):
+        if other.weights is not None:
+            if self.weights is None:
+                self.data, self.weights = other.data, other.weights.copy()
+            else:
+                self.bind(other.data)
+                self.weights += other.weights
+        return self
+
+
 class ExpectedStatistics:
     """Weighted sums of sufficient statistics per factor: a pure value keyed by node.
 
     Attributes
     ----------
-    sums : dict of str to ndarray
-        (n_sets, n_statistics) per factor (for categorical factors, expected counts (n_sets, k)).
+    sums : dict of str to ndarray or RowWeights
+        (n_sets, n_statistics) per factor (for categorical factors, expected counts (n_sets, k);
+        for the "rows" layout, each row's weight per set).
     set_weights : dict of str to ndarray
         Total posterior weight per parameter set, ``factor.weight_shape``: (n_sets,), or
         (n_sets, columns) for independent columns (rows missing a column do not count there).
@@ -36,7 +78,8 @@ class ExpectedStatistics:
         self.sums = {}
         self.set_weights = {}
         for name, factor in compiled.factors.items():
-            self.sums[name] = np.zeros((factor.n_sets, factor.width))
+            self.sums[name] = RowWeights(factor.n_sets) if factor.layout == "rows" else \
+                np.zeros((factor.n_sets, factor.width))
             self.set_weights[name] = np.zeros(factor.weight_shape)
 
     def add(self, other):
@@ -48,7 +91,7 @@ class ExpectedStatistics:
     def finish(self, compiled):
         """A categorical factor's weight per set is its total expected count."""
         for name, factor in compiled.factors.items():
-            if factor.layout != "dense":
+            if factor.layout in CATEGORICAL_LAYOUTS:
                 self.set_weights[name] = self.sums[name].sum(axis=1)
 
 
@@ -150,7 +193,7 @@ def varying_factors(compiled, rows):
 
 def categorical_only(compiled, varying):
     """Whether every factor in the posterior is categorical (so it can be formed from probabilities)."""
-    return bool(varying) and all(compiled.factors[name].layout != "dense" for name in varying)
+    return bool(varying) and all(compiled.factors[name].layout in CATEGORICAL_LAYOUTS for name in varying)
 
 
 def _constant_loglik(compiled, rows, tables, varying, chunk):
@@ -321,7 +364,7 @@ def _natural_tables(compiled, params):
             if not boundary.any():
                 boundary = None
         probabilities = transposed_probabilities = None
-        if factor.layout != "dense":
+        if factor.layout in CATEGORICAL_LAYOUTS:
             probabilities = np.asarray(factor.probabilities(params[name]), dtype=float)
             transposed_probabilities = None if transposed is None else np.ascontiguousarray(probabilities.T)
         tables[name] = _Table(eta, log_partition, transposed, boundary, params[name], probabilities,
@@ -392,6 +435,12 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
     if view.observed_offset is not None:
         set_index = view.observed_offset[chunk].reshape((n,) + (1,) * set_index.ndim) + set_index
     positions = view.incomplete_in(chunk)
+    if factor.layout == "rows":
+        sets = set_index.reshape(-1) if view.observed_offset is None else set_index.reshape(n, -1)
+        contribution = factor.row_log_density(view.statistics[chunk], sets, factor_params)
+        if len(positions):
+            contribution[positions] = 0.0        # a missing value: a factor 1
+        return contribution.reshape((n,) + view.latent_set_index.shape)
     if factor.layout == "dense":
         statistics = view.statistics_of(factor, chunk)
         correction = _missing_correction(factor, view, tables[name], chunk, positions) if len(positions) else None
@@ -538,6 +587,9 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
             sets = np.broadcast_to(set_index, (n, n_latent))
         else:
             sets = view.observed_offset[chunk][:, None] + set_index[None, :]
+        if factor.layout == "rows":
+            _accumulate_row_weights(sums, set_weights, view, marginal, sets, positions, chunk)
+            continue
         if factor.layout == "index":
             categories = view.statistics[chunk]
             if len(positions):
@@ -570,6 +622,22 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
                 set_weights[set_index] -= marginal[positions].T @ holes
             else:
                 set_weights -= _per_set(marginal[positions], sets[positions], factor.n_sets).T @ holes
+
+
+def _accumulate_row_weights(row_weights, set_weights, view, marginal, sets, positions, chunk):
+    """Add a chunk's posterior weight of each row on each set (rows missing the node's value get none)."""
+    weights = row_weights.bind(view.statistics)
+    if len(positions):
+        marginal = marginal.copy()
+        marginal[positions] = 0.0
+    n, n_latent = marginal.shape
+    rows = np.arange(chunk.start, chunk.stop)
+    if view.observed_offset is None:
+        weights[np.ix_(sets[0], rows)] += marginal.T
+        set_weights[sets[0]] += _column_sums(marginal)
+    else:
+        np.add.at(weights, (sets.reshape(-1), np.repeat(rows, n_latent)), marginal.reshape(-1))
+        set_weights += np.bincount(sets.reshape(-1), weights=marginal.reshape(-1), minlength=len(set_weights))
 
 
 def _per_set(marginal, sets, n_sets):

@@ -224,7 +224,8 @@ def prepare_rows(compiled, node_data, memory_budget=None):
                 observed_offset += node_data.values[parent] * stride
         statistics = shift = centred = missing = None
         if not node.latent:
-            values = node_data.values[name]
+            # A regression's rows carry its covariates' columns beside its own value.
+            values = factor.row_data(node_data) if factor.layout == "rows" else node_data.values[name]
             missing = node_data.missing.get(name)
             if missing is not None:
                 missing = missing.reshape(node_data.n_rows, -1)

@@ -3,7 +3,10 @@
 The reference that declarem's derived updates for a mixture ``z -> y <- u`` with a bernoulli
 child are held against:
 
-    declarem compare SPEC --reference models/logistic_regression_reference.py
+    declarem compare SPEC --reference tests/logistic_regression_reference.py
+
+It lives with the tests rather than in models/ because the catalog has no logistic mixture: one
+0/1 outcome per row does not identify a mixture of logistic regressions.
 
 It imports nothing from declarem. Node names are the module constants ``LATENT`` ("z", the
 latent categorical), ``COVARIATE`` ("u", the continuous parent, a covariate with no distribution
