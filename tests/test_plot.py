@@ -22,7 +22,7 @@ from declarem.data import read_model_data
 from declarem.errors import ConvergenceWarning, OptionError
 from declarem.fit import Fit
 from declarem.plot import PlotDependencyError, panels, save_figure, state_occupancy
-from support import run_cli
+from support import load_file, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -369,3 +369,15 @@ def test_command_line_labels_and_kind_errors(gmm_fit_file, tmp_path):
                      "--labels", f"z={labels}")
     assert result.returncode == 0, result.stderr
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+# -- the catalog pages show the pictures -------------------------------------------------------------
+
+def test_every_catalog_page_shows_its_picture():
+    generator = load_file(ROOT / "docs" / "generate_models.py")
+    for spec in MODELS.glob("*.toml"):
+        page = (ROOT / "docs" / "models" / f"{spec.stem}.md").read_text()
+        link = generator.picture_link(spec.stem)
+        assert link in page
+        target = ROOT / "docs" / "models" / generator.picture_path(spec.stem)
+        assert target.is_file() and target.read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
