@@ -127,6 +127,24 @@ def _parser():
     top.add_argument("--node", help="categorical node (default: the first observed categorical child)")
     top.add_argument("--n", type=int, default=10, help="categories to list per parent value")
     top.add_argument("--labels", help="text file with one label per category (a vocabulary)")
+
+    plot = commands.add_parser("plot", help="draw a fit: graph, objective, densities, scatters, categories, "
+                               "decoded paths (needs matplotlib)")
+    plot.add_argument("spec", help="the model's TOML spec file")
+    plot.add_argument("--fit", required=True, help="a fit written by `declarem fit --out`")
+    plot.add_argument("--data", help="data file drawn under densities, scatters and paths (default: the spec's "
+                                     "[data] path, if any)")
+    plot.add_argument("--out", required=True, help="picture to write; its suffix picks the format: .png, .svg or "
+                                                   ".pdf")
+    plot.add_argument("--kind", choices=["graph", "objective", "density", "scatter", "categories", "path"],
+                      help="draw one kind of panel (default: an overview of every panel that applies)")
+    plot.add_argument("--node", help="draw only this node's panels")
+    plot.add_argument("--labels", action="append", metavar="NODE=FILE",
+                      help="category names of a categorical node, one per line (a vocabulary); repeatable")
+    plot.add_argument("--columns", help="for a scatter: two columns of a vector normal node, e.g. x_0,x_2 "
+                                        "(default: its first two)")
+    plot.add_argument("--lengths", help="for a model with a chain: rows per sequence, e.g. 100,50,50 (default: "
+                                        "the spec's [data] sequence column, else one sequence)")
     return parser
 
 
@@ -479,8 +497,34 @@ def _top(args):
     return 0
 
 
+def _plot(args):
+    from .data import decode_text, read_input
+    from .fit import Fit, check_output_path
+    from .plot import picture_format, plot_fit, save_figure
+    # A bad --out is refused before the fit and the data are read.
+    picture_format(args.out)
+    check_output_path(args.out)
+    model = _load(args.spec)
+    fit = Fit.load(args.fit, model=model)
+    source = args.data or (model.data_info.get("path") and _data_source(model, None))
+    labels = {}
+    for entry in args.labels or []:
+        node, separator, path = entry.partition("=")
+        if not separator or not node or not path:
+            raise OptionError(f"--labels {entry!r}: give NODE=FILE, e.g. word=vocabulary.txt")
+        text = decode_text(read_input(path, "labels file", OptionError), path, "labels file", OptionError)
+        labels[node] = text.splitlines()
+    columns = None
+    if args.columns is not None:
+        columns = [part.strip() for part in args.columns.split(",")]
+    figure = plot_fit(fit, kind=args.kind, data=source or None, lengths=_lengths(args.lengths), node=args.node,
+                      labels=labels or None, columns=columns)
+    save_figure(figure, args.out)
+    return 0
+
+
 _COMMANDS = {"fit": _fit, "derive": _derive, "check": _check, "sample": _sample, "top": _top,
-             "compare": _compare, "decode": _decode}
+             "compare": _compare, "decode": _decode, "plot": _plot}
 
 
 if __name__ == "__main__":

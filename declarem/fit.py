@@ -189,6 +189,35 @@ class Fit:
         listed = [[(names[j], float(row[j])) for j in top] for row, top in zip(rows, order)]
         return listed[0] if probs.ndim == 1 else listed
 
+    def plot(self, kind=None, data=None, lengths=None, ax=None, node=None, labels=None, columns=None):
+        """Draw the fit (needs matplotlib: ``pip install 'declarem[plot]'``).
+
+        Parameters
+        ----------
+        kind : {None, "graph", "objective", "density", "scatter", "categories", "path"}
+            One kind of panel; None draws an overview of every panel that applies to the model.
+        data : mapping, DataFrame or path, optional
+            The data drawn under densities, scatters and paths (those panels need it).
+        lengths : sequence of int, optional
+            Rows per sequence, for a model with a chain.
+        ax : matplotlib.axes.Axes, optional
+            Draw one panel (a ``kind``, and a ``node`` where several apply) into these axes.
+        node : str, optional
+            Only this node's panels.
+        labels : mapping of str to sequence of str, optional
+            Category names per categorical node, e.g. ``{"word": vocabulary}``.
+        columns : pair of str, optional
+            The two columns of a vector normal node a scatter draws (default its first two).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            Made without pyplot; save it with ``savefig`` or show it in a notebook.
+        """
+        from .plot import plot_fit
+        return plot_fit(self, kind=kind, data=data, lengths=lengths, ax=ax, node=node, labels=labels,
+                        columns=columns)
+
     def to_dict(self):
         """The result as plain JSON types: loglik, n_iter, converged, history, params, model."""
         return {

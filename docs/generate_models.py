@@ -1,14 +1,18 @@
 """Generate the model catalog pages, docs/models/NAME.md for every models/NAME.toml, and docs/models/index.md.
 
 Each page shows the spec verbatim, its graph (mermaid and a table of nodes), the updates declarem derives
-(``model.derive()`` as text, and ``to_latex(standalone=False)``) and the fit that
+(``model.derive()`` as text, and ``to_latex(standalone=False)``), the fit that
 ``declarem fit models/NAME.toml --seed 0`` gives on the bundled data (log-likelihood, iterations,
-parameters to four significant digits).
+parameters to four significant digits) and that fit's pictures (``fit.plot``), written to
+docs/models/images/NAME.svg.
 
-    python docs/generate_models.py            rewrite the pages
-    python docs/generate_models.py --check    exit 1, naming the stale pages, if any page differs
+    python docs/generate_models.py            rewrite the pages and their pictures
+    python docs/generate_models.py --check    exit 1, naming the stale pages, if any page differs or a
+                                              picture is missing
 
-tests/test_references.py fails when a committed page differs from what this script generates.
+tests/test_references.py fails when a committed page differs from what this script generates;
+tests/test_plot.py, when a page does not show its picture. The pictures' bytes depend on the
+matplotlib version and fonts, so no test compares them.
 """
 
 import argparse
@@ -30,6 +34,9 @@ PAGES = ROOT / "docs" / "models"
 SIGNIFICANT = 4          # digits of the parameters on the pages
 LOGLIK_DECIMALS = 3
 LARGEST_SHOWN = 60       # arrays with more entries are summarised, not printed
+IMAGES = "images"        # the pictures' directory, inside docs/models
+#: Category names drawn on a model's picture: model -> node -> file in models/ with one name per line.
+LABELS = {"topic_model": {"word": "topic_model_vocab.txt"}}
 
 
 def specs():
@@ -37,9 +44,13 @@ def specs():
     return sorted(MODELS.glob("*.toml"))
 
 
-def fit_spec(path):
-    """``declarem fit PATH --seed 0`` on the spec's bundled data: the JSON result, as a dict."""
+def fit_spec(path, loaded=False):
+    """``declarem fit PATH --seed 0`` on the spec's bundled data: the JSON result, as a dict.
+
+    With ``loaded``, the fit read back from that JSON (a ``declarem.Fit``) instead.
+    """
     from declarem.cli import main
+    from declarem.fit import Fit
 
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "fit.json")
@@ -48,8 +59,41 @@ def fit_spec(path):
             status = main(["fit", str(path), "--seed", "0", "--quiet", "--out", out])
         if status != 0:
             raise RuntimeError(f"declarem fit {path} exited {status}: {errors.getvalue().strip()}")
+        if loaded:
+            import declarem
+
+            return Fit.load(out, model=declarem.load_model(str(path)))
         with open(out) as handle:
             return json.load(handle)
+
+
+def picture_path(name):
+    """Where a model's picture is, relative to docs/models."""
+    return f"{IMAGES}/{name}.svg"
+
+
+def picture_link(name):
+    """The markdown that shows a model's picture on its page."""
+    return f"![{name}: the model's graph, the objective per iteration and the fit over the data]({picture_path(name)})"
+
+
+def picture_section(name):
+    lines = [f"`fit.plot(data=...)` of that fit (`declarem plot models/{name}.toml --fit FIT.json --out {name}.svg`; "
+             "what each panel shows: [pictures](../plots.md)):", "", picture_link(name)]
+    return lines
+
+
+def write_picture(path):
+    """Draw the seeded fit of the spec at ``path`` over its bundled data into docs/models/images/NAME.svg."""
+    from declarem.plot import save_figure
+    from declarem.spec import data_path
+
+    fit = fit_spec(path, loaded=True)
+    labels = {node: (MODELS / file).read_text().splitlines() for node, file in LABELS.get(path.stem, {}).items()}
+    figure = fit.plot(data=data_path(fit.model), labels=labels or None)
+    target = PAGES / picture_path(path.stem)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(figure, target)
 
 
 def _number(value):
@@ -192,7 +236,8 @@ def render_page(path):
     lines += ["## Derived updates", "", "`declarem derive` (text):", "", "```text", str(derivation).rstrip("\n"),
               "```", "", "`model.derive().to_latex(standalone=False)`:", "", "```latex",
               derivation.to_latex(standalone=False).rstrip("\n"), "```", ""]
-    lines += ["## Fit on the bundled data", ""] + fit_section(name, result)
+    lines += ["## Fit on the bundled data", ""] + fit_section(name, result) + [""]
+    lines += ["## Pictures", ""] + picture_section(name)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -239,7 +284,8 @@ def stale(pages=None):
     names = [name for name, text in pages.items()
              if not (PAGES / name).is_file() or (PAGES / name).read_text() != text]
     extra = [p.name for p in PAGES.glob("*.md") if p.name not in pages] if PAGES.is_dir() else []
-    return sorted(names + extra)
+    pictures = [picture_path(p.stem) for p in specs() if not (PAGES / picture_path(p.stem)).is_file()]
+    return sorted(names + extra + pictures)
 
 
 def main(argv=None):
@@ -259,7 +305,13 @@ def main(argv=None):
             old.unlink()
     for name, text in pages.items():
         (PAGES / name).write_text(text)
-    print(f"wrote {len(pages)} pages to {PAGES.relative_to(ROOT)}")
+    pictures = {picture_path(path.stem) for path in specs()}
+    for old in (PAGES / IMAGES).glob("*.svg"):
+        if f"{IMAGES}/{old.name}" not in pictures:
+            old.unlink()
+    for path in specs():
+        write_picture(path)
+    print(f"wrote {len(pages)} pages and {len(pictures)} pictures to {PAGES.relative_to(ROOT)}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Derived M-steps: closed forms, their numeric twins, and moment matching, for every family."""
 
+import functools
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -65,6 +67,13 @@ def test_known_closed_forms():
     assert set(gamma.closed) == {rate} and gamma.numeric == (shape,)
 
 
+@functools.lru_cache(maxsize=None)
+def solvers(name):
+    """A family's derivation, its derived solver and the all-numeric twin, built once for all examples."""
+    solution = scalar_solution(family(name), CONSTANTS.get(name, ()))
+    return solution, NumericSolver.from_solution(solution), NumericSolver.from_solution(solution, solve_all=True)
+
+
 def draw_point(solution, draw):
     point = {}
     for p in solution.form.params:
@@ -83,15 +92,14 @@ def draw_point(solution, draw):
 @given(data=st.data())
 def test_moment_matching_and_numeric_twin(name, data):
     """At t = E_theta[T] both the derived M-step and the all-numeric twin return theta."""
-    fam = family(name)
-    solution = scalar_solution(fam, CONSTANTS.get(name, ()))
+    solution, derived_solver, twin_solver = solvers(name)
     point = draw_point(solution, data.draw)
-    moments, _ = expected_statistics(solution.form, fam.support, point, upper=UPPER.get(name))
+    moments, _ = expected_statistics(solution.form, family(name).support, point, upper=UPPER.get(name))
     means = moments[None, :]
     far_start = {p.name: np.array([{"real": 0.0, "positive": 1.0, "unit": 0.5}[solution.domains[p]]])
                  for p in solution.form.params}
-    derived = NumericSolver.from_solution(solution).solve(means, far_start)
-    twin = NumericSolver.from_solution(solution, solve_all=True).solve(means, far_start)
+    derived = derived_solver.solve(means, far_start)
+    twin = twin_solver.solve(means, far_start)
     for p in solution.form.params:
         truth = point[p]
         assert derived[p.name][0] == pytest.approx(truth, rel=1e-6, abs=1e-8)
