@@ -136,7 +136,7 @@ def _parser():
                                      "[data] path, if any)")
     plot.add_argument("--out", required=True, help="picture to write; its suffix picks the format: .png, .svg or "
                                                    ".pdf")
-    plot.add_argument("--kind", choices=["graph", "objective", "density", "scatter", "categories", "path"],
+    plot.add_argument("--kind", choices=["graph", "objective", "density", "scatter", "regression", "categories", "path"],
                       help="draw one kind of panel (default: an overview of every panel that applies)")
     plot.add_argument("--node", help="draw only this node's panels")
     plot.add_argument("--labels", action="append", metavar="NODE=FILE",

@@ -624,7 +624,9 @@ class Model:
         nodes = {}
         for name in self.nodes:
             attrs = dict(self.graph.nodes[name])
-            attrs.setdefault("parents", list(self.nodes[name].parents))
+            node = self.nodes[name]
+            declared = set(node.parents + node.covariates)
+            attrs.setdefault("parents", [p for p in self.graph.predecessors(name) if p in declared])
             attrs["parents"] = list(attrs["parents"])
             if "columns" in attrs:
                 attrs["columns"] = list(attrs["columns"])

@@ -79,7 +79,7 @@ def model_html(model):
         if node.chain:
             extra.append("a chain over the rows")
         rows.append((name, node.family.name, "latent" if node.latent else "observed",
-                     ", ".join([size] + extra), ", ".join(node.parents) or "-"))
+                     ", ".join([size] + extra), ", ".join(node.parents + node.covariates) or "-"))
     return (f"<h3>Model <code>{_escape(model.name)}</code></h3>\n"
             + _table(["node", "family", "role", "size", "parents"], rows))
 

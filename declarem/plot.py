@@ -15,6 +15,9 @@ never from its name or a family's name:
   or a child of a latent node (emissions, a topic's words), as bars of ``fit.top``; an observed
   0/1 node's probability of a 1 per column and parameter set.
 - ``path``: a chain's decoded state path (``fit.decode``) over the observed series.
+- ``regression``: a node with continuous parents; its values against its first covariate column,
+  with each parameter set's fitted linear parameter (the inverse link of intercept + coef . u, the
+  other covariate columns at their data means) as a curve.
 
 Densities come from the fit's own machinery (``Fit.row_loglik`` with the parents fixed as labels
 and the other columns missing), so a user family is drawn exactly as it is fitted. matplotlib is
@@ -35,7 +38,7 @@ import numpy as np
 from .errors import DeclaremError, OptionError
 
 #: The panels, in the order an overview shows them.
-KINDS = ("graph", "objective", "density", "scatter", "categories", "path")
+KINDS = ("graph", "objective", "density", "scatter", "regression", "categories", "path")
 #: Picture formats by file suffix.
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 #: Metadata that would make two drawings of the same fit differ (dates, version strings).
@@ -309,13 +312,19 @@ def density_points(node, values):
 # -- which panels a model gets ----------------------------------------------------------------------
 
 def _discrete_parents(model, name):
-    return all(model.nodes[p].is_discrete for p in model.nodes[name].parents)
+    """Whether all of a node's parents are discrete (no covariate enters it)."""
+    node = model.nodes[name]
+    return not node.covariates and all(model.nodes[p].is_discrete for p in node.parents)
 
 
 def _density_nodes(model):
     return [name for name in model.observed
             if not model.nodes[name].is_discrete and model.nodes[name].family.support != "binary"
-            and _discrete_parents(model, name)]
+            and model.nodes[name].family.kind != "covariate" and _discrete_parents(model, name)]
+
+
+def _regression_nodes(model):
+    return [name for name in model.observed if model.nodes[name].covariates]
 
 
 def _scatter_nodes(model):
@@ -384,6 +393,7 @@ def panels(fit, kind=None, node=None, has_data=True, columns=None):
         limit = MAX_DENSITY_COLUMNS if overview and node is None else None
         density += [(name, c) for c in column_names(model.nodes[name])[:limit]]
     data_panels = [("density", n, c) for n, c in density] + [("scatter", n, c) for n, c in scatter]
+    data_panels += [("regression", n, None) for n in _regression_nodes(model)]
     if model.chain is not None:
         data_panels.append(("path", model.chain, None))
     categories = []
@@ -418,6 +428,7 @@ def _what_applies(kind):
     return {
         "density": "it applies to observed nodes on a numeric support (counts, real numbers)",
         "scatter": "it applies to observed vector normal nodes (dim >= 2)",
+        "regression": "it applies to nodes with continuous parents (covariates)",
         "categories": "it applies to categorical nodes and observed 0/1 nodes",
         "path": "it applies to models with a chain (a latent node lagged on itself)",
     }.get(kind, "")
@@ -505,6 +516,8 @@ def _draw(panel, axes, fit, data, labels):
         draw_density(axes, fit, data, name, column)
     elif kind == "scatter":
         draw_scatter(axes, fit, data, name, column)
+    elif kind == "regression":
+        draw_regression(axes, fit, data, name)
     elif kind == "categories":
         draw_categories(axes, fit, name, labels.get(name), data)
     else:
@@ -586,7 +599,7 @@ def _layers(model):
     """Each node's depth in the within-step graph: 0 for a root, one more than its deepest parent."""
     depth = {}
     for name, node in model.nodes.items():
-        depth[name] = 1 + max((depth[p] for p in node.parents), default=-1)
+        depth[name] = 1 + max((depth[p] for p in node.parents + node.covariates), default=-1)
     return depth
 
 
@@ -618,7 +631,7 @@ def draw_graph(axes, fit):
     for (name, step), (x, y) in position.items():
         circles[name, step] = _draw_node(axes, patches, model, name, step, x, y)
     for (name, step), circle in circles.items():
-        for parent in model.nodes[name].parents:
+        for parent in model.nodes[name].parents + model.nodes[name].covariates:
             _arrow(axes, patches, circles[parent, step], circle)
         if model.nodes[name].chain and step > 0:
             _arrow(axes, patches, circles[name, step - 1], circle)
@@ -834,6 +847,65 @@ def draw_density(axes, fit, data, name, column):
     axes.set_xlabel(column + (f" ({missing} missing, not shown)" if missing else ""))
     axes.set_ylabel("probability" if discrete else "density")
     axes.set_title(f"{column}: fitted {'probabilities' if discrete else 'density'} over the data", fontsize=10)
+    axes.legend(fontsize=7, frameon=False)
+
+
+def covariate_columns(model, name):
+    """The data columns of a node's continuous parents, in ``parents`` order (the columns of ``coef``)."""
+    return [column for parent in model.nodes[name].covariates for column in column_names(model.nodes[parent])]
+
+
+def regression_curves(fit, name, columns, grid):
+    """Each parameter set's linear parameter along the first covariate column, the others at their means.
+
+    Parameters
+    ----------
+    fit : Fit
+    name : str
+        A node with continuous parents.
+    columns : mapping of str to ndarray
+        The covariate columns' data (their means fix the columns not drawn).
+    grid : ndarray of shape (n_points,)
+        Values of the first covariate column.
+
+    Returns
+    -------
+    ndarray of shape (n_sets, n_points)
+    """
+    model = fit.model
+    factor = model.compiled.factors[name]
+    names = covariate_columns(model, name)
+    means = np.array([np.nanmean(np.asarray(columns[c], dtype=float)) for c in names])
+    covariates = np.tile(means, (len(grid), 1))
+    covariates[:, 0] = grid
+    params = fit.params[name]
+    intercept = np.asarray(params["intercept"], dtype=float).reshape(-1)
+    coef = np.asarray(params["coef"], dtype=float).reshape(len(intercept), -1)
+    predictor = intercept[:, None] + coef @ covariates.T
+    with np.errstate(all="ignore"):
+        return np.broadcast_to(factor.kernels.inverse(predictor), predictor.shape)
+
+
+def draw_regression(axes, fit, data, name):
+    """A node's values against its first covariate column, with each parameter set's fitted curve."""
+    model = fit.model
+    names = covariate_columns(model, name)
+    u = np.asarray(data.columns[names[0]], dtype=float)
+    y = np.asarray(data.columns[column_names(model.nodes[name])[0]], dtype=float)
+    present = np.isfinite(u) & np.isfinite(y)
+    axes.scatter(u[present], y[present], s=6, color="0.55", alpha=0.6, linewidths=0, label="data",
+                 gid="regression:data", rasterized=True)
+    grid = np.linspace(np.min(u[present]), np.max(u[present]), GRID_POINTS)
+    curves = regression_curves(fit, name, data.columns, grid)
+    configs = parameter_sets(model, name)
+    linear = model.compiled.factors[name].kernels.linear
+    for index, config in enumerate(configs[:MAX_SETS]):
+        axes.plot(grid, curves[index], color=_colour(index), linewidth=1.6,
+                  label=f"{set_label(model, name, config)}: fitted {linear}", gid=f"regression:{index}")
+    others = f" (other covariates at their means: {', '.join(names[1:])})" if len(names) > 1 else ""
+    axes.set_xlabel(names[0] + others)
+    axes.set_ylabel(name)
+    axes.set_title(f"{name}: fitted {linear} against {names[0]}", fontsize=10)
     axes.legend(fontsize=7, frameon=False)
 
 

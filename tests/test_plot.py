@@ -244,6 +244,32 @@ def test_graph_draws_free_parameters_pointing_at_their_node():
     assert {"z", "x", "theta"} <= {text.get_text() for text in figure.axes[0].texts}
 
 
+# -- regressions ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, response, inverse_link", [
+    ("regression_mixture", "y", lambda predictor: predictor),
+    ("poisson_regression", "count", np.exp),
+])
+def test_regression_curves_are_each_sets_fitted_linear_parameter(name, response, inverse_link):
+    fit, source = fitted(name)
+    assert ("regression", response, None) in panels(fit)
+    assert not any(p[0] == "density" for p in panels(fit))          # neither the covariate nor the response
+    figure = fit.plot(kind="regression", data=source)
+    curves = artists(figure, "regression:")
+    params = fit.params[response]
+    for index in range(2):
+        line = curves[f"regression:{index}"]
+        u = np.asarray(line.get_xdata(), float)
+        expected = inverse_link(params["intercept"][index] + params["coef"][index, 0] * u)
+        np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+    points = curves["regression:data"].get_offsets()
+    columns, _ = read_model_data(fit.model, source)
+    np.testing.assert_array_equal(points[:, 0], columns["u"])
+    np.testing.assert_array_equal(points[:, 1], columns[response])
+    texts = {text.get_text() for text in fit.plot(kind="graph").axes[0].texts}
+    assert {"u", "z", response} <= texts
+
+
 # -- which panels, and how they are asked for --------------------------------------------------------
 
 def test_panels_follow_the_models_structure():
