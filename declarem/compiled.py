@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError, FamilyError, FitError, InitError
-from .kernels import regression_kernels, scalar_kernels, simplex_kernels
-from .numeric import maximize_rows
+from .errors import DataError, FamilyError, FitError, InitError, NotExponentialFamily
+from .kernels import general_kernels, regression_kernels, scalar_kernels, simplex_kernels
+from .numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
 from .params import as_float_array
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
@@ -238,7 +238,7 @@ class ScalarFactor(Factor):
         try:
             kernels = scalar_kernels(family, node.constants)
         except FamilyError as exc:
-            raise FamilyError(f"{model.source}: node '{node.name}': {exc}") from None
+            raise type(exc)(f"{model.source}: node '{node.name}': {exc}") from None
         self.kernels = kernels
         self.dim = node.dim
         self.vector = node.columns is not None or node.dim > 1
@@ -686,7 +686,116 @@ class CovariateFactor(Factor):
         return {}
 
 
-class RegressionFactor(Factor):
+class RowsFactor(Factor):
+    """A factor with no finite sufficient statistics: the E-step evaluates its log-density per row and set.
+
+    Its statistics are each row's posterior weight on each set (``RowWeights``, the
+    "rows" layout), and its M-step iterates over the rows. The row data are the
+    node's value, then any further columns the factor needs (covariates).
+    """
+
+    layout = "rows"
+
+    def row_data(self, node_data):
+        """The node's values as one column, (n_rows, 1)."""
+        return np.asarray(node_data.values[self.name], dtype=float).reshape(node_data.n_rows, 1)
+
+    def statistics(self, values):
+        """The row data itself: (n_rows, statistic_count)."""
+        return np.asarray(values, dtype=float).reshape(len(values), self.statistic_count)
+
+    def statistics_with_holes(self, values, holes):
+        """The row data with a missing value of the node set to 0 (its rows get no weight)."""
+        data = self.statistics(values).copy()
+        data[holes.reshape(len(data), -1)[:, 0], 0] = 0.0
+        return data
+
+    def natural(self, params):
+        """No per-set natural parameters: the log-density is evaluated per row."""
+        return None, None
+
+    def _defaults(self):
+        return {name: np.broadcast_to(self.default_value(spec), (self.n_sets,) + spec.own_shape).copy()
+                for name, spec in self.params.items()}
+
+
+class GeneralFactor(RowsFactor):
+    """A scalar family that is not an exponential family, fitted by generalised EM.
+
+    The M-step maximises each set's posterior-weighted log-likelihood: Newton's
+    method on the numeric parameters (in unconstrained coordinates) with the
+    closed ones profiled out, then the closed ones (``GeneralKernels``). Rows with
+    equal values are evaluated once.
+    """
+
+    def __init__(self, model, node):
+        super().__init__(model, node)
+        family = node.family
+        if node.dim > 1 or node.columns:
+            raise FamilyError(f"{model.source}: node '{node.name}': '{family.name}' is not an exponential family, "
+                              "and such a family is fitted on one column per node; declare one node per column")
+        try:
+            self.kernels = general_kernels(family, node.constants)
+        except FamilyError as exc:
+            raise FamilyError(f"{model.source}: node '{node.name}': {exc}") from None
+        for name in self.kernels.params:
+            self.params[name] = ParamSpec(name, (), family.domains[name])
+        self.param_names = list(self.kernels.params)
+        self.regularized = tuple(n for n in family.regularized if n in self.params)
+        self.statistic_count = 1
+
+    def row_log_density(self, data, sets, params):
+        """log p(x | set) of each row on each of its sets, (n, L); ``sets`` (L,) or (n, L)."""
+        values = [np.asarray(params[name], dtype=float).reshape(self.n_sets)[sets] for name in self.param_names]
+        with np.errstate(all="ignore"):
+            density = self.kernels.log_density(data[:, :1], *values)
+        return np.broadcast_to(density, (len(data), sets.shape[-1])).copy()
+
+    def mstep(self, sums, set_weights, old, reg_covar):
+        """New parameters from each row's posterior weight on each set (``RowWeights``)."""
+        kernels = self.kernels
+        used = np.flatnonzero(set_weights > 0)
+        start = self._defaults() if old is None else {n: np.array(v, dtype=float) for n, v in old.items()}
+        new = {name: np.array(start[name], dtype=float).reshape(self.n_sets) for name in self.param_names}
+        if sums.weights is None or not len(used):
+            return self._keep_empty_sets(new, old, set_weights)
+        # Rows with equal values are one term with their summed weight (counts repeat a lot).
+        values, inverse = np.unique(sums.data[:, 0], return_inverse=True)
+        weights = np.stack([np.bincount(inverse, weights=sums.weights[s], minlength=len(values)) for s in used])
+        totals = weights.sum(axis=1)
+        with np.errstate(all="ignore"):
+            means = [weights @ np.broadcast_to(f(values), values.shape) / totals for f in kernels.functions]
+        u0 = np.column_stack([FROM_DOMAIN[kernels.domains[name]](new[name][used]) for name in kernels.numeric]) \
+            if kernels.numeric else np.zeros((len(used), 0))
+        u0 = np.where(np.isfinite(u0), u0, 0.0)
+
+        def evaluate(functions, u, rows):
+            arguments = [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[rows, None] for m in means]
+            with np.errstate(all="ignore"):
+                return [np.broadcast_to(f(*arguments), (len(rows), len(values))) for f in functions]
+
+        def weighted(terms, rows):
+            w = weights[rows]
+            return np.stack([np.where(w > 0, w * term, 0.0).sum(axis=1) for term in terms], axis=-1)
+
+        if kernels.numeric:
+            u, _ = maximize_rows(
+                lambda u, rows: weighted(evaluate([kernels.profile], u, rows), rows)[:, 0],
+                lambda u, rows: weighted(evaluate(kernels.gradient, u, rows), rows),
+                lambda u, rows: np.stack([weighted(evaluate(row, u, rows), rows) for row in kernels.hessian],
+                                         axis=1),
+                u0)
+            for i, name in enumerate(kernels.numeric):
+                new[name][used] = TO_DOMAIN[kernels.domains[name]](u[:, i])
+        numeric_values = [new[name][used] for name in kernels.numeric]
+        for name, closed in kernels.closed.items():
+            with np.errstate(all="ignore"):
+                new[name][used] = closed(*means, *numeric_values)
+        new = self._keep_empty_sets(new, old, set_weights)
+        return self._regularize(new, reg_covar)
+
+
+class RegressionFactor(RowsFactor):
     """A scalar family whose linear parameter is set by continuous parents: a regression per parameter set.
 
     Per set s (a configuration of the discrete parents) and row with covariates u,
@@ -699,8 +808,6 @@ class RegressionFactor(Factor):
     squares), then each other parameter's weighted-mean update given the new
     predictor.
     """
-
-    layout = "rows"
 
     def __init__(self, model, node):
         super().__init__(model, node)
@@ -734,26 +841,12 @@ class RegressionFactor(Factor):
             columns.append(values)
         return np.column_stack(columns)
 
-    def statistics(self, values):
-        """The row data itself: (n_rows, 1 + n_covariates)."""
-        return np.asarray(values, dtype=float).reshape(len(values), self.statistic_count)
-
-    def statistics_with_holes(self, values, holes):
-        """The row data with a missing value of the node set to 0 (its rows get no weight)."""
-        data = self.statistics(values).copy()
-        data[holes.reshape(len(data), -1)[:, 0], 0] = 0.0
-        return data
-
     def base(self, values, holes=None):
         """log h(x) of each row's own value, 0 where it is missing: (n_rows,)."""
         x = np.asarray(values, dtype=float).reshape(len(values), -1)[:, 0]
         with np.errstate(all="ignore"):
             base = np.broadcast_to(self.kernels.base(x), x.shape)
         return base if holes is None else np.where(holes.reshape(len(x), -1)[:, 0], 0.0, base)
-
-    def natural(self, params):
-        """A regression has no per-set natural parameters: they vary with each row's covariates."""
-        return None, None
 
     def _per_set(self, params):
         return (np.asarray(params["intercept"], dtype=float).reshape(self.n_sets),
@@ -819,10 +912,6 @@ class RegressionFactor(Factor):
                 new[name] = total / set_weights
         new = self._keep_empty_sets(new, old, set_weights)
         return self._regularize(new, reg_covar)
-
-    def _defaults(self):
-        return {name: np.broadcast_to(self.default_value(spec), (self.n_sets,) + spec.own_shape).copy()
-                for name, spec in self.params.items()}
 
     def _solve_predictor(self, x, design, weights, others, start):
         """(intercept, coef) of each set maximising sum_rows w log p: (m, 1 + n_covariates).
@@ -894,7 +983,10 @@ def build_factor(model, node):
     form = family.covariance_form(node.covariance) if node.covariance else None
     if form is not None and model.registry.internal(form.family).kind == "gaussian":
         return GaussianFactor(model, node, form)
-    return ScalarFactor(model, node, form)
+    try:
+        return ScalarFactor(model, node, form)
+    except NotExponentialFamily:
+        return GeneralFactor(model, node)
 
 
 class CompiledModel:

@@ -21,6 +21,10 @@ class FamilyError(DeclaremError):
     """A family declaration cannot be used (unknown, malformed, not exponential-family)."""
 
 
+class NotExponentialFamily(FamilyError):
+    """A family whose log-density does not split into T(x) eta(theta): fitted by generalised EM."""
+
+
 class DataError(DeclaremError):
     """The data does not fit the model (missing column, value outside the support, bad shape)."""
 

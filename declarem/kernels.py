@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from .diskcache import cached_json
-from .errors import FamilyError
+from .errors import FamilyError, NotExponentialFamily
 from .evaluate import TreeError, compile_tree, with_safe_logs
 from .families.builtin import PRIOR_TABLE
 from .numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
@@ -161,6 +161,10 @@ def compile_scalar_plan(plan):
         When the plan is not one this version writes (the entry is then derived again).
     """
     _check_format(plan)
+    if "not_exponential_family" in plan:
+        if not isinstance(plan["not_exponential_family"], str):
+            raise TreeError("bad kernel plan: the refusal is not a message")
+        return {"not_exponential_family": plan["not_exponential_family"]}
     try:
         x, params = plan["x"], _strings(plan["params"], "params")
         means = _strings(plan["solver"]["means"], "means")
@@ -209,9 +213,37 @@ def compile_regression_plan(plan):
         raise TreeError(f"bad kernel plan: {exc}") from None
 
 
+def compile_general_plan(plan):
+    """A non-exponential family's plan compiled: the attributes of ``GeneralKernels``."""
+    _check_format(plan)
+    try:
+        x, params = plan["x"], _strings(plan["params"], "params")
+        means, numeric = _strings(plan["means"], "means"), _strings(plan["numeric"], "numeric")
+        unconstrained = _strings(plan["unconstrained"], "unconstrained")
+        domains = dict(plan["domains"])
+        if set(domains) != set(params) or any(d not in FROM_DOMAIN for d in domains.values()) or \
+                len(unconstrained) != len(numeric) or not set(numeric) <= set(params):
+            raise TreeError("bad kernel plan: parameters, domains and numeric ones do not match")
+        profile_arguments = [x] + unconstrained + means
+        compiled = {"params": params, "domains": domains, "numeric": numeric, "means": means,
+                    "log_density": compile_tree([x] + params, plan["log_density"]),
+                    "functions": [compile_tree([x], f) for f in plan["functions"]],
+                    "closed": {name: compile_tree(means + numeric, tree) for name, tree in plan["closed"].items()},
+                    "profile": compile_tree(profile_arguments, plan["profile"]),
+                    "gradient": [compile_tree(profile_arguments, g) for g in plan["gradient"]],
+                    "hessian": [[compile_tree(profile_arguments, h) for h in row] for row in plan["hessian"]]}
+        if len(compiled["functions"]) != len(means) or len(compiled["gradient"]) != len(numeric) or \
+                any(len(row) != len(numeric) for row in compiled["hessian"]) or \
+                set(compiled["closed"]) | set(numeric) != set(params):
+            raise TreeError("bad kernel plan: its parts do not match")
+        return compiled
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TreeError(f"bad kernel plan: {exc}") from None
+
+
 #: How each kind of stored kernel plan is read back.
 PLAN_READERS = {"scalar-kernels": compile_scalar_plan, "simplex-kernels": compile_simplex_plan,
-                "regression-kernels": compile_regression_plan}
+                "regression-kernels": compile_regression_plan, "general-kernels": compile_general_plan}
 
 
 def _load_or_derive(kind, key, derive, required=()):
@@ -261,9 +293,16 @@ class ScalarKernels:
     def __init__(self, family, constants):
         self.family, self.constants = family, constants
         self.__dict__.update(_load_or_derive("scalar-kernels", _key(family, constants), self._derive))
+        if "not_exponential_family" in self.__dict__:
+            raise NotExponentialFamily(self.not_exponential_family)
 
     def _derive(self):
-        solution = self.solution
+        try:
+            solution = self.solution
+        except NotExponentialFamily as exc:
+            # Stored too: a later process learns the route without sympy.
+            plan = {"format": KERNEL_FORMAT, "not_exponential_family": str(exc)}
+            return plan, plan
         plan = _scalar_plan(solution)
         return plan, (None if solution.provisional else plan)
 
@@ -274,7 +313,7 @@ class ScalarKernels:
         try:
             return scalar_solution(self.family, self.constants)
         except FamilyError as exc:
-            raise FamilyError(str(exc)) from None
+            raise type(exc)(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -375,13 +414,69 @@ class RegressionKernels:
         try:
             return regression_solution(self.family, self.constants)
         except FamilyError as exc:
-            raise FamilyError(str(exc)) from None
+            raise type(exc)(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=None)
 def regression_kernels(family, constants):
     """The linear-predictor kernels of a family with these constants (one per process)."""
     return RegressionKernels(family, constants)
+
+
+class GeneralKernels:
+    """A non-exponential family's generalised-EM M-step and log-density, as numpy callables.
+
+    Attributes
+    ----------
+    params : list of str
+    domains : dict of str to str
+    numeric : list of str
+        Parameters found by Newton's method (in unconstrained coordinates).
+    means : list of str
+        Names of the weighted means E[f_k] the closed forms use.
+    functions : list of callable
+        f_k(x), one per mean.
+    closed : dict of str to callable
+        Closed-form parameters, of (*means, *numeric).
+    log_density : callable
+        ``log p(x | *params)``.
+    profile, gradient, hessian
+        The per-row Newton objective and its derivatives, of (x, *unconstrained, *means).
+    """
+
+    def __init__(self, family, constants):
+        self.family, self.constants = family, constants
+        self.__dict__.update(_load_or_derive("general-kernels", _key(family, constants), self._derive))
+
+    def _derive(self):
+        solution = self.solution
+        arguments = [solution.x, *solution.params, *solution.means, *solution.unconstrained]
+        rename = {symbol: symbol.name for symbol in arguments}
+        tree = lambda expression: _tree(_renamed(expression, rename))
+        plan = {"format": KERNEL_FORMAT, "x": solution.x.name, "params": _names(solution.params),
+                "domains": {p.name: d for p, d in solution.domains.items()}, "numeric": _names(solution.numeric),
+                "unconstrained": _names(solution.unconstrained), "means": _names(solution.means),
+                "functions": [tree(f) for f in solution.functions],
+                "closed": {p.name: tree(e) for p, e in solution.closed.items()},
+                "log_density": tree(solution.logpdf), "profile": tree(solution.profile),
+                "gradient": [tree(g) for g in solution.gradient],
+                "hessian": [[tree(h) for h in row] for row in solution.hessian]}
+        return plan, (None if solution.provisional else plan)
+
+    @functools.cached_property
+    def solution(self):
+        """The derived ``GeneralSolution`` (sympy), for ``derive`` and the reports."""
+        from .derive import general_solution
+        try:
+            return general_solution(self.family, self.constants)
+        except FamilyError as exc:
+            raise type(exc)(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def general_kernels(family, constants):
+    """The generalised-EM kernels of a non-exponential family with these constants (one per process)."""
+    return GeneralKernels(family, constants)
 
 
 def _renamed(expression, names):

@@ -11,6 +11,9 @@ from .params import flatten_params
 #: A fall of the objective larger than this (relative) is reported as a warning.
 FALL_TOLERANCE = 1e-10
 
+#: A relative parameter step this small is rounding, not movement.
+ROUNDING_STEP = 64 * np.finfo(float).eps
+
 
 class ConvergenceMonitor:
     """Records the objective, decides convergence, and warns when the objective falls.
@@ -69,7 +72,9 @@ class ConvergenceMonitor:
         if not self._steps:
             return math.inf
         last = self._steps[-1]
-        if last == 0.0:
+        if last <= ROUNDING_STEP:
+            # The parameters moved by rounding only (an M-step solved to machine precision lands a few
+            # units in the last place from where it landed before): they are at the fixed point.
             return 0.0
         if len(self._steps) < 2 or not self._steps[-2] > 0:
             return math.inf

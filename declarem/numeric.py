@@ -15,13 +15,21 @@ FROM_DOMAIN = {
 }
 
 
+#: The longest step, in each unconstrained variable, that one Newton (or gradient) iteration takes. Far
+#: from its optimum an objective's gradient can be large, and a full step would land where the
+#: objective's floating-point value is no longer meaningful (log-gammas of 1e70 cancel to noise); a
+#: factor of e**4 per iteration on a log scale still crosses any range in a few steps.
+MAX_STEP = 4.0
+
+
 def maximize_rows(objective, gradient, hessian, start, max_iter=100, tol=1e-12):
     """Maximise many independent smooth objectives at once by damped Newton steps.
 
     Each row is its own problem in a few unconstrained variables. A Newton step
     is taken where the Hessian is negative definite, a gradient step otherwise,
-    and each step is halved until the objective does not fall, so every row
-    ends at least as high as it started (EM stays monotone).
+    no longer than ``MAX_STEP`` in any variable, and each step is halved until
+    the objective does not fall, so every row ends at least as high as it
+    started (EM stays monotone).
 
     Parameters
     ----------
@@ -54,6 +62,8 @@ def maximize_rows(objective, gradient, hessian, start, max_iter=100, tol=1e-12):
         g = gradient(u[rows], rows)
         h = hessian(u[rows], rows)
         step = _ascent_direction(g, h)
+        longest = np.max(np.abs(step), axis=1, initial=0.0)
+        step *= np.minimum(1.0, MAX_STEP / np.where(longest > 0, longest, 1.0))[:, None]
         current = value[rows]
         scale = np.ones(len(rows))
         accepted = np.zeros(len(rows), dtype=bool)

@@ -152,6 +152,8 @@ def _describe(model, name, factor):
         return _describe_covariate(node, role)
     if kind == "RegressionFactor":
         return _describe_regression(node, factor, role)
+    if kind == "GeneralFactor":
+        return _describe_general(node, factor, role)
     return _describe_scalar(node, factor, role)
 
 
@@ -261,6 +263,33 @@ def _describe_regression(node, factor, role):
                           parents=node.parents, statistics=statistics,
                           statistics_latex=statistics_latex, updates=updates, updates_latex=updates_latex,
                           status=status, notes=notes)
+
+
+def _describe_general(node, factor, role):
+    solution = factor.kernels.solution
+    statistics = ["w_r = weight of row r on each parameter set (its posterior)"]
+    statistics_latex = [r"&w_{r s} = P(\text{set } s \mid r)"]
+    statistics += [f"{m} = sum_r w_r {f} / sum_r w_r" for m, f in zip(solution.means, solution.functions)]
+    statistics_latex += [f"&{sympy.latex(m)} = " + r"\textstyle\sum_r w_r\, " + sympy.latex(f) +
+                         r" \big/ \sum_r w_r" for m, f in zip(solution.means, solution.functions)]
+    updates, updates_latex = [], []
+    for parameter, expression in solution.closed.items():
+        updates.append(f"{parameter.name} = {expression} (given the others)")
+        updates_latex.append(f"{_tex_name(parameter.name)} &= {sympy.latex(expression)}")
+    if solution.numeric:
+        names = ", ".join(p.name for p in solution.numeric)
+        updates.append(f"{names}: maximise sum_r w_r log p(x_r) (Newton's method in "
+                       f"{', '.join(u.name for u in solution.unconstrained)}, sympy gradient and Hessian of "
+                       "each row's term; only steps that raise it)")
+        updates_latex.append(r"&\max_{" + ", ".join(_tex_name(p.name) for p in solution.numeric) +
+                             r"} \textstyle\sum_r w_r \log p(x_r)")
+    notes = list(solution.notes)
+    notes.append(f"log-density: {solution.logpdf}")
+    for name in factor.regularized:
+        notes.append(f"reg_covar is added to {name}")
+    return NodeDerivation(node=node.name, family=node.family.name, role=role, parents=node.parents,
+                          statistics=statistics, statistics_latex=statistics_latex, updates=updates,
+                          updates_latex=updates_latex, status=solution.status, notes=notes)
 
 
 def _shown_regression(solution):

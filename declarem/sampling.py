@@ -50,7 +50,8 @@ import scipy.special
 import sympy
 from scipy.stats import sampling as unuran
 
-from .compiled import CategoricalFactor, CovariateFactor, DeterministicFactor, GaussianFactor, ScalarFactor
+from .compiled import (CategoricalFactor, CovariateFactor, DeterministicFactor, GaussianFactor, GeneralFactor,
+                       ScalarFactor)
 from .derive.expfam import family_symbols
 from .derive.lambdify import to_numpy
 from .errors import FitError, InitError
@@ -227,6 +228,13 @@ def _draw_covariate(factor, node, params, sets, rng):
                    "normal) to sample the whole model")
 
 
+def _draw_general(factor, node, params, sets, rng):
+    """A family that is not an exponential family: its declared log-density inverted, shape (n_rows, 1)."""
+    values = {name: np.asarray(params[name], dtype=float).reshape(factor.n_sets)[sets].reshape(-1, 1)
+              for name in factor.param_names}
+    return _draw_exact(node, values, dict(node.constants), rng)
+
+
 def _draw_regression(factor, node, params, sets, rng, drawn):
     """A node with continuous parents: each row's linear parameter from its covariates, shape (n_rows, 1)."""
     n_rows = len(sets)
@@ -251,6 +259,7 @@ _SAMPLERS = (
     (DeterministicFactor, _draw_table),
     (CategoricalFactor, _draw_categorical),
     (GaussianFactor, _draw_gaussian),
+    (GeneralFactor, _draw_general),
     (ScalarFactor, _draw_scalar),
 )
 

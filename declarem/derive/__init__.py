@@ -10,11 +10,12 @@ import warnings
 
 from .cache import cached
 from .expfam import decompose
+from .general import solve_general
 from .regression import solve_regression
 from .scalar import solve_scalar
 from .simplex import solve_simplex
 
-__all__ = ["scalar_solution", "simplex_solution", "regression_solution", "warn_if_provisional"]
+__all__ = ["scalar_solution", "simplex_solution", "regression_solution", "general_solution", "warn_if_provisional"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,6 +64,21 @@ def regression_solution(family, constants=()):
         return solve_regression(form, family.linear, family.domains, where)
 
     return cached("regression", repr((_declaration(family), family.linear, constants)), compute)
+
+
+@functools.lru_cache(maxsize=None)
+def general_solution(family, constants=()):
+    """The derived generalised-EM M-step of a family that is not an exponential family.
+
+    Returns
+    -------
+    GeneralSolution
+    """
+    where = f"family '{family.name}'"
+    solution = cached("general", repr((_declaration(family), constants)),
+                      lambda: solve_general(family, dict(constants), where))
+    warn_if_provisional(where, solution)
+    return solution
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..errors import FamilyError
+from ..errors import FamilyError, NotExponentialFamily
 from ..expressions import MAX_SPECIAL_ARGUMENT, parse_expression
 
 _SUPPORT_ASSUMPTIONS = {
@@ -85,18 +85,7 @@ def decompose(family, constants, where):
     -------
     ExpFamForm
     """
-    x, params = family_symbols(family)
-    names = {"x": x, **{p.name: p for p in params}}
-    constant_symbols = {name: sympy.Symbol(name, positive=True) for name in family.constants}
-    names.update(constant_symbols)
-    logpdf = parse_expression(family.logpdf, names, f"{where} logpdf")
-    logpdf = _bind_constants(logpdf, {constant_symbols[name]: value for name, value in constants.items()})
-    missing = [p.name for p in params if not logpdf.has(p)]
-    if missing:
-        raise FamilyError(f"{where}: logpdf does not use parameter(s) "
-                          f"{', '.join(missing)}")
-    if not logpdf.has(x):
-        raise FamilyError(f"{where}: logpdf does not use x")
+    x, params, logpdf = parsed_logpdf(family, constants, where)
 
     # Only terms with x are expanded: x-free terms keep their declared form, which sympy's
     # solver handles better (the zero-truncated Poisson closes only in its declared form).
@@ -110,7 +99,7 @@ def decompose(family, constants, where):
     for term in list(sympy.Add.make_args(expanded)) + without_x:
         param_part, x_part = term.as_independent(x, as_Add=False)
         if x_part.free_symbols & param_set:
-            raise FamilyError(
+            raise NotExponentialFamily(
                 f"{where} is not an exponential family in its parameters: "
                 f"the term {term} does not split into a function of x times a function of the "
                 f"parameters; write a number in the logpdf in place of a parameter that mixes with x")
@@ -126,6 +115,30 @@ def decompose(family, constants, where):
     natural = tuple(coefficients[t] for t in statistics)
     return ExpFamForm(x=x, params=params, logpdf=logpdf, statistics=statistics, natural=natural,
                       log_partition=log_partition, base=base)
+
+
+def parsed_logpdf(family, constants, where):
+    """A scalar family's variable, parameters and log-density (constants bound), checked to use them all.
+
+    Returns
+    -------
+    x : sympy.Symbol
+    params : tuple of sympy.Symbol
+    logpdf : sympy.Expr
+    """
+    x, params = family_symbols(family)
+    names = {"x": x, **{p.name: p for p in params}}
+    constant_symbols = {name: sympy.Symbol(name, positive=True) for name in family.constants}
+    names.update(constant_symbols)
+    logpdf = parse_expression(family.logpdf, names, f"{where} logpdf")
+    logpdf = _bind_constants(logpdf, {constant_symbols[name]: value for name, value in constants.items()})
+    missing = [p.name for p in params if not logpdf.has(p)]
+    if missing:
+        raise FamilyError(f"{where}: logpdf does not use parameter(s) "
+                          f"{', '.join(missing)}")
+    if not logpdf.has(x):
+        raise FamilyError(f"{where}: logpdf does not use x")
+    return x, params, logpdf
 
 
 def _bind_constants(logpdf, values):

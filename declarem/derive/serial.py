@@ -15,6 +15,7 @@ import sympy
 
 from .expfam import ExpFamForm
 from .free import FreeSolution
+from .general import GeneralSolution
 from .regression import RegressionSolution
 from .scalar import ScalarSolution
 from .simplex import SimplexSolution
@@ -38,7 +39,7 @@ ASSUMPTIONS = ("real", "positive", "nonnegative", "negative", "nonpositive", "in
                "algebraic", "transcendental", "prime", "composite", "even", "odd", "noninteger")
 #: The derivation records, by name, each rebuilt from its fields.
 RECORDS = {cls.__name__: cls for cls in (ScalarSolution, SimplexSolution, FreeSolution, ExpFamForm,
-                                         RegressionSolution)}
+                                         RegressionSolution, GeneralSolution)}
 MAX_DEPTH = 2000
 
 

@@ -262,7 +262,7 @@ BASE_CHUNK = 65536
 
 def _statistics(factor, values, holes):
     """T(X) of rows whose missing cells (``holes``, or None) the factor fills and then zeroes or corrects."""
-    if holes is None or factor.layout != "dense":
+    if holes is None or factor.layout not in ("dense", "rows"):
         return factor.statistics(values)
     return factor.statistics_with_holes(values, holes)
 
