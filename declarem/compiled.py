@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import DataError, FamilyError, FitError, InitError, NotExponentialFamily
 from .kernels import general_kernels, regression_kernels, scalar_kernels, simplex_kernels
-from .numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
+from .numeric import NewtonProblem, weighted_sum
 from .params import as_float_array
 
 DEFAULT_START = {"real": 0.0, "positive": 1.0, "unit": 0.5}
@@ -765,28 +765,22 @@ class GeneralFactor(RowsFactor):
         totals = weights.sum(axis=1)
         with np.errstate(all="ignore"):
             means = [weights @ np.broadcast_to(f(values), values.shape) / totals for f in kernels.functions]
-        u0 = np.column_stack([FROM_DOMAIN[kernels.domains[name]](new[name][used]) for name in kernels.numeric]) \
-            if kernels.numeric else np.zeros((len(used), 0))
-        u0 = np.where(np.isfinite(u0), u0, 0.0)
 
-        def evaluate(functions, u, rows):
-            arguments = [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[rows, None] for m in means]
-            with np.errstate(all="ignore"):
-                return [np.broadcast_to(f(*arguments), (len(rows), len(values))) for f in functions]
-
-        def weighted(terms, rows):
-            w = weights[rows]
-            return np.stack([np.where(w > 0, w * term, 0.0).sum(axis=1) for term in terms], axis=-1)
+        def terms(functions, u, sets):
+            """Each function's per-value term, (m, n_values, n_functions)."""
+            arguments = [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[sets, None] for m in means]
+            return np.stack([np.broadcast_to(f(*arguments), (len(sets), len(values))) for f in functions], axis=-1)
 
         if kernels.numeric:
-            u, _ = maximize_rows(
-                lambda u, rows: weighted(evaluate([kernels.profile], u, rows), rows)[:, 0],
-                lambda u, rows: weighted(evaluate(kernels.gradient, u, rows), rows),
-                lambda u, rows: np.stack([weighted(evaluate(row, u, rows), rows) for row in kernels.hessian],
-                                         axis=1),
-                u0)
+            problem = NewtonProblem(
+                [kernels.domains[name] for name in kernels.numeric],
+                lambda u, sets: weighted_sum(weights[sets], terms([kernels.profile], u, sets))[:, 0],
+                lambda u, sets: weighted_sum(weights[sets], terms(kernels.gradient, u, sets)),
+                lambda u, sets: np.stack([weighted_sum(weights[sets], terms(row, u, sets))
+                                          for row in kernels.hessian], axis=1))
+            solved = problem.solve(np.column_stack([new[name][used] for name in kernels.numeric]))
             for i, name in enumerate(kernels.numeric):
-                new[name][used] = TO_DOMAIN[kernels.domains[name]](u[:, i])
+                new[name][used] = solved[:, i]
         numeric_values = [new[name][used] for name in kernels.numeric]
         for name, closed in kernels.closed.items():
             with np.errstate(all="ignore"):
@@ -927,13 +921,14 @@ class RegressionFactor(RowsFactor):
         """
         kernels = self.kernels
 
-        def derivatives(beta, rows):
+        def derivatives(beta, sets):
+            # Chain rule through lambda = design . beta: X^T (w l') and X^T diag(w l'') X.
             predictor = beta @ design.T
             with np.errstate(all="ignore"):
-                first = np.broadcast_to(kernels.first(x, predictor, *(o[rows] for o in others)), predictor.shape)
-                second = np.broadcast_to(kernels.second(x, predictor, *(o[rows] for o in others)),
+                first = np.broadcast_to(kernels.first(x, predictor, *(o[sets] for o in others)), predictor.shape)
+                second = np.broadcast_to(kernels.second(x, predictor, *(o[sets] for o in others)),
                                          predictor.shape)
-            w = weights[rows]
+            w = weights[sets]
             gradient = np.where(w > 0, w * first, 0.0) @ design
             hessian = np.einsum("sn,ni,nj->sij", np.where(w > 0, w * second, 0.0), design, design)
             return gradient, hessian
@@ -949,16 +944,13 @@ class RegressionFactor(RowsFactor):
                                "(or the set has fewer rows than coefficients), so its coefficients are not "
                                "determined; use fewer covariates or components") from None
 
-        def objective(beta, rows):
-            predictor = beta @ design.T
-            with np.errstate(all="ignore"):
-                density = kernels.log_density(x, predictor, *(o[rows] for o in others))
-            w = weights[rows]
-            return np.where(w > 0, w * density, 0.0).sum(axis=1)
+        def objective(beta, sets):
+            density = kernels.log_density(x, beta @ design.T, *(o[sets] for o in others))
+            return weighted_sum(weights[sets], density)
 
-        beta, _ = maximize_rows(objective, lambda b, r: derivatives(b, r)[0], lambda b, r: derivatives(b, r)[1],
-                                start)
-        return beta
+        problem = NewtonProblem(["real"] * start.shape[1], objective, lambda b, s: derivatives(b, s)[0],
+                                lambda b, s: derivatives(b, s)[1])
+        return problem.solve(start)
 
 
 def _free_block(model):

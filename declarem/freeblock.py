@@ -17,7 +17,7 @@ from .derive.cache import cached
 from .derive.free import solve_free
 from .derive.lambdify import to_numpy
 from .errors import InitError
-from .numeric import FROM_DOMAIN, maximize_rows
+from .numeric import FROM_DOMAIN, NewtonProblem
 from .params import as_float_array
 
 
@@ -70,21 +70,17 @@ class FreeBlock:
         start = self._unconstrained(old)
         if self._numeric is None:
             self._numeric = self._numeric_kernels()
-        objective_, gradient_, hessian_, to_params = self._numeric
+        objective, gradient, hessian, to_params = self._numeric
 
-        def evaluate(function):
-            def call(u, rows):
-                with np.errstate(all="ignore"):
-                    return function(*[u[:, i] for i in range(u.shape[1])], *counts)
-            return call
+        def arguments(u):
+            return [u[:, i] for i in range(u.shape[1])] + counts
 
-        def gradient(u, rows):
-            return np.column_stack([evaluate(g)(u, rows) for g in gradient_])
-
-        def hessian(u, rows):
-            return np.stack([np.column_stack([evaluate(h)(u, rows) for h in row]) for row in hessian_], axis=1)
-
-        u, _ = maximize_rows(evaluate(objective_), gradient, hessian, start[None, :])
+        # The coordinates are unconstrained already (simplex groups in additive log-ratios): all "real".
+        problem = NewtonProblem(["real"] * len(start), lambda u, _: objective(*arguments(u)),
+                                lambda u, _: np.column_stack([g(*arguments(u)) for g in gradient]),
+                                lambda u, _: np.stack([np.column_stack([h(*arguments(u)) for h in row])
+                                                       for row in hessian], axis=1))
+        u = problem.solve(start[None, :])
         return {n: float(f(*u[0])) for n, f in to_params.items()}
 
     def _numeric_kernels(self):

@@ -21,7 +21,7 @@ from .diskcache import cached_json
 from .errors import FamilyError, NotExponentialFamily
 from .evaluate import TreeError, compile_tree, with_safe_logs
 from .families.builtin import PRIOR_TABLE
-from .numeric import FROM_DOMAIN, TO_DOMAIN, maximize_rows
+from .numeric import FROM_DOMAIN, NewtonProblem
 
 #: Bumped when the kernels' stored form changes.
 KERNEL_FORMAT = "1"
@@ -96,30 +96,18 @@ class NumericSolver:
         columns = [means[:, j] for j in range(means.shape[1])]
         found = {}
         if self.numeric:
-            u0 = np.column_stack([FROM_DOMAIN[self.domains[name]](
-                np.broadcast_to(np.asarray(start[name], dtype=float), (len(means),)))
-                for name in self.numeric])
-            u0 = np.where(np.isfinite(u0), u0, 0.0)
+            def arguments(u, sets):
+                return [u[:, i] for i in range(u.shape[1])] + [c[sets] for c in columns]
 
-            def arguments(u, rows):
-                return [u[:, i] for i in range(u.shape[1])] + [c[rows] for c in columns]
-
-            def objective(u, rows):
-                with np.errstate(all="ignore"):
-                    return self._objective(*arguments(u, rows))
-
-            def gradient(u, rows):
-                with np.errstate(all="ignore"):
-                    return np.column_stack([g(*arguments(u, rows)) for g in self._gradient])
-
-            def hessian(u, rows):
-                with np.errstate(all="ignore"):
-                    return np.stack([np.column_stack([h(*arguments(u, rows)) for h in row])
-                                     for row in self._hessian], axis=1)
-
-            u, _ = maximize_rows(objective, gradient, hessian, u0)
-            for i, name in enumerate(self.numeric):
-                found[name] = TO_DOMAIN[self.domains[name]](u[:, i])
+            problem = NewtonProblem(
+                [self.domains[name] for name in self.numeric],
+                lambda u, sets: self._objective(*arguments(u, sets)),
+                lambda u, sets: np.column_stack([g(*arguments(u, sets)) for g in self._gradient]),
+                lambda u, sets: np.stack([np.column_stack([h(*arguments(u, sets)) for h in row])
+                                          for row in self._hessian], axis=1))
+            solved = problem.solve(np.column_stack([np.broadcast_to(np.asarray(start[name], dtype=float),
+                                                                    (len(means),)) for name in self.numeric]))
+            found.update({name: solved[:, i] for i, name in enumerate(self.numeric)})
         numeric_values = [found[name] for name in self.numeric]
         for name, function in self._closed.items():
             with np.errstate(all="ignore"):

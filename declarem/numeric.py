@@ -105,3 +105,70 @@ def _ascent_direction(gradient, hessian):
         except np.linalg.LinAlgError:
             continue    # not safely invertible: the gradient direction
     return direction
+
+
+class NewtonProblem:
+    """Independent maximisations, one per parameter set, in unconstrained coordinates.
+
+    Every numeric M-step is one of these: a scalar family's parameters given the
+    weighted means of its statistics, the free parameters given expected counts,
+    a regression's coefficients and a non-exponential family's parameters given
+    each row's posterior weight. What they share is here: the maps between
+    parameters and unconstrained variables, starting points, ``maximize_rows``
+    (damped Newton steps, none that lowers the objective) and the mapping back.
+
+    Parameters
+    ----------
+    domains : sequence of str
+        The domain each variable maps to (``real``, ``positive``, ``unit``).
+    objective : callable
+        ``objective(u, sets)`` with ``u`` of shape (m, n_vars) for the parameter
+        sets ``sets`` (shape (m,)), returns (m,).
+    gradient, hessian : callable
+        Same arguments; return (m, n_vars) and (m, n_vars, n_vars).
+    """
+
+    def __init__(self, domains, objective, gradient, hessian):
+        self.domains = list(domains)
+        self.objective, self.gradient, self.hessian = objective, gradient, hessian
+
+    def unconstrained(self, values):
+        """Parameters (n_sets, n_vars) in their domains as unconstrained variables; non-finite ones at 0."""
+        values = np.asarray(values, dtype=float).reshape(-1, len(self.domains))
+        with np.errstate(all="ignore"):
+            u = np.column_stack([FROM_DOMAIN[d](values[:, i]) for i, d in enumerate(self.domains)]) \
+                if self.domains else np.zeros((len(values), 0))
+        return np.where(np.isfinite(u), u, 0.0)
+
+    def solve(self, start):
+        """The maximising parameters (n_sets, n_vars), from ``start`` (parameters in their domains)."""
+        u, _ = maximize_rows(self._quiet(self.objective), self._quiet(self.gradient), self._quiet(self.hessian),
+                             self.unconstrained(start))
+        return np.column_stack([TO_DOMAIN[d](u[:, i]) for i, d in enumerate(self.domains)]) \
+            if self.domains else u
+
+    @staticmethod
+    def _quiet(function):
+        # Trial points far from the optimum overflow; maximize_rows refuses their non-finite values.
+        def call(u, sets):
+            with np.errstate(all="ignore"):
+                return function(u, sets)
+        return call
+
+
+def weighted_sum(weights, terms):
+    """sum_r w_r t_r over the last axis, where rows without weight add nothing (not 0 * inf).
+
+    Parameters
+    ----------
+    weights : ndarray of shape (m, n_rows)
+    terms : ndarray broadcastable to (m, n_rows, ...) with the rows on axis 1
+
+    Returns
+    -------
+    ndarray of shape (m, ...)
+    """
+    terms = np.asarray(terms)
+    shaped = weights.reshape(weights.shape + (1,) * (terms.ndim - 2))
+    with np.errstate(invalid="ignore"):
+        return np.where(shaped > 0, shaped * terms, 0.0).sum(axis=1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from .budget import SolveBudget
+from .coordinates import unconstrained
 from .scalar import _cleared, attempt_solve
 
 CHECK_POINTS = {"real": (0.7, -0.4), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
@@ -151,25 +152,5 @@ def _returns(full, point, count_values):
 
 def _numeric_problem(solution, eliminated, unknowns):
     """Unconstrained coordinates, and the objective's gradient and Hessian in them."""
-    coordinates = []
-    to_params = {}
-    for p in unknowns:
-        domain = solution.domains[p]
-        if domain == "simplex":
-            continue
-        u = sympy.Symbol(f"u_{p.name}", real=True)
-        coordinates.append(u)
-        to_params[p] = {"real": u, "positive": sympy.exp(u), "unit": 1 / (1 + sympy.exp(-u))}[domain]
-    for members in solution.groups.values():
-        # Additive log-ratio coordinates: member i = exp(u_i) / (1 + sum exp(u)); the last gets 1 / (...).
-        free = [sympy.Symbol(f"u_{m.name}", real=True) for m in members[:-1]]
-        coordinates.extend(free)
-        denominator = 1 + sum(sympy.exp(u) for u in free)
-        for member, u in zip(members[:-1], free):
-            to_params[member] = sympy.exp(u) / denominator
-        to_params[members[-1]] = 1 / denominator
-    solution.unconstrained = tuple(coordinates)
-    solution.to_params = to_params
-    solution.profile = solution.objective.subs(to_params)
-    solution.gradient = [sympy.diff(solution.profile, u) for u in coordinates]
-    solution.hessian = [[sympy.diff(g, v) for v in coordinates] for g in solution.gradient]
+    (solution.unconstrained, solution.to_params, solution.profile, solution.gradient,
+     solution.hessian) = unconstrained(solution.objective, unknowns, solution.domains, solution.groups.values())

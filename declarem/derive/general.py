@@ -18,12 +18,9 @@ from dataclasses import dataclass, field
 import sympy
 
 from .budget import SolveBudget
+from .coordinates import unconstrained
 from .expfam import parsed_logpdf
 from .scalar import _in_domain, attempt_solve
-
-#: theta = map(u) from an unconstrained u, per domain (numeric.TO_DOMAIN in numpy).
-TO_DOMAIN = {"real": lambda u: u, "positive": sympy.exp, "unit": lambda u: 1 / (1 + sympy.exp(-u))}
-
 
 @dataclass
 class GeneralSolution:
@@ -112,11 +109,7 @@ def solve_general(family, constants, where):
         # profile has a variable (the family did not split, so the joint solution is not linear).
         closed.pop(params[-1])
     numeric = tuple(p for p in params if p not in closed)
-    unconstrained = tuple(sympy.Symbol(f"u_{p.name}", real=True) for p in numeric)
-    substitution = {p: TO_DOMAIN[domains[p]](u) for p, u in zip(numeric, unconstrained)}
-    profile = logpdf.subs(closed).subs(substitution)
-    gradient = [sympy.diff(profile, u) for u in unconstrained]
-    hessian = [[sympy.diff(g, v) for v in unconstrained] for g in gradient]
+    coordinates, _, profile, gradient, hessian = unconstrained(logpdf.subs(closed), numeric, domains)
     used = [f for f in functions if any(e.has(functions[f]) for e in closed.values())]
     notes = ["not an exponential family: generalised EM, maximising the posterior-weighted log-likelihood "
              "directly"]
@@ -124,7 +117,7 @@ def solve_general(family, constants, where):
         notes.append("closed form given the others for " + ", ".join(p.name for p in closed))
     return GeneralSolution(x=x, params=params, domains=domains, logpdf=logpdf,
                            functions=tuple(used), means=tuple(means[f] for f in used), closed=closed,
-                           numeric=numeric, unconstrained=unconstrained, profile=profile, gradient=gradient,
+                           numeric=numeric, unconstrained=coordinates, profile=profile, gradient=gradient,
                            hessian=hessian, notes=notes, provisional=budget.exhausted)
 
 

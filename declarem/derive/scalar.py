@@ -23,6 +23,7 @@ import sympy
 
 from ..errors import FamilyError
 from .budget import SolveBudget
+from .coordinates import unconstrained
 from .moments import expected_statistics, is_positive_statistic
 
 CHECK_POINTS = {"real": (0.7, -1.3), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
@@ -233,14 +234,8 @@ def _partial(form, equations, domains, checker, budget):
 def _add_numeric_problem(solution):
     if not solution.numeric:
         return
-    unconstrained = tuple(sympy.Symbol(f"u_{p.name}", real=True) for p in solution.numeric)
-    to_domain = {"real": lambda u: u, "positive": sympy.exp, "unit": lambda u: 1 / (1 + sympy.exp(-u))}
-    substitution = {p: to_domain[solution.domains[p]](u) for p, u in zip(solution.numeric, unconstrained)}
-    profile = solution.objective.subs(solution.closed).subs(substitution)
-    solution.unconstrained = unconstrained
-    solution.profile = profile
-    solution.gradient = [sympy.diff(profile, u) for u in unconstrained]
-    solution.hessian = [[sympy.diff(g, v) for v in unconstrained] for g in solution.gradient]
+    solution.unconstrained, _, solution.profile, solution.gradient, solution.hessian = unconstrained(
+        solution.objective.subs(solution.closed), solution.numeric, solution.domains)
 
 
 def numeric_twin(solution):

@@ -1,0 +1,95 @@
+"""The one Newton solver every numeric M-step goes through (declarem.numeric.NewtonProblem).
+
+Held against closed-form maximisers, per parameter set and in every domain; it never ends below its
+start, caps its steps where a full gradient step would leave the region where the objective means
+anything, and weighs rows without weight as nothing (not 0 * inf).
+"""
+
+import numpy as np
+import pytest
+
+from declarem.numeric import MAX_STEP, NewtonProblem, weighted_sum
+
+
+def _gamma_shape_problem(mean_log, log_mean):
+    """A gamma's shape k by profile likelihood in u = log k: f(k) = k log k - k log mean - lgamma(k) + (k-1) E[log x] - k."""
+    from scipy.special import gammaln, polygamma, psi
+
+    def objective(u, sets):
+        k = np.exp(u[:, 0])
+        return k * (u[:, 0] - log_mean[sets]) - gammaln(k) + (k - 1) * mean_log[sets] - k
+
+    def gradient(u, sets):
+        k = np.exp(u[:, 0])
+        return (k * (u[:, 0] + 1 - log_mean[sets] - psi(k) + mean_log[sets] - 1))[:, None]
+
+    def hessian(u, sets):
+        k = np.exp(u[:, 0])
+        g = k * (u[:, 0] + 1 - log_mean[sets] - psi(k) + mean_log[sets] - 1)
+        return (g + k * (1 - k * polygamma(1, k)))[:, None, None]
+
+    return NewtonProblem(["positive"], objective, gradient, hessian)
+
+
+def test_each_set_reaches_its_own_maximiser():
+    rng = np.random.default_rng(0)
+    shapes = np.array([0.3, 1.0, 4.0, 40.0])
+    samples = [rng.gamma(k, 2.0, 200_000) for k in shapes]
+    mean_log = np.array([np.mean(np.log(s)) for s in samples])
+    log_mean = np.array([np.log(np.mean(s)) for s in samples])
+    problem = _gamma_shape_problem(mean_log, log_mean)
+    found = problem.solve(np.ones((4, 1)))[:, 0]
+    # The maximiser solves log k - psi(k) = log mean - E[log x]; check that equation directly.
+    from scipy.special import psi
+    np.testing.assert_allclose(np.log(found) - psi(found), log_mean - mean_log, rtol=1e-10)
+    np.testing.assert_allclose(found, shapes, rtol=0.05)
+
+
+@pytest.mark.parametrize("domain, target", [("real", -3.5), ("positive", 0.02), ("unit", 0.999)])
+def test_domains_map_to_and_from_unconstrained_variables(domain, target):
+    """A concave objective in the parameter, solved through the domain's map, lands on its maximiser."""
+    from declarem.numeric import FROM_DOMAIN, TO_DOMAIN
+    centre = FROM_DOMAIN[domain](np.array([target]))[0]
+    problem = NewtonProblem([domain], lambda u, s: -(u[:, 0] - centre) ** 2,
+                            lambda u, s: (-2 * (u[:, 0] - centre))[:, None],
+                            lambda u, s: np.full((len(s), 1, 1), -2.0))
+    start = TO_DOMAIN[domain](np.array([[0.0], [5.0]]))
+    np.testing.assert_allclose(problem.solve(start)[:, 0], target, rtol=1e-12)
+
+
+def test_never_ends_below_its_start_and_caps_its_steps():
+    """Where the Hessian is not negative definite, a capped gradient step is taken, and accepted only if it raises."""
+    visited = []
+
+    def objective(u, sets):
+        visited.append(u.copy())
+        return -np.log1p(np.exp(-u[:, 0])) - 1e-3 * u[:, 0] ** 2   # flat for large u: a tiny gradient far out
+
+    def gradient(u, sets):
+        return (1 / (1 + np.exp(u[:, 0])) - 2e-3 * u[:, 0])[:, None] * 1e6   # scaled up: a huge raw step
+
+    def hessian(u, sets):
+        return np.full((len(sets), 1, 1), 1.0)                                 # not negative definite
+
+    problem = NewtonProblem(["real"], objective, gradient, hessian)
+    start = np.array([[-2.0]])
+    found = problem.solve(start)
+    trials = np.concatenate(visited)[:, 0]
+    assert objective(found, np.arange(1))[0] >= objective(start, np.arange(1))[0]
+    assert np.abs(trials - start[0, 0]).max() > MAX_STEP          # it did travel, in several steps
+    assert np.abs(np.diff(trials)).max() <= MAX_STEP + 1e-12
+
+
+def test_non_finite_starts_begin_at_the_domains_centre():
+    problem = NewtonProblem(["positive", "unit"], lambda u, s: -(u ** 2).sum(axis=1), lambda u, s: -2 * u,
+                            lambda u, s: np.broadcast_to(-2 * np.eye(2), (len(s), 2, 2)))
+    assert np.array_equal(problem.unconstrained([[np.nan, 0.0]]), [[0.0, 0.0]])
+    np.testing.assert_allclose(problem.solve([[np.inf, np.nan]]), [[1.0, 0.5]])
+
+
+def test_rows_without_weight_add_nothing():
+    weights = np.array([[1.0, 0.0, 2.0]])
+    terms = np.array([[1.0, -np.inf, 3.0]])
+    assert weighted_sum(weights, terms).tolist() == [7.0]
+    stacked = np.stack([terms, 2 * terms], axis=-1)
+    assert weighted_sum(weights, stacked).tolist() == [[7.0, 14.0]]
