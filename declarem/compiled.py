@@ -235,22 +235,26 @@ class ScalarFactor(Factor):
     def __init__(self, model, node, form):
         super().__init__(model, node)
         family = node.family
+        prior = node.prior[1] if node.prior and node.prior[0] == "logpdf" else None
         try:
-            kernels = scalar_kernels(family, node.constants)
+            kernels = scalar_kernels(family, node.constants, prior)
         except FamilyError as exc:
             raise type(exc)(f"{model.source}: node '{node.name}': {exc}") from None
         self.kernels = kernels
         self.dim = node.dim
         self.vector = node.columns is not None or node.dim > 1
-        self.location = family.location
+        # The data are centred for accuracy, which shifts a location parameter; a prior is declared on the
+        # parameter itself, so a node with one is not centred.
+        self.location = family.location if prior is None else None
         self.regularized = family.regularized
         self.param_names = list(kernels.param_names)
         tie_columns = set(form.tie_across_columns) if form else set()
         tie_parents = set(form.tie_across_parents) if form else set()
         for name in tie_columns | tie_parents:
             if name not in kernels.poolable:
+                reason = "a prior is declared on the node" if prior else "its update is not a weighted mean"
                 raise FamilyError(f"{model.source}: node '{node.name}': parameter '{name}' of "
-                                  f"'{family.name}' cannot be tied (its update is not a weighted mean)")
+                                  f"'{family.name}' cannot be tied ({reason})")
         self.tie_columns = tie_columns
         for name in self.param_names:
             own = () if (not self.vector or name in tie_columns) else (self.dim,)
@@ -376,7 +380,8 @@ class ScalarFactor(Factor):
         used = (set_weights.reshape(-1) > 0) & np.isfinite(flat).all(axis=1)
         solved = {n: np.array(start[n], dtype=float) for n in self.param_names}
         if used.any():
-            part = self._solver.solve(flat[used], {n: np.asarray(start[n])[used] for n in self.param_names})
+            part = self._solver.solve(flat[used], {n: np.asarray(start[n])[used] for n in self.param_names},
+                                      set_weights.reshape(-1)[used])
             for name in self.param_names:
                 solved[name][used] = np.broadcast_to(np.asarray(part[name], dtype=float), (int(used.sum()),))
         new = {}
@@ -387,6 +392,13 @@ class ScalarFactor(Factor):
             new[name] = value.reshape((self.n_sets,) + spec.own_shape).copy()
         new = self._keep_empty_columns(new, old, set_weights)
         return self._regularize(new, reg_covar)
+
+    def log_prior(self, params):
+        """The declared log prior density summed over the parameter sets and columns (0 without one)."""
+        if self.kernels.log_prior is None:
+            return 0.0
+        with np.errstate(all="ignore"):
+            return float(np.sum(self.kernels.log_prior(*self._columns(params))))
 
     def _keep_empty_columns(self, new, old, set_weights):
         """A set's column that received no weight (all its rows missing there) keeps its previous value."""
@@ -953,6 +965,19 @@ class RegressionFactor(RowsFactor):
         return problem.solve(start)
 
 
+def _check_log_prior_applies(model, node):
+    """A declared log prior enters the M-step of scalar exponential families on independent columns."""
+    where = f"{model.source}: node '{node.name}'"
+    form = node.family.covariance_form(node.covariance) if node.covariance else None
+    if form is not None and model.registry.internal(form.family).kind == "gaussian":
+        raise FamilyError(f"{where}: a prior = {{ logpdf = ... }} on a multivariate normal ({node.covariance} "
+                          "covariance) is not supported; declare the node with covariance = \"diag\" (a prior "
+                          "on each column's mean and var) or leave out the prior")
+    if node.covariates:
+        raise FamilyError(f"{where}: a prior = {{ logpdf = ... }} on a node with continuous parents is not "
+                          "supported yet; leave out the prior")
+
+
 def _free_block(model):
     """The model's free-parameter block (sympy: only models with free parameters import it)."""
     from .freeblock import FreeBlock
@@ -962,6 +987,8 @@ def _free_block(model):
 def build_factor(model, node):
     """The compiled factor for a node, chosen by its family's kind and covariance form."""
     family = node.family
+    if node.prior and node.prior[0] == "logpdf":
+        _check_log_prior_applies(model, node)
     if node.chain:
         return ChainFactor(model, node)
     if family.kind == "table":
@@ -978,6 +1005,10 @@ def build_factor(model, node):
     try:
         return ScalarFactor(model, node, form)
     except NotExponentialFamily:
+        if node.prior:
+            raise FamilyError(f"{model.source}: node '{node.name}': '{family.name}' is not an exponential family "
+                              "(fitted by generalised EM), and a prior = { logpdf = ... } on such a family is not "
+                              "supported yet; leave out the prior") from None
         return GeneralFactor(model, node)
 
 

@@ -57,7 +57,10 @@ class NumericSolver:
     def __init__(self, plan):
         self.numeric = _strings(plan["numeric"], "numeric")
         self.domains = dict(plan["domains"])
-        means = _strings(plan["means"], "means")
+        # Under a prior the objective, the closed forms and the derivatives also take the set's weight W.
+        self.weight = plan.get("weight")
+        weight = [] if self.weight is None else _strings([self.weight], "weight")
+        means = _strings(plan["means"], "means") + weight
         unconstrained = _strings(plan["unconstrained"], "unconstrained")
         arguments = unconstrained + means
         self._objective = compile_tree(arguments, plan["profile"]) if self.numeric else None
@@ -80,7 +83,7 @@ class NumericSolver:
         """Names of the parameters in closed form."""
         return list(self._closed)
 
-    def solve(self, means, start):
+    def solve(self, means, start, weights=None):
         """Parameters maximising the objective for each set.
 
         Parameters
@@ -88,12 +91,17 @@ class NumericSolver:
         means : ndarray of shape (n_sets, n_statistics)
         start : mapping of name to ndarray of shape (n_sets,)
             Where the numeric search starts (the previous parameters).
+        weights : ndarray of shape (n_sets,), optional
+            Each set's total weight; used under a prior (MAP), where it scales the prior against the data.
 
         Returns
         -------
         dict of name to ndarray of shape (n_sets,)
         """
         columns = [means[:, j] for j in range(means.shape[1])]
+        if self.weight is not None:
+            columns.append(np.broadcast_to(np.ones(len(means)) if weights is None else
+                                           np.asarray(weights, dtype=float), (len(means),)))
         found = {}
         if self.numeric:
             def arguments(u, sets):
@@ -120,7 +128,9 @@ def solver_plan(solution, solve_all=False):
     if solve_all and solution.closed:
         from .derive.scalar import numeric_twin
         solution = numeric_twin(solution)
+    from .derive.scalar import WEIGHT
     return {"means": _names(solution.means), "numeric": _names(solution.numeric),
+            "weight": WEIGHT.name if solution.prior is not None else None,
             "unconstrained": _names(solution.unconstrained),
             "domains": {p.name: domain for p, domain in solution.domains.items()},
             "closed": {p.name: _tree(e) for p, e in solution.closed.items()},
@@ -137,6 +147,7 @@ def _scalar_plan(solution):
             "natural": [_tree(eta) for eta in form.natural], "log_partition": _tree(form.log_partition),
             "poolable": {p.name: _tree(e) for p, e in solution.poolable.items()},
             "boundary": with_safe_logs(_tree(form.logpdf - form.base)),
+            "prior": None if solution.prior is None else _tree(solution.prior),
             "solver": solver_plan(solution)}
 
 
@@ -164,7 +175,8 @@ def compile_scalar_plan(plan):
                 "log_partition": compile_tree(params, plan["log_partition"]),
                 "solver": NumericSolver(plan["solver"]),
                 "pooled": {name: compile_tree(means, e) for name, e in plan["poolable"].items()},
-                "boundary_log_density": compile_tree([x] + params, plan["boundary"])}
+                "boundary_log_density": compile_tree([x] + params, plan["boundary"]),
+                "log_prior": None if plan["prior"] is None else compile_tree(params, plan["prior"])}
     except (KeyError, TypeError, AttributeError) as exc:
         raise TreeError(f"bad kernel plan: {exc}") from None
 
@@ -276,11 +288,14 @@ class ScalarKernels:
         ``phi(*means)`` of each poolable parameter.
     boundary_log_density : callable
         ``log p(x | *params) - log h(x)`` with ``0 * log 0 = 0``.
+    log_prior : callable or None
+        The declared log prior density of ``*params`` (MAP), or None.
     """
 
-    def __init__(self, family, constants):
-        self.family, self.constants = family, constants
-        self.__dict__.update(_load_or_derive("scalar-kernels", _key(family, constants), self._derive))
+    def __init__(self, family, constants, prior=None):
+        self.family, self.constants, self.prior = family, constants, prior
+        key = _key(family, constants) + ("" if prior is None else repr(prior))
+        self.__dict__.update(_load_or_derive("scalar-kernels", key, self._derive))
         if "not_exponential_family" in self.__dict__:
             raise NotExponentialFamily(self.not_exponential_family)
 
@@ -299,15 +314,15 @@ class ScalarKernels:
         """The derived ``ScalarSolution`` (sympy), for ``derive`` and the reports."""
         from .derive import scalar_solution
         try:
-            return scalar_solution(self.family, self.constants)
+            return scalar_solution(self.family, self.constants, self.prior)
         except FamilyError as exc:
             raise type(exc)(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=None)
-def scalar_kernels(family, constants):
-    """The kernels of a scalar family with these constants (one per process)."""
-    return ScalarKernels(family, constants)
+def scalar_kernels(family, constants, prior=None):
+    """The kernels of a scalar family with these constants (and log prior text, for MAP), one per process."""
+    return ScalarKernels(family, constants, prior)
 
 
 class SimplexKernels:

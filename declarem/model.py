@@ -7,6 +7,7 @@ contract (``family``, ``latent``, ``k``, ``parents``, ``columns``, ``dim``,
 """
 
 import difflib
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,12 +18,11 @@ import numpy as np
 from .errors import SizeError, SpecError
 from .expressions import RESERVED_NAMES
 from .families import FamilyRegistry
+from .families.family import NODE_KEYS
 from .families.builtin import PRIOR_TABLE
 from .resources import check_model_size, check_sample_size
 from .tables import DATA_KEYS, MODEL_KEYS, check_table, type_name
 
-NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
-             "probs", "table", "prior", "description", "lagged")
 GRAPH_KEYS = ("families", "params", "model", "data")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 DISCRETE_KINDS = ("indicator", "table")
@@ -186,17 +186,21 @@ class Model:
         where = self._where(name)
         if not isinstance(name, str) or not name.isidentifier():
             raise SpecError(f"{self.source}: node name {name!r} must be an identifier")
+        family = None
+        if isinstance(attrs.get("family"), str):
+            family = self.registry.get(attrs["family"], where)
+        # A family's declared constants are node attributes too (binomial's trials, a user family's own).
+        allowed = NODE_KEYS + tuple(c for c in (family.constants if family else ()) if c not in NODE_KEYS)
         for key in attrs:
-            if key not in NODE_KEYS:
-                near = difflib.get_close_matches(key, NODE_KEYS, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else f"; allowed are {', '.join(NODE_KEYS)}"
+            if key not in allowed:
+                near = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else f"; allowed are {', '.join(allowed)}"
                 raise SpecError(f"{where}: unknown attribute '{key}'{hint}")
         if "family" not in attrs:
             raise SpecError(f"{where}: missing 'family'")
-        if not isinstance(attrs["family"], str):
+        if family is None:
             raise SpecError(f"{where}: 'family' must be a family's name (a string), found "
                             f"{type_name(attrs['family'])}")
-        family = self.registry.get(attrs["family"], where)
         latent = attrs.get("latent", False)
         if not isinstance(latent, bool):
             raise SpecError(f"{where}: 'latent' must be true or false, found {latent!r}")
@@ -355,9 +359,15 @@ class Model:
             if constant not in attrs:
                 raise SpecError(f"{where}: a {family.name} node needs '{constant}'")
             value = attrs[constant]
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONSTANT:
-                raise SpecError(f"{where}: '{constant}' must be an integer from 1 to {MAX_CONSTANT:,}, "
-                                f"found {value!r}")
+            if constant == family.upper_bound:
+                # A bound of the support (binomial trials): the derivation's checks sum over it.
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONSTANT:
+                    raise SpecError(f"{where}: '{constant}' must be an integer from 1 to {MAX_CONSTANT:,}, "
+                                    f"found {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 < value <= MAX_CONSTANT:
+                raise SpecError(f"{where}: constant '{constant}' of '{family.name}' must be a number above 0 and at "
+                                f"most {MAX_CONSTANT:,}, found {value!r}")
             values.append((constant, value))
         for key in ("trials",):
             if key in attrs and key not in family.constants:
@@ -372,8 +382,11 @@ class Model:
             raise SpecError(f"{where}: 'prior' must be a table with one entry, e.g. "
                             "prior = { dirichlet = 2 }")
         (name, value), = declared.items()
+        if name == "logpdf":
+            return self._validate_log_prior(value, family, where)
         if name not in PRIOR_TABLE:
-            raise SpecError(f"{where}: unknown prior '{name}'; known priors: {', '.join(PRIOR_TABLE)}")
+            raise SpecError(f"{where}: unknown prior '{name}'; known priors: {', '.join(PRIOR_TABLE)}, or "
+                            "{ logpdf = \"...\" } in the node's parameter names")
         entry = PRIOR_TABLE[name]
         if family.kind != entry["applies_to"]:
             raise SpecError(f"{where}: a {name} prior applies to categorical nodes, not '{family.name}'")
@@ -395,6 +408,20 @@ class Model:
                             f"below it the MAP estimate is undefined when a category's expected count is 0 "
                             f"(the update n + a - 1 would be negative). a = 1 is maximum likelihood")
         return name, array
+
+    def _validate_log_prior(self, text, family, where):
+        """A declared log prior density, in the node's own parameter names: ("logpdf", text)."""
+        if family.kind != "scalar":
+            raise SpecError(f"{where}: prior = {{ logpdf = ... }} applies to scalar families (normal, poisson, "
+                            f"a user family, ...), not '{family.name}'; a categorical node takes "
+                            "prior = { dirichlet = a }")
+        if not isinstance(text, str):
+            raise SpecError(f"{where}: the prior's logpdf must be an expression string in "
+                            f"{', '.join(family.param_names)}, found {type_name(text)}")
+        import sympy
+        from .expressions import parse_expression
+        parse_expression(text, {n: sympy.Symbol(n) for n in family.param_names}, f"{where}: prior logpdf")
+        return "logpdf", text
 
     def _validate_free_params(self, declared):
         where = f"{self.source}: [params]"

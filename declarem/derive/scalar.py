@@ -28,6 +28,10 @@ from .moments import expected_statistics, is_positive_statistic
 
 CHECK_POINTS = {"real": (0.7, -1.3), "positive": (1.6, 0.45), "unit": (0.35, 0.7)}
 CHECK_RTOL = 1e-6
+#: Total weights of a set at which MAP closed forms are checked.
+CHECK_WEIGHTS = (3.0, 40.0)
+#: W, a set's total weight, in MAP objectives (the prior enters as prior / W beside the means).
+WEIGHT = sympy.Symbol("W", positive=True)
 NORMALISATION_RTOL = 1e-6
 
 
@@ -59,6 +63,9 @@ class ScalarSolution:
     provisional : bool
         sympy's budget ran out before every attempt finished: the route serves this
         process only and is not stored in the on-disk cache.
+    prior : sympy.Expr or None
+        The log prior density (MAP): the objective then has ``prior / WEIGHT``, and the
+        closed forms and the numeric problem take the set's weight W.
     """
 
     form: object
@@ -74,6 +81,7 @@ class ScalarSolution:
     poolable: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     provisional: bool = False
+    prior: sympy.Expr = None
 
     @property
     def status(self):
@@ -163,7 +171,7 @@ def _in_domain(expression, domain):
     return True
 
 
-def solve_scalar(form, support, domains, upper=None):
+def solve_scalar(form, support, domains, upper=None, prior=None):
     """Derive the M-step of a scalar family.
 
     Parameters
@@ -173,6 +181,9 @@ def solve_scalar(form, support, domains, upper=None):
     domains : mapping of parameter name to domain
     upper : int or None
         Upper bound of a bounded discrete support (binomial trials), for the checks.
+    prior : sympy.Expr or None
+        A log prior density in the parameters: the M-step is then MAP, maximising
+        eta . t - A + prior / W per set, W the set's total weight (``WEIGHT``).
 
     Returns
     -------
@@ -181,8 +192,11 @@ def solve_scalar(form, support, domains, upper=None):
     domains = {p: domains[p.name] for p in form.params}
     means = mean_symbols(form)
     objective = sum((eta * t for eta, t in zip(form.natural, means)), sympy.Integer(0)) - form.log_partition
-    equations = [sympy.diff(objective, p) for p in form.params]
     checker = _Checker(form, support, domains, means, upper)
+    if prior is not None:
+        objective += prior / WEIGHT
+        checker = _StationarityChecker(checker, objective, domains)
+    equations = [sympy.diff(objective, p) for p in form.params]
     notes = []
     budget = SolveBudget()
 
@@ -204,11 +218,48 @@ def solve_scalar(form, support, domains, upper=None):
 
     numeric = tuple(p for p in form.params if p not in closed)
     solution = ScalarSolution(form=form, domains=domains, means=means, objective=objective,
-                              closed=closed, numeric=numeric, notes=notes, provisional=budget.exhausted)
+                              closed=closed, numeric=numeric, notes=notes, provisional=budget.exhausted,
+                              prior=prior)
     _add_numeric_problem(solution)
-    solution.poolable = _poolable(solution)
+    # A tied parameter is the weighted mean of its per-set updates, which a prior does not keep.
+    solution.poolable = _poolable(solution) if prior is None else {}
     _check_numeric_twin(solution, checker)
     return solution
+
+
+class _StationarityChecker:
+    """Check candidate MAP closed forms: at the check points' moments and a few weights, the objective's
+    derivative in the parameter vanishes there, at a value in its domain."""
+
+    def __init__(self, checker, objective, domains):
+        self.objective, self.domains = objective, domains
+        self.points = [(values, {**moments, WEIGHT: weight})
+                       for values, moments in checker.points for weight in CHECK_WEIGHTS]
+
+    def holds(self, parameter, expression, given=()):
+        for values, moments in self.points:
+            fixed = {p: values[p] for p in given}
+            candidate = expression.subs(moments).subs(fixed)
+            try:
+                value = complex(candidate.evalf())
+            except (TypeError, ValueError):
+                return False
+            if candidate.free_symbols or abs(value.imag) > 1e-9 * (1 + abs(value.real)) or \
+                    not _numerically_in(value.real, self.domains[parameter]):
+                return False
+            others = {p: v for p, v in values.items() if p != parameter and p not in fixed}
+            slope = sympy.diff(self.objective, parameter).subs(moments).subs(fixed).subs(others)
+            try:
+                slope = complex(slope.subs(parameter, value.real).evalf())
+            except (TypeError, ValueError):
+                return False
+            if not abs(slope) < CHECK_RTOL * (1 + abs(value.real)):
+                return False
+        return True
+
+
+def _numerically_in(value, domain):
+    return {"real": True, "positive": value > 0, "unit": 0 < value < 1}[domain]
 
 
 def _partial(form, equations, domains, checker, budget):
@@ -241,7 +292,8 @@ def _add_numeric_problem(solution):
 def numeric_twin(solution):
     """The solution with every parameter solved numerically: the closed forms' numeric twin, for checks."""
     twin = ScalarSolution(form=solution.form, domains=solution.domains, means=solution.means,
-                          objective=solution.objective, closed={}, numeric=solution.form.params)
+                          objective=solution.objective, closed={}, numeric=solution.form.params,
+                          prior=solution.prior)
     _add_numeric_problem(twin)
     return twin
 
@@ -264,13 +316,19 @@ def _poolable(solution):
 def _check_numeric_twin(solution, checker):
     """The numeric route must reach the same parameters as the closed route, at known moments."""
     from ..kernels import NumericSolver
-    compiled = NumericSolver.from_solution(solution, solve_all=True)
+    twin = NumericSolver.from_solution(solution, solve_all=True)
+    route = NumericSolver.from_solution(solution)
     for values, moments in checker.points:
         means = np.array([[moments[t] for t in solution.means]])
+        weights = np.array([moments.get(WEIGHT, 1.0)])
         start = {p.name: np.array([1.0 if solution.domains[p] != "real" else 0.0])
                  if solution.domains[p] != "unit" else np.array([0.5]) for p in solution.form.params}
-        found = compiled.solve(means, start)
+        found = twin.solve(means, start, weights)
+        # Under a prior the maximiser is not the point the moments came from: the derived route's answer is.
+        expected = route.solve(means, start, weights) if solution.prior is not None else \
+            {p.name: np.array([values[p]]) for p in solution.form.params}
         for p in solution.form.params:
-            if abs(found[p.name][0] - values[p]) > 1e-5 * (1 + abs(values[p])):
+            target = float(expected[p.name][0])
+            if abs(found[p.name][0] - target) > 1e-5 * (1 + abs(target)):
                 solution.notes.append(
-                    f"numeric check: {p.name} = {found[p.name][0]:.8g}, expected {values[p]:.8g}")
+                    f"numeric check: {p.name} = {found[p.name][0]:.8g}, expected {target:.8g}")

@@ -5,11 +5,11 @@ import difflib
 from ..errors import FamilyError
 from ..expressions import RESERVED_NAMES, parse_expression
 from .builtin import INTERNAL, builtin_families
-from .family import DOMAINS, SUPPORTS, CovarianceForm, Family
+from .family import DOMAINS, NODE_KEYS, SUPPORTS, CovarianceForm, Family
 
 __all__ = ["Family", "CovarianceForm", "FamilyRegistry", "family_from_table", "SUPPORTS", "DOMAINS"]
 
-USER_KEYS = ("logpdf", "support", "params", "linear", "description")
+USER_KEYS = ("logpdf", "support", "params", "constants", "linear", "description")
 USER_SUPPORTS = tuple(s for s in SUPPORTS if s != "category")
 
 
@@ -54,16 +54,27 @@ def family_from_table(name, table, where):
         if param in RESERVED_NAMES:
             raise FamilyError(f"{where}: family '{name}': '{param}' is the name of a function or constant in "
                               "expressions; give the parameter another name")
+    constants = table.get("constants", [])
+    if not isinstance(constants, list) or not all(isinstance(c, str) for c in constants):
+        raise FamilyError(f"{where}: family '{name}': 'constants' must be a list of names, given on each node "
+                          "(constants = [\"r\"], then r = 3 on the node)")
+    for constant in constants:
+        if constant in params or constant == "x" or not constant.isidentifier() or constant.startswith("_") \
+                or constant in RESERVED_NAMES or constant in NODE_KEYS:
+            raise FamilyError(f"{where}: family '{name}': '{constant}' cannot name a constant (it must be an "
+                              "identifier other than x, the parameters, node attributes and the names of "
+                              "functions and constants)")
     linear = table.get("linear")
     if linear is not None and linear not in params:
         raise FamilyError(f"{where}: family '{name}': 'linear' must name one of its parameters "
                           f"({', '.join(params)}), found {linear!r}")
     # Parse now, so a bad expression is reported when the spec is read, not at the first fit.
     import sympy
-    names = {n: sympy.Symbol(n) for n in ["x", *params]}
+    names = {n: sympy.Symbol(n) for n in ["x", *params, *constants]}
     parse_expression(table["logpdf"], names, f"{where}: family '{name}' logpdf")
     return Family(name=name, kind="scalar", logpdf=table["logpdf"], support=table["support"],
-                  params=tuple(params.items()), linear=linear, description=str(table.get("description", "")))
+                  params=tuple(params.items()), constants=tuple(constants), linear=linear,
+                  description=str(table.get("description", "")))
 
 
 class FamilyRegistry:

@@ -32,6 +32,9 @@ SUPPORTS = ("real", "positive", "nonnegative", "unit", "integer", "nonnegative-i
             "positive-integer", "binary", "category")
 DOMAINS = ("real", "positive", "unit")
 KINDS = ("scalar", "indicator", "gaussian", "table", "covariate")
+#: The attributes a node declares (a family's constants are node attributes too).
+NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
+             "probs", "table", "prior", "description", "lagged")
 
 
 @dataclass(frozen=True)
