@@ -66,17 +66,23 @@ def _parser():
                                    "is a terminal, else the JSON)")
     fit.add_argument("--json", action="store_true", help="write the JSON result to standard output, even on a "
                                                          "terminal")
-    fit.add_argument("--max-iter", type=int, default=1000, help="EM iterations at most, per restart")
-    fit.add_argument("--tol", type=_finite_float, default=1e-8,
-                     help="stop when the objective's relative change falls below this")
+    fit.add_argument("--max-iter", type=int, help="EM iterations at most, per restart (default: the spec's "
+                     "[fit] max_iter, else 1000)")
+    fit.add_argument("--tol", type=_finite_float,
+                     help="stop when the objective's relative change falls below this (default: the spec's "
+                          "[fit] tol, else 1e-08)")
     fit.add_argument("--seed", type=int, default=0, help="seeds the initialisation")
-    fit.add_argument("--restarts", type=int, default=1, help="seeded starts; the best fit is kept")
-    fit.add_argument("--reg-covar", type=_finite_float, default=1e-6,
-                     help="added to the diagonal of normal covariances in the M-step")
+    fit.add_argument("--restarts", type=int, help="seeded starts; the best fit is kept (default: the spec's "
+                     "[fit] restarts, else 1)")
+    fit.add_argument("--reg-covar", type=_finite_float,
+                     help="added to the diagonal of normal covariances in the M-step (default: the spec's "
+                          "[fit] reg_covar, else 1e-06)")
     fit.add_argument("--weights", help="data column of row weights (default: the spec's [data] weights)")
     fit.add_argument("--init", help="JSON file of initial parameters ({node: {param: list}}) or a fit")
     fit.add_argument("--hard", action="store_true", help="classification (hard) EM")
-    fit.add_argument("--accelerate", choices=["squarem"], help="extrapolate the EM map (SQUAREM)")
+    fit.add_argument("--accelerate", choices=["squarem", "none"],
+                     help="squarem extrapolates the EM map; none is plain EM (default: the spec's [fit] "
+                          "accelerate, else plain EM)")
     progress = fit.add_mutually_exclusive_group()
     progress.add_argument("--quiet", action="store_true", help="no progress on standard error")
     progress.add_argument("--verbose", action="store_true", help="a progress line per iteration, also on a "

@@ -17,6 +17,7 @@ from .inference.enumeration import apply_labels
 from .monitor import ConvergenceMonitor, EMRun
 from .params import check_init, seed_sequence
 from .squarem import run_squarem
+from .tables import FIT_DEFAULTS
 
 KMEANS_ITERATIONS = 10
 ACCELERATORS = (None, "squarem")
@@ -250,10 +251,16 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
     return EMRun(params, monitor.history, converged, n_iter)
 
 
-def fit_model(model, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
-              reg_covar=1e-6, hard=False, progress=None, source="data", accelerate=None, memory_budget=None,
+def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
+              reg_covar=None, hard=False, progress=None, source="data", accelerate=None, memory_budget=None,
               lengths=None):
-    """Fit a model by EM; see ``Model.fit``."""
+    """Fit a model by EM; see ``Model.fit``. Options left None take the spec's [fit] value, else the default."""
+    given = {"max_iter": max_iter, "tol": tol, "restarts": restarts, "reg_covar": reg_covar,
+             "accelerate": accelerate}
+    chosen = {key: model.fit_options.get(key, FIT_DEFAULTS[key]) if value is None else value
+              for key, value in given.items()}
+    max_iter, tol, restarts, reg_covar = (chosen[k] for k in ("max_iter", "tol", "restarts", "reg_covar"))
+    accelerate = None if chosen["accelerate"] == "none" else chosen["accelerate"]
     _check_options(max_iter, tol, restarts, reg_covar)
     seeds = seed_sequence(seed).spawn(restarts)
     if accelerate not in ACCELERATORS:

@@ -29,10 +29,14 @@ class TreeError(ValueError):
 
 
 def _special(name):
-    """A scipy.special function, imported when a tree first uses one (scipy.special is slow to import)."""
+    """A scipy.special function, imported when a tree first calls one (scipy.special is slow to import)."""
+    found = []
+
     def call(*args):
-        import scipy.special
-        return getattr(scipy.special, name)(*args)
+        if not found:
+            import scipy.special
+            found.append(getattr(scipy.special, name))
+        return found[0](*args)
     return call
 
 

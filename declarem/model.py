@@ -21,9 +21,9 @@ from .families import FamilyRegistry
 from .families.family import NODE_KEYS
 from .families.builtin import PRIOR_TABLE
 from .resources import check_model_size, check_sample_size
-from .tables import DATA_KEYS, MODEL_KEYS, check_table, type_name
+from .tables import DATA_KEYS, FIT_DEFAULTS, MODEL_KEYS, check_table, did_you_mean, type_name
 
-GRAPH_KEYS = ("families", "params", "model", "data")
+GRAPH_KEYS = ("families", "params", "model", "data", "fit")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 DISCRETE_KINDS = ("indicator", "table")
 PARAM_DOMAINS = ("real", "positive", "unit")
@@ -154,6 +154,7 @@ class Model:
         self.name = str(info.get("name", "model"))
         self.description = str(info.get("description", ""))
         self.data_info = dict(graph.graph.get("data", {}) or {})
+        self.fit_options = _fit_options(graph.graph.get("fit"), source)
         self.free_params, self.simplex_groups = self._validate_free_params(graph.graph.get("params") or {})
         self.registry = FamilyRegistry(graph.graph.get("families"), where=source)
         self._check_acyclic()
@@ -564,8 +565,8 @@ class Model:
                 self._compiled = CompiledModel(self)
         return self._compiled
 
-    def fit(self, data, weights=None, init=None, max_iter=1000, tol=1e-8, seed=0, restarts=1,
-            reg_covar=1e-6, hard=False, progress=None, accelerate=None, memory_budget=None, lengths=None):
+    def fit(self, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
+            reg_covar=None, hard=False, progress=None, accelerate=None, memory_budget=None, lengths=None):
         """Fit the model by EM.
 
         Parameters
@@ -579,7 +580,8 @@ class Model:
             ``{node: {param: array}}``; may name only some parameters. A fit starts from its
             parameters (a warm start).
         max_iter : int
-            Number of EM iterations at most.
+            Number of EM iterations at most. This and ``tol``, ``restarts``, ``reg_covar`` and
+            ``accelerate`` default to the spec's ``[fit]`` table, else 1000, 1e-8, 1, 1e-6 and None.
         tol : float
             Stop when the objective's relative change falls below ``tol``; 0 never stops early.
         seed : None, int or numpy.random.Generator
@@ -596,8 +598,9 @@ class Model:
             the objective's rise in that iteration). If it also has methods ``restart(index,
             restarts)`` and ``chosen(index, objective)``, they are called as each restart begins
             and with the restart whose fit is kept.
-        accelerate : {None, "squarem"}
-            ``"squarem"`` extrapolates the EM map (Varadhan & Roland 2008) with a safeguard
+        accelerate : {None, "squarem", "none"}
+            None takes the spec's ``[fit] accelerate`` (plain EM without one); ``"none"`` is plain
+            EM whatever the spec says; ``"squarem"`` extrapolates the EM map (Varadhan & Roland 2008) with a safeguard
             that never reports an objective below the plain EM step's; ``n_iter`` then
             counts EM steps and ``history`` the objective after each accepted cycle.
         memory_budget : int, optional
@@ -663,6 +666,8 @@ class Model:
             spec["params"] = {name: dict(entry) for name, entry in self.graph.graph["params"].items()}
         if self.graph.graph.get("families"):
             spec["families"] = {name: dict(table) for name, table in self.graph.graph["families"].items()}
+        if self.fit_options:
+            spec["fit"] = dict(self.fit_options)
         return spec
 
     def _repr_html_(self):
@@ -671,3 +676,28 @@ class Model:
 
     def __repr__(self):
         return f"Model({self.name!r}, nodes={list(self.nodes)}, latent={self.latent})"
+
+
+def _fit_options(table, source):
+    """A spec's [fit] table checked: the model's own defaults for the fit options it names."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise SpecError(f"{source}: [fit] must be a table, found {type_name(table)}")
+    options = {}
+    for key, value in table.items():
+        if key not in FIT_DEFAULTS:
+            raise SpecError(f"{source}: [fit] has unknown key '{key}'; {did_you_mean(key, list(FIT_DEFAULTS))}")
+        if key == "accelerate":
+            good = value in ("none", "squarem")
+        elif key in ("max_iter", "restarts"):
+            good = isinstance(value, int) and not isinstance(value, bool) and value >= (1 if key == "restarts" else 0)
+        else:
+            good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and value >= 0
+        if not good:
+            wanted = {"accelerate": '"squarem" or "none"', "max_iter": "an integer >= 0",
+                      "restarts": "an integer >= 1"}.get(key, "a finite number >= 0")
+            raise SpecError(f"{source}: [fit] {key} must be {wanted}, found {value!r}")
+        options[key] = value
+    return options

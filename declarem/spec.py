@@ -11,7 +11,7 @@ from .errors import SpecError
 from .model import Model
 from .tables import shown, type_name
 
-TOP_KEYS = ("model", "data", "params", "nodes", "families")
+TOP_KEYS = ("model", "data", "params", "nodes", "families", "fit")
 
 
 def load_model(path):
@@ -65,14 +65,14 @@ def graph_from_spec(spec, source="spec"):
             close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
             hint = f"did you mean [{close[0]}]?" if close else f"the tables are [{'], ['.join(TOP_KEYS)}]"
             raise SpecError(f"{source}: unknown table [{key}]; {hint}")
-    for key in ("model", "data", "families", "params", "nodes"):
+    for key in ("model", "data", "families", "params", "nodes", "fit"):
         if key in spec and not isinstance(spec[key], dict):
             raise SpecError(f"{source}: [{key}] must be a table, found {type_name(spec[key])}")
     nodes = spec.get("nodes")
     if not nodes:
         raise SpecError(f"{source}: no [nodes.NAME] tables; declare at least one node")
     graph = nx.DiGraph()
-    for key in ("model", "data", "families", "params"):
+    for key in ("model", "data", "families", "params", "fit"):
         if key in spec:
             graph.graph[key] = spec[key]
     for name, attrs in nodes.items():

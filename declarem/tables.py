@@ -8,6 +8,8 @@ from .errors import SpecError
 # outside these would be ignored without a word (`weight = "count"` would drop the counts).
 MODEL_KEYS = {"name": str, "description": str}
 DATA_KEYS = {"path": str, "weights": str, "rows": str, "columns": str, "sequence": str}
+#: The options a spec's [fit] table may set (the model's own defaults for fit and `declarem fit`).
+FIT_DEFAULTS = {"max_iter": 1000, "tol": 1e-8, "restarts": 1, "reg_covar": 1e-6, "accelerate": None}
 TYPE_NAMES = {str: "a string", dict: "a table", list: "a list", bool: "true or false", int: "an integer",
               float: "a number", type(None): "null"}
 

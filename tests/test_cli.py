@@ -143,7 +143,8 @@ def test_a_bare_declarem_lists_the_commands_and_version_and_defaults_show():
     version = run("--version")
     assert version.returncode == 0 and version.stdout.startswith("declarem ")
     helped = run("fit", "--help")
-    assert "(default: 1000)" in helped.stdout and "(default: 1e-08)" in helped.stdout
+    text = " ".join(helped.stdout.split())
+    assert "[fit] max_iter, else 1000)" in text and "[fit] tol, else 1e-08)" in text
     assert "(default: 0)" in helped.stdout                       # --seed: a default of 0 is shown too
 
 

@@ -182,3 +182,59 @@ def test_a_warm_process_takes_the_stored_route_without_deriving(tmp_path):
         assert done.returncode == 0, done.stderr
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def _reference(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"reference_{name}", ROOT / "models" / f"{name}_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, column", [("negbin_mixture", "count"), ("weibull_mixture", "x")])
+def test_catalog_fixed_points_are_the_direct_maximum_likelihood(name, column):
+    """The catalog's generalised-EM fits (their [fit] options as declared) equal scipy.optimize's maximum."""
+    model = declarem.load_model(ROOT / "models" / f"{name}.toml")
+    data = {column: np.loadtxt(ROOT / "models" / model.data_info["path"], skiprows=1)}
+    fit = model.fit(data, seed=0)
+    assert fit.converged
+    direct, loglik = _reference(name).direct_maximum(data, fit.params)
+    assert fit.loglik == pytest.approx(loglik, abs=1e-6)
+    assert fit.loglik == pytest.approx(_reference(name).loglik(data, fit.params), rel=1e-12)
+
+
+def test_negbin_maximum_likelihood_beats_the_method_of_moments():
+    """One component on the real counts: the exact ML estimate against hmmlearn PR #583's moments."""
+    counts = np.loadtxt(ROOT / "models" / "randhie_mdvis.csv", skiprows=1)
+    fit = _model("negbin", k=0).fit({"x": counts})
+    r, p = _reference("negbin_mixture").moments_estimate(counts)
+    moments_loglik = np.sum(_negbin_loglik(counts, r, p))
+    assert fit.loglik > moments_loglik + 300
+    assert float(fit.params["x"]["r"]) == pytest.approx(0.680006, rel=1e-5)
+
+
+def test_a_specs_fit_table_sets_the_models_defaults(tmp_path):
+    from declarem.errors import SpecError
+    from support import run_cli
+    spec = ROOT / "models" / "weibull_mixture.toml"
+    text = spec.read_text()
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(text.replace('path = "weibull_mixture.csv"', f'path = "{ROOT / "models" / "weibull_mixture.csv"}"')
+                     + '\n[fit]\nmax_iter = 7\ntol = 0\naccelerate = "squarem"\n')
+    model = declarem.load_model(tuned)
+    assert model.fit_options == {"max_iter": 7, "tol": 0, "accelerate": "squarem"}
+    data = {"x": np.loadtxt(ROOT / "models" / "weibull_mixture.csv", skiprows=1)}
+    assert model.fit(data, seed=0).n_iter == 7                              # the spec's max_iter
+    plain = model.fit(data, seed=0, max_iter=3, accelerate="none")          # options given win
+    assert plain.n_iter == 3 and len(plain.history) == 4
+    out = tmp_path / "fit.json"
+    assert run_cli("fit", tuned, "--max-iter", "2", "--quiet", "--out", out).returncode == 0
+    assert declarem.Fit.load(out, model=model).n_iter == 2
+    assert declarem.Fit.load(out).model.fit_options == model.fit_options    # saved with the fit
+    for bad, message in (("maxiter = 3", "unknown key 'maxiter'; did you mean 'max_iter'"),
+                         ('accelerate = "fast"', 'accelerate must be "squarem" or "none"'),
+                         ("tol = -1", "tol must be a finite number >= 0")):
+        tuned.write_text(text + f"\n[fit]\n{bad}\n")
+        with pytest.raises(SpecError, match=message):
+            declarem.load_model(tuned)

@@ -48,6 +48,8 @@ CASES = {
     "categorical_hmm_seeded": ("categorical_hmm", "categorical_hmm_reference.py", None),
     "regression_mixture": ("regression_mixture", "regression_mixture_reference.py", None),
     "poisson_regression": ("poisson_regression", "poisson_regression_reference.py", None),
+    "negbin_mixture": ("negbin_mixture", "negbin_mixture_reference.py", None),
+    "weibull_mixture": ("weibull_mixture", "weibull_mixture_reference.py", None),
 }
 
 
