@@ -759,8 +759,16 @@ class GeneralFactor(RowsFactor):
     def row_log_density(self, data, sets, params):
         """log p(x | set) of each row on each of its sets, (n, L); ``sets`` (L,) or (n, L)."""
         values = [np.asarray(params[name], dtype=float).reshape(self.n_sets)[sets] for name in self.param_names]
+        x = data[:, 0]
+        if sets.ndim == 1:
+            # The same sets for every row: the density of each distinct value once (counts repeat a lot).
+            distinct, inverse = np.unique(x, return_inverse=True)
+            if len(distinct) < len(x) // 2:
+                with np.errstate(all="ignore"):
+                    density = self.kernels.log_density(distinct[:, None], *values)
+                return np.broadcast_to(density, (len(distinct), len(sets)))[inverse.reshape(-1)]
         with np.errstate(all="ignore"):
-            density = self.kernels.log_density(data[:, :1], *values)
+            density = self.kernels.log_density(x[:, None], *values)
         return np.broadcast_to(density, (len(data), sets.shape[-1])).copy()
 
     def mstep(self, sums, set_weights, old, reg_covar):
