@@ -244,8 +244,9 @@ class ScalarFactor(Factor):
         self.dim = node.dim
         self.vector = node.columns is not None or node.dim > 1
         # The data are centred for accuracy, which shifts a location parameter; a prior is declared on the
-        # parameter itself, so a node with one is not centred.
-        self.location = family.location if prior is None else None
+        # parameter itself, and nodes sharing parameters pool statistics of their own data, so such nodes
+        # are not centred.
+        self.location = family.location if prior is None and not model.in_shared_set(node.name) else None
         self.regularized = family.regularized
         self.param_names = list(kernels.param_names)
         tie_columns = set(form.tie_across_columns) if form else set()
@@ -437,7 +438,8 @@ class GaussianFactor(Factor):
         family = model.registry.internal(form.family)
         self.parts = family.parts
         self.dim = node.dim
-        self.location = family.location
+        # Nodes sharing parameters pool statistics of their own data: not centred (see ScalarFactor).
+        self.location = None if model.in_shared_set(node.name) else family.location
         self.regularized = family.regularized
         tie_parents = set(form.tie_across_parents)
         self.params["mean"] = ParamSpec("mean", (self.dim,), "real", "mean" in tie_parents)
@@ -1035,6 +1037,12 @@ class CompiledModel:
     def __init__(self, model):
         self.model = model
         self.factors = {name: build_factor(model, node) for name, node in model.nodes.items()}
+        # Nodes that use another's parameters (shares = "OTHER"): {node: owner}.
+        self.sharing = dict(model.sharing)
+        for name in self.sharing:
+            if self.factors[name].layout == "rows":
+                raise FamilyError(f"{model.source}: node '{name}': a node fitted row by row (continuous parents, "
+                                  "a family that is not an exponential family) does not share parameters")
         expressed = any(node.probs is not None for node in model.nodes.values())
         self.block = _free_block(model) if expressed else None
         self.latent = list(model.latent)
@@ -1046,16 +1054,18 @@ class CompiledModel:
         return self.block.names if self.block else []
 
     def n_free(self):
-        return sum(f.n_free() for f in self.factors.values()) + (self.block.n_free() if self.block else 0)
+        """Free parameters for BIC and AIC: a set of shared parameters counts once."""
+        return sum(f.n_free() for name, f in self.factors.items() if name not in self.sharing) + \
+            (self.block.n_free() if self.block else 0)
 
     def log_prior(self, params):
-        """Sum of every factor's log prior at internal parameters (0 for maximum likelihood)."""
-        return sum(f.log_prior(params[name]) for name, f in self.factors.items())
+        """Sum of every factor's log prior at internal parameters (0 for maximum likelihood); once per shared set."""
+        return sum(f.log_prior(params[name]) for name, f in self.factors.items() if name not in self.sharing)
 
     def required(self):
         """The parameters a complete ``init`` gives: (node, param) pairs and free-parameter names."""
-        pairs = [(name, p) for name, f in self.factors.items() if not getattr(f, "expressed", False)
-                 for p in f.params]
+        pairs = [(name, p) for name, f in self.factors.items()
+                 if not getattr(f, "expressed", False) and name not in self.sharing for p in f.params]
         return pairs, list(self.free_names)
 
     def to_external(self, params, shifts):
@@ -1070,7 +1080,8 @@ class CompiledModel:
         for name, factor in self.factors.items():
             if getattr(factor, "expressed", False):
                 continue
-            internal[name] = factor.to_internal(params.get(name, {}), shifts.get(name))
+            # A node sharing another's parameters takes them from that node.
+            internal[name] = factor.to_internal(params.get(self.sharing.get(name, name), {}), shifts.get(name))
         self.set_free(internal, {n: params[n] for n in self.free_names})
         return internal
 

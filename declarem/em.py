@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
-from .errors import ConvergenceWarning, DataError, FitError, OptionError
+from .errors import ConvergenceWarning, DataError, FitError, InitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
 from .inference.enumeration import apply_labels
@@ -38,10 +38,19 @@ def _check_options(max_iter, tol, restarts, reg_covar):
 
 
 def mstep(compiled, stats, old, reg_covar):
-    """New internal parameters of every factor (and free parameter) from expected statistics."""
-    new = {name: factor.mstep(stats.sums[name], stats.set_weights[name],
-                              None if old is None else old[name], reg_covar)
-           for name, factor in compiled.factors.items()}
+    """New internal parameters of every factor (and free parameter) from expected statistics.
+
+    Nodes that share parameters are updated together, from their pooled statistics.
+    """
+    sums, set_weights = dict(stats.sums), dict(stats.set_weights)
+    for name, owner in compiled.sharing.items():
+        sums[owner] = sums[owner] + stats.sums[name]
+        set_weights[owner] = set_weights[owner] + stats.set_weights[name]
+    new = {name: factor.mstep(sums[name], set_weights[name], None if old is None else old[name], reg_covar)
+           for name, factor in compiled.factors.items() if name not in compiled.sharing}
+    for name, owner in compiled.sharing.items():
+        new[name] = {param: np.array(value, copy=True) for param, value in new[owner].items()}
+    new = {name: new[name] for name in compiled.factors}
     _check_spread(compiled, new, reg_covar)
     if compiled.block:
         previous = None if old is None else {n: old[n] for n in compiled.free_names}
@@ -102,6 +111,7 @@ def initial_params(engine, rng, given, reg_covar):
     """
     compiled, rows = engine.compiled, engine.rows
     given, free = given
+    given = _shared_given_once(compiled, given)
     pairs, free_names = compiled.required()
     if all(p in given.get(node, {}) for node, p in pairs) and set(free_names) <= set(free):
         return compiled.to_internal({**given, **free}, rows.shifts)
@@ -113,6 +123,8 @@ def initial_params(engine, rng, given, reg_covar):
         external = factor.to_external(params[node], shift)
         external.update(values)
         params[node] = factor.to_internal(external, shift)
+        for sharer in [n for n, owner in compiled.sharing.items() if owner == node]:
+            params[sharer] = {param: np.array(value, copy=True) for param, value in params[node].items()}
     if free:
         current = {n: float(params[n]) for n in free_names}
         current.update(free)
@@ -164,6 +176,24 @@ def _respect_labels(compiled, rows, posterior):
     apply_labels(compiled, rows, shaped, slice(0, n), probabilities=True)
     posterior = shaped.reshape(n, compiled.n_configurations)
     return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def _shared_given_once(compiled, given):
+    """An init's parameters of a shared set on its owner only: given on either node, equal if on both."""
+    given = dict(given)
+    for sharer, owner in compiled.sharing.items():
+        if sharer not in given:
+            continue
+        values = given.pop(sharer)
+        if owner not in given:
+            given[owner] = values
+            continue
+        for param, value in values.items():
+            if param in given[owner] and not np.allclose(np.asarray(value, dtype=float),
+                                                         np.asarray(given[owner][param], dtype=float)):
+                raise InitError(f"init: '{sharer}' shares the parameters of '{owner}', but its {param} differs from "
+                                f"'{owner}'s; give the shared parameters once, on '{owner}'")
+    return given
 
 
 def _clustering_features(compiled, rows):

@@ -97,6 +97,9 @@ class Node:
     covariates : tuple of str
         The continuous parents, in ``parents`` order: the node's linear parameter is
         ``intercept + coef . (their columns)`` through the family's canonical link.
+    shares : str or None
+        The node whose parameters this one uses (``shares = "OTHER"``): one set of
+        parameters for both, fitted from their pooled statistics.
     """
 
     name: str
@@ -114,6 +117,7 @@ class Node:
     table: tuple | None = None
     chain: bool = False
     covariates: tuple = ()
+    shares: str | None = None
 
     @property
     def is_discrete(self):
@@ -163,6 +167,7 @@ class Model:
         for name in order:
             self.nodes[name] = self._validate_node(name)
         self._check_free_params_used()
+        self.sharing = self._validate_shares()
         self.latent = [name for name, node in self.nodes.items() if node.latent]
         self.chain = next((name for name, node in self.nodes.items() if node.chain), None)
         self.observed = [name for name, node in self.nodes.items() if not node.latent]
@@ -226,7 +231,39 @@ class Model:
         chain = self._validate_lagged(name, attrs, family, latent, parents, probs, where)
         return Node(name=name, family=family, latent=latent, k=k, parents=parents, columns=columns,
                     dim=dim, covariance=covariance, constants=constants, prior=prior, probs=probs,
-                    table=table, chain=chain, covariates=covariates)
+                    table=table, chain=chain, covariates=covariates, shares=attrs.get("shares"))
+
+    def _validate_shares(self):
+        """``shares = "OTHER"``: {node: the node whose parameters it uses}, checked to be alike."""
+        sharing = {}
+        for name, node in self.nodes.items():
+            if node.shares is None:
+                continue
+            where = self._where(name)
+            owner = node.shares
+            if not isinstance(owner, str) or owner not in self.nodes or owner == name:
+                raise SpecError(f"{where}: 'shares' must name another node of the model, found {owner!r}")
+            other = self.nodes[owner]
+            if other.shares is not None:
+                raise SpecError(f"{where}: '{owner}' itself shares the parameters of '{other.shares}'; "
+                                f"write shares = \"{other.shares}\"")
+            if node.latent or other.latent or node.chain or other.chain:
+                raise SpecError(f"{where}: only observed nodes share parameters ('{owner}' and '{name}' must both "
+                                "be observed)")
+            parent_sizes = [tuple(self.nodes[p].k for p in n.parents) for n in (node, other)]
+            alike = (node.family.name == other.family.name and parent_sizes[0] == parent_sizes[1]
+                     and node.dim == other.dim and node.covariance == other.covariance and node.k == other.k
+                     and node.constants == other.constants and _same_prior(node.prior, other.prior)
+                     and node.table == other.table)
+            if not alike:
+                raise SpecError(f"{where}: shares the parameters of '{owner}', so it must be declared alike: the "
+                                "same family, k, dim, covariance, constants and prior, and discrete parents of "
+                                f"the same sizes (here {parent_sizes[0]} and {parent_sizes[1]})")
+            if node.covariates or other.covariates or node.probs is not None or other.probs is not None:
+                raise SpecError(f"{where}: nodes with continuous parents or 'probs' expressions do not share "
+                                "parameters")
+            sharing[name] = owner
+        return sharing
 
     def _validate_lagged(self, name, attrs, family, latent, parents, probs, where):
         """Whether the node is a chain (``lagged = [itself]``); other lags are refused."""
@@ -251,6 +288,10 @@ class Model:
             raise SpecError(f"{self.source}: more than one chain ({', '.join(self.chains_declared())}) is not "
                             "supported yet; declare one latent node lagged on itself")
         return True
+
+    def in_shared_set(self, name):
+        """Whether the node shares its parameters with another (either side of ``shares``)."""
+        return name in self.sharing or name in self.sharing.values()
 
     def chains_declared(self):
         """Names of the nodes lagged on themselves."""
@@ -701,3 +742,11 @@ def _fit_options(table, source):
             raise SpecError(f"{source}: [fit] {key} must be {wanted}, found {value!r}")
         options[key] = value
     return options
+
+
+def _same_prior(first, second):
+    """Whether two nodes declare the same prior (a Dirichlet's concentrations compared by value)."""
+    if first is None or second is None:
+        return first is second
+    return first[0] == second[0] and np.array_equal(np.asarray(first[1]), np.asarray(second[1])) \
+        if first[0] != "logpdf" else first == second

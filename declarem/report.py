@@ -51,6 +51,10 @@ class Derivation:
         self.model = model
         compiled = model.compiled
         self.nodes = {name: _describe(model, name, factor) for name, factor in compiled.factors.items()}
+        for name, owner in compiled.sharing.items():
+            self.nodes[name].notes.append(f"shares the parameters of '{owner}': the M-step above runs once, on "
+                                          f"the statistics of both nodes pooled")
+            self.nodes[owner].notes.append(f"its parameters are shared with '{name}' (statistics pooled)")
         self.free = _describe_free(model, compiled.block) if compiled.block and compiled.block.names else None
 
     def __getitem__(self, node):

@@ -337,3 +337,4 @@ def test_command_line_fits_and_checks_the_catalog_regressions(tmp_path):
         compared = run_cli("compare", MODELS / f"{name}.toml", "--reference", MODELS / f"{name}_reference.py",
                            cwd=ROOT)
         assert compared.returncode == 0 and "agree within" in compared.stdout, compared.stdout
+

@@ -34,7 +34,7 @@ DOMAINS = ("real", "positive", "unit")
 KINDS = ("scalar", "indicator", "gaussian", "table", "covariate")
 #: The attributes a node declares (a family's constants are node attributes too).
 NODE_KEYS = ("family", "latent", "k", "parents", "columns", "dim", "covariance", "trials",
-             "probs", "table", "prior", "description", "lagged")
+             "probs", "table", "prior", "description", "lagged", "shares")
 
 
 @dataclass(frozen=True)
