@@ -119,15 +119,20 @@ def compile_tree(argument_names, tree):
     except RecursionError:
         raise TreeError("nested too deeply") from None
 
-    def call(*values):
-        result = evaluate(values)
-        if np.iscomplexobj(result):
-            result = result.real
-        if values:
-            result = np.broadcast_to(result, np.broadcast_shapes(*(np.shape(v) for v in values)))
-        return np.array(result, dtype=float)
+    return lambda *values: real_array(evaluate(values), values)
 
-    return call
+
+def real_array(result, values):
+    """An expression's value as a float array broadcast over its arguments' shapes.
+
+    Constant expressions broadcast too, and complex results of real branches (LambertW's
+    principal branch) are returned as their real part.
+    """
+    if np.iscomplexobj(result):
+        result = result.real
+    if values:
+        result = np.broadcast_to(result, np.broadcast_shapes(*(np.shape(v) for v in values)))
+    return np.array(result, dtype=float)
 
 
 def _closure(tree, positions, depth):

@@ -476,8 +476,8 @@ def check_output_path(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, newline=None):
-    """A text handle whose content replaces ``path`` only once it is complete.
+def atomic_output(path, newline=None, binary=False):
+    """A text (or binary) handle whose content replaces ``path`` only once it is complete.
 
     The text goes to a temporary file in the same directory, which is flushed to
     disk and then renamed over ``path``; on any failure the temporary file is
@@ -488,11 +488,13 @@ def atomic_output(path, newline=None):
     path : str or os.PathLike
     newline : str, optional
         As for ``open`` (``""`` for the csv module).
+    binary : bool
+        Yield a handle for bytes (a picture) instead of UTF-8 text.
 
     Yields
     ------
     file object
-        Open for writing text (UTF-8).
+        Open for writing text (UTF-8), or bytes.
 
     Raises
     ------
@@ -501,9 +503,10 @@ def atomic_output(path, newline=None):
     """
     path = os.fspath(path)
     target, special = check_output_path(path)
+    opened = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "newline": newline}
     if special:
         try:
-            with open(target, "w", encoding="utf-8", newline=newline) as handle:
+            with open(target, **opened) as handle:
                 yield handle
         except OSError as exc:
             raise OptionError(f"{path}: cannot write: {exc.strerror or exc}") from None
@@ -522,7 +525,7 @@ def atomic_output(path, newline=None):
         raise OptionError(f"{path}: cannot write: cannot create a file in {directory}: {exc.strerror or exc}") \
             from None
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+        with os.fdopen(descriptor, **opened) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -25,13 +25,10 @@ imported here only when a picture is drawn, and figures are ``matplotlib.figure.
 made without pyplot, so drawing never changes a notebook's backend.
 """
 
-import contextlib
 import io
 import itertools
 import math
 import os
-import stat
-import tempfile
 
 import numpy as np
 
@@ -535,49 +532,14 @@ def save_figure(figure, path):
     OptionError
         Naming the path, for an unknown suffix or a path that cannot be written.
     """
-    from .fit import check_output_path
+    from .fit import atomic_output
     matplotlib, _, _ = _matplotlib()
     file_format = picture_format(path)
-    target, special = check_output_path(path)
     buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "declarem", "svg.fonttype": "none"}):
         figure.savefig(buffer, format=file_format, metadata=_STABLE_METADATA[file_format], dpi=100)
-    content = buffer.getvalue()
-    if special:
-        with open(target, "wb") as handle:
-            handle.write(content)
-        return
-    mode = stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target) else 0o666 & ~_umask()
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(target),
-                                                 prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-    except OSError as exc:
-        raise OptionError(f"{os.fspath(path)}: cannot write: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except OSError as exc:
-        _remove(temporary)
-        raise OptionError(f"{os.fspath(path)}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        # Interrupted while writing: leave no partial picture behind.
-        _remove(temporary)
-        raise
-
-
-def _remove(path):
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _umask():
-    """The process's umask (read by setting it and setting it back)."""
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
+    with atomic_output(path, binary=True) as handle:
+        handle.write(buffer.getvalue())
 
 def picture_format(path):
     """The format a picture path's suffix names (``png``, ``svg``, ``pdf``), or OptionError naming it."""

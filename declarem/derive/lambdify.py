@@ -1,7 +1,8 @@
 """Turn sympy expressions into numpy callables, with scipy's special functions."""
 
-import numpy as np
 import sympy
+
+from ..evaluate import real_array
 
 _MODULES = ["scipy", "numpy"]
 
@@ -14,16 +15,7 @@ def to_numpy(arguments, expression):
     their real part.
     """
     function = sympy.lambdify(arguments, _float_large_integers(expression), modules=_MODULES)
-
-    def evaluate(*values):
-        result = function(*values)
-        if np.iscomplexobj(result):
-            result = result.real
-        if values:
-            result = np.broadcast_to(result, np.broadcast_shapes(*(np.shape(v) for v in values)))
-        return np.array(result, dtype=float)
-
-    return evaluate
+    return lambda *values: real_array(function(*values), values)
 
 
 # Integers beyond this are not int64 in numpy: numpy would hold them as Python objects (log(100!),
