@@ -222,21 +222,6 @@ def _power(rest, children):
     return lambda v: base(v) ** exponent(v)
 
 
-def symbol_names(tree):
-    """The names of the symbols in a tree, in order of first appearance."""
-    names = []
-
-    def walk(node):
-        if isinstance(node, list) and node and node[0] == "Symbol":
-            if node[1] not in names:
-                names.append(node[1])
-        elif isinstance(node, list):
-            for child in node[1:]:
-                walk(child)
-    walk(tree)
-    return names
-
-
 def with_safe_logs(tree):
     """The tree with each product c * log(b) written xlogy(c, b), so that 0 * log(0) is 0.
 
@@ -254,12 +239,3 @@ def with_safe_logs(tree):
         factor = others[0] if len(others) == 1 else ["Mul", *others]
         return ["xlogy", factor, logs[0][1]]
     return [head, *rest]
-
-
-def tree_is_valid(tree, argument_names):
-    """Whether ``compile_tree`` accepts the tree with these arguments."""
-    try:
-        compile_tree(argument_names, tree)
-    except (TreeError, RecursionError):
-        return False
-    return True

@@ -399,15 +399,13 @@ class RegressionKernels:
 
     def _derive(self):
         solution = self.solution
-        arguments = [solution.x, solution.predictor, *solution.others]
-        rename = {symbol: symbol.name for symbol in arguments}
         plan = {"format": KERNEL_FORMAT, "x": solution.x.name, "predictor": solution.predictor.name,
                 "others": _names(solution.others), "quadratic": bool(solution.quadratic),
-                "linear": solution.linear.name, "inverse": _tree(_renamed(solution.inverse, rename)),
-                "log_density": _tree(_renamed(solution.log_density, rename)),
-                "first": _tree(_renamed(solution.first, rename)),
-                "second": _tree(_renamed(solution.second, rename)),
-                "weighted_means": {p.name: _tree(_renamed(e, rename)) for p, e in solution.weighted_means.items()}}
+                "linear": solution.linear.name, "inverse": _tree(solution.inverse),
+                "log_density": _tree(solution.log_density),
+                "first": _tree(solution.first),
+                "second": _tree(solution.second),
+                "weighted_means": {p.name: _tree(e) for p, e in solution.weighted_means.items()}}
         return plan, plan
 
     @functools.cached_property
@@ -453,9 +451,7 @@ class GeneralKernels:
 
     def _derive(self):
         solution = self.solution
-        arguments = [solution.x, *solution.params, *solution.means, *solution.unconstrained]
-        rename = {symbol: symbol.name for symbol in arguments}
-        tree = lambda expression: _tree(_renamed(expression, rename))
+        tree = _tree
         plan = {"format": KERNEL_FORMAT, "x": solution.x.name, "params": _names(solution.params),
                 "domains": {p.name: d for p, d in solution.domains.items()}, "numeric": _names(solution.numeric),
                 "unconstrained": _names(solution.unconstrained), "means": _names(solution.means),

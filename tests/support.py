@@ -92,3 +92,36 @@ def full_covariances(c, cov_type, k, d):
     if cov_type == "spherical":
         return c[:, None, None] * np.eye(d)[None]
     raise ValueError(cov_type)
+
+
+def forward_backward(start, transition, emission, lengths):
+    """Scaled forward-backward per sequence, plain numpy (a reference for chains).
+
+    Returns
+    -------
+    posteriors : ndarray of shape (n_rows, k)
+    transitions : ndarray of shape (k, k)
+        Expected transition counts.
+    loglik : float
+    """
+    gammas, xi, loglik, first = [], np.zeros_like(transition), 0.0, 0
+    for length in lengths:
+        e = emission[first:first + length]
+        alpha = np.empty_like(e)
+        scale = np.empty(length)
+        alpha[0] = start * e[0]
+        scale[0] = alpha[0].sum()
+        alpha[0] /= scale[0]
+        for t in range(1, length):
+            alpha[t] = (alpha[t - 1] @ transition) * e[t]
+            scale[t] = alpha[t].sum()
+            alpha[t] /= scale[t]
+        beta = np.ones_like(e)
+        for t in range(length - 2, -1, -1):
+            beta[t] = transition @ (e[t + 1] * beta[t + 1]) / scale[t + 1]
+        gammas.append(alpha * beta)
+        for t in range(1, length):
+            xi += np.outer(alpha[t - 1], e[t] * beta[t]) * transition / scale[t]
+        loglik += np.log(scale).sum()
+        first += length
+    return np.vstack(gammas), xi, loglik

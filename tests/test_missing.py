@@ -12,7 +12,7 @@ import networkx as nx
 import numpy as np
 import pytest
 from scipy.special import logsumexp
-from support import run_cli
+from support import forward_backward, run_cli
 
 import declarem
 from declarem.errors import DataError
@@ -29,31 +29,6 @@ def _poisson_hmm_graph(k):
     return g
 
 
-def _forward_backward(start, transition, emission, lengths):
-    """Scaled forward-backward per sequence: posteriors (n, k), expected transitions (k, k), loglik."""
-    gammas, xi, loglik, first = [], np.zeros_like(transition), 0.0, 0
-    for length in lengths:
-        e = emission[first:first + length]
-        alpha = np.empty_like(e)
-        scale = np.empty(length)
-        alpha[0] = start * e[0]
-        scale[0] = alpha[0].sum()
-        alpha[0] /= scale[0]
-        for t in range(1, length):
-            alpha[t] = (alpha[t - 1] @ transition) * e[t]
-            scale[t] = alpha[t].sum()
-            alpha[t] /= scale[t]
-        beta = np.ones_like(e)
-        for t in range(length - 2, -1, -1):
-            beta[t] = transition @ (e[t + 1] * beta[t + 1]) / scale[t + 1]
-        gammas.append(alpha * beta)
-        for t in range(1, length):
-            xi += np.outer(alpha[t - 1], e[t] * beta[t]) * transition / scale[t]
-        loglik += np.log(scale).sum()
-        first += length
-    return np.vstack(gammas), xi, loglik
-
-
 def _poisson_hmm_em(counts, lengths, start, transition, rate, n_iter):
     """Baum-Welch for a Poisson HMM where a missing count has emission probability 1 at every state."""
     from scipy.stats import poisson
@@ -61,14 +36,14 @@ def _poisson_hmm_em(counts, lengths, start, transition, rate, n_iter):
     for _ in range(n_iter):
         emission = np.ones((len(counts), len(rate)))
         emission[present] = poisson.pmf(counts[present, None], rate[None, :])
-        gamma, xi, loglik = _forward_backward(start, transition, emission, lengths)
+        gamma, xi, loglik = forward_backward(start, transition, emission, lengths)
         firsts = np.cumsum([0] + list(lengths[:-1]))
         start = gamma[firsts].sum(axis=0) / len(lengths)
         transition = xi / xi.sum(axis=1, keepdims=True)
         rate = (gamma[present] * counts[present, None]).sum(axis=0) / gamma[present].sum(axis=0)
     emission = np.ones((len(counts), len(rate)))
     emission[present] = poisson.pmf(counts[present, None], rate[None, :])
-    return start, transition, rate, _forward_backward(start, transition, emission, lengths)
+    return start, transition, rate, forward_backward(start, transition, emission, lengths)
 
 
 def test_chain_missing_steps_carry_the_chain_on():

@@ -18,7 +18,7 @@ from scipy.special import expit, gammaln, logsumexp
 
 import declarem
 from declarem.errors import DataError, DeclaremError, SpecError
-from support import run_cli
+from support import forward_backward, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -157,28 +157,8 @@ def _switching_reference(u, y, lengths, params, iterations):
     for _ in range(iterations):
         mean = intercept + np.outer(u, coef[:, 0])
         emission = np.exp(-(y[:, None] - mean) ** 2 / (2 * var)) / np.sqrt(2 * np.pi * var)
-        gamma = np.empty_like(emission)
-        pair_counts = np.zeros((2, 2))
-        first = np.zeros(2)
-        offset = 0
-        for length in lengths:
-            e = emission[offset:offset + length]
-            alpha, scale = np.empty_like(e), np.empty(length)
-            alpha[0] = start * e[0]
-            scale[0] = alpha[0].sum()
-            alpha[0] /= scale[0]
-            for t in range(1, length):
-                alpha[t] = (alpha[t - 1] @ transition) * e[t]
-                scale[t] = alpha[t].sum()
-                alpha[t] /= scale[t]
-            beta = np.ones_like(e)
-            for t in range(length - 2, -1, -1):
-                beta[t] = transition @ (e[t + 1] * beta[t + 1]) / scale[t + 1]
-            gamma[offset:offset + length] = alpha * beta
-            for t in range(length - 1):
-                pair_counts += np.outer(alpha[t], e[t + 1] * beta[t + 1]) * transition / scale[t + 1]
-            first += gamma[offset]
-            offset += length
+        gamma, pair_counts, _ = forward_backward(start, transition, emission, lengths)
+        first = gamma[np.cumsum([0] + list(lengths[:-1]))].sum(axis=0)
         start = first / first.sum()
         transition = pair_counts / pair_counts.sum(axis=1, keepdims=True)
         for s in range(2):
