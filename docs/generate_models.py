@@ -17,6 +17,7 @@ matplotlib version and fonts, so no test compares them.
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -47,24 +48,50 @@ def specs():
 def fit_spec(path, loaded=False):
     """``declarem fit PATH --seed 0`` on the spec's bundled data: the JSON result, as a dict.
 
-    With ``loaded``, the fit read back from that JSON (a ``declarem.Fit``) instead.
+    With ``loaded``, the fit read back from that JSON (a ``declarem.Fit``) instead. A spec is fitted
+    once per process (its page and its picture show the same fit): the fit's JSON is kept, keyed by
+    the spec's path and text and by its data file's size and modification time.
     """
-    from declarem.cli import main
     from declarem.fit import Fit
+
+    text = _fit_json(*_fit_key(path))
+    if not loaded:
+        return json.loads(text)
+    import declarem
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "fit.json")
+        with open(out, "w") as handle:
+            handle.write(text)
+        return Fit.load(out, model=declarem.load_model(str(path)))
+
+
+def _fit_key(path):
+    """What a seeded fit of the spec at ``path`` depends on: its path, its text, its data file's state."""
+    path = Path(path).resolve()
+    text = path.read_text()
+    data = tomllib.loads(text).get("data", {}).get("path")
+    state = None
+    if isinstance(data, str) and (path.parent / data).is_file():
+        stat = (path.parent / data).stat()
+        state = (stat.st_size, stat.st_mtime_ns)
+    return str(path), text, state
+
+
+@functools.lru_cache(maxsize=None)
+def _fit_json(path, text, data_state):
+    """The text of the JSON that ``declarem fit PATH --seed 0 --quiet --out FILE`` writes."""
+    from declarem.cli import main
 
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "fit.json")
         errors = io.StringIO()
         with contextlib.redirect_stderr(errors):
-            status = main(["fit", str(path), "--seed", "0", "--quiet", "--out", out])
+            status = main(["fit", path, "--seed", "0", "--quiet", "--out", out])
         if status != 0:
             raise RuntimeError(f"declarem fit {path} exited {status}: {errors.getvalue().strip()}")
-        if loaded:
-            import declarem
-
-            return Fit.load(out, model=declarem.load_model(str(path)))
         with open(out) as handle:
-            return json.load(handle)
+            return handle.read()
 
 
 def picture_path(name):

@@ -15,3 +15,20 @@ if _run_id:
 else:
     _directory = tempfile.mkdtemp(prefix="declarem-cache-")
 os.environ["DECLAREM_CACHE_DIR"] = _directory
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def page_generator():
+    """docs/generate_models.py, loaded once per session.
+
+    It fits each catalog spec (``declarem fit SPEC --seed 0``) once per process, so the tests that
+    hold those fits to something (the catalog pages, the generalised-EM fixed points) share them.
+    """
+    from pathlib import Path
+
+    from support import load_file
+
+    return load_file(Path(__file__).resolve().parent.parent / "docs" / "generate_models.py")

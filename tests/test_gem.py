@@ -197,11 +197,15 @@ def _reference(name):
 
 
 @pytest.mark.parametrize("name, column", [("negbin_mixture", "count"), ("weibull_mixture", "x")])
-def test_catalog_fixed_points_are_the_direct_maximum_likelihood(name, column):
-    """The catalog's generalised-EM fits (their [fit] options as declared) equal scipy.optimize's maximum."""
+def test_catalog_fixed_points_are_the_direct_maximum_likelihood(name, column, page_generator):
+    """The catalog's generalised-EM fits (their [fit] options as declared) equal scipy.optimize's maximum.
+
+    The fit is ``declarem fit models/NAME.toml --seed 0``, the one its catalog page shows (fitted once
+    per session, shared with tests/test_references.py).
+    """
     model = declarem.load_model(ROOT / "models" / f"{name}.toml")
     data = {column: np.loadtxt(ROOT / "models" / model.data_info["path"], skiprows=1)}
-    fit = model.fit(data, seed=0)
+    fit = page_generator.fit_spec(ROOT / "models" / f"{name}.toml", loaded=True)
     assert fit.converged
     direct, loglik = _reference(name).direct_maximum(data, fit.params)
     assert fit.loglik == pytest.approx(loglik, abs=1e-6)

@@ -19,7 +19,6 @@ import pytest
 import declarem
 from declarem.cli import main
 from declarem.compare import compare, load_reference
-from support import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -178,12 +177,8 @@ def test_every_reference_names_its_spec():
 # The catalog pages in docs/models/
 # ---------------------------------------------------------------------------------------------
 
-def _generator():
-    return load_file(ROOT / "docs" / "generate_models.py")
-
-
-def test_catalog_pages_are_fresh():
-    generator = _generator()
+def test_catalog_pages_are_fresh(page_generator):
+    generator = page_generator
     pages = generator.render()
     assert set(pages) == {f"{p.stem}.md" for p in MODELS.glob("*.toml")} | {"index.md"}
     stale = generator.stale(pages)
