@@ -1,7 +1,8 @@
 """The on-disk derivation cache: a second process does no sympy solving; bad entries are never used.
 
-Two processes run end to end (a warm start solves nothing; planted entries are derived again);
-the other checks read entries in this process, from a cache directory one compile filled.
+Three processes run end to end: one derives into an empty cache (compiling and fitting the gamma
+mixture), a warm start from a copy of it solves nothing and fits to the same digits, and one derives
+planted entries again; the other checks read entries in this process, from the cache the first filled.
 """
 
 import json
@@ -21,7 +22,10 @@ from declarem import diskcache, kernels
 from declarem.derive import cache
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPILE = "import declarem; m = declarem.load_model('models/gamma_mixture.toml'); m.compiled; print('ok')"
+COMPILE = "import declarem; m = declarem.load_model('models/gamma_mixture.toml'); m.compiled; print('ok')\n"
+FIT = ("import sys\nfrom declarem.cli import main\n"
+       "assert main(['fit', 'models/gamma_mixture.toml', '--quiet', '--out', sys.argv[1]]) == 0\n"
+       "print('sympy' in sys.modules)\n")
 RECORD_SOLVING = ("import sympy\ncalls = []\nsolve = sympy.solve\n"
                   "def record(*a, **k):\n    calls.append(1)\n    return solve(*a, **k)\n"
                   "sympy.solve = record\n")
@@ -55,19 +59,28 @@ def _cached(kind, key, compute):
         kernels.PLAN_READERS[kind](plan), plan)[1])
 
 
-def run(code, cache_dir):
+def run(code, cache_dir, *args):
     env = dict(os.environ, DECLAREM_CACHE_DIR=str(cache_dir))
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def filled(tmp_path_factory):
-    """A cache directory filled by one process compiling the gamma mixture."""
-    directory = tmp_path_factory.mktemp("filled") / "cache"
-    first = run(COMPILE, directory)
+def first_process(tmp_path_factory):
+    """One process that derives into an empty cache: it compiles the gamma mixture, then fits it from the
+    command line. Returns the cache directory it filled and the fit it wrote."""
+    work = tmp_path_factory.mktemp("filled")
+    directory, deriving = work / "cache", work / "deriving.json"
+    first = run(COMPILE + FIT, directory, deriving)
     assert first.returncode == 0, first.stderr
-    return directory
+    assert first.stdout.split() == ["ok", "True"]             # it derived (with sympy)
+    return directory, deriving
+
+
+@pytest.fixture(scope="module")
+def filled(first_process):
+    """A cache directory filled by one process compiling (and fitting) the gamma mixture."""
+    return first_process[0]
 
 
 @pytest.fixture
@@ -106,12 +119,8 @@ def warm(filled, tmp_path_factory):
     directory = work / "cache"
     shutil.copytree(filled, directory)
     names = sorted(p.name for p in directory.iterdir())
-    fit = ("import sys\nfrom declarem.cli import main\n"
-           "assert main(['fit', 'models/gamma_mixture.toml', '--quiet', '--out', sys.argv[1]]) == 0\n"
-           "print('sympy' in sys.modules)\n")
     out = work / "warm.json"
-    done = subprocess.run([sys.executable, "-c", fit, str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, DECLAREM_CACHE_DIR=str(directory)))
+    done = run(FIT, directory, out)
     return done, names, sorted(p.name for p in directory.iterdir()), out
 
 
@@ -123,16 +132,17 @@ def test_second_process_loads_the_derivation(warm):
     assert after == before
 
 
-def test_a_warm_process_fits_without_sympy_to_the_same_digits(warm, tmp_path, monkeypatch):
-    """A process whose derivations are cached never imports sympy, and its fit equals a deriving one's."""
-    from support import run_cli
+def test_a_warm_process_fits_without_sympy_to_the_same_digits(warm, first_process):
+    """A process whose derivations are cached never imports sympy, and its fit equals the deriving one's.
+
+    The deriving fit is the first process's, which derived everything into the empty cache (a fit in
+    this process with the cache off would hold kernels this session's cache then never receives, so
+    later processes would derive them again).
+    """
     done, _, _, out = warm
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
-    monkeypatch.setenv("DECLAREM_CACHE_DIR", "off")          # this process derives (or holds) its own
-    deriving = tmp_path / "deriving.json"
-    assert run_cli("fit", "models/gamma_mixture.toml", "--quiet", "--out", deriving, cwd=ROOT).returncode == 0
-    assert out.read_bytes() == deriving.read_bytes()
+    assert out.read_bytes() == first_process[1].read_bytes()
 
 
 def test_entries_are_json_and_private(entries):
