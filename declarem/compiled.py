@@ -1049,6 +1049,12 @@ class CompiledModel:
         self.latent_sizes = tuple(model.nodes[name].k for name in self.latent)
         self.n_configurations = int(np.prod(self.latent_sizes, dtype=int)) if self.latent else 1
 
+    def __setstate__(self, state):
+        # A loaded compiled model is its model's compiled form: the model does not derive again.
+        self.__dict__.update(state)
+        if self.model._compiled is None:
+            self.model._compiled = self
+
     @property
     def free_names(self):
         return self.block.names if self.block else []
