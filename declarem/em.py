@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
+from . import distributed
 from .errors import ConvergenceWarning, DataError, FitError, InitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
@@ -191,25 +192,17 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     seeds = seed_sequence(seed).spawn(restarts)
     if accelerate not in ACCELERATORS:
         raise OptionError(f"accelerate must be one of {', '.join(map(repr, ACCELERATORS))}, found {accelerate!r}")
-    compiled = model.compiled
-    if isinstance(data, (str, os.PathLike)):
-        source = os.fspath(data)
-        data, implied = read_model_data(model, data)
-        weights = implied if weights is None else weights
-    if weights is None:
-        weights = model.data_info.get("weights")
-    checked = node_data(model, data, weights, source=source)
-    lengths = sequence_lengths(model, data, lengths, checked.n_rows, source)
-    if lengths is not None and not np.all(checked.weights == 1.0):
-        raise DataError(f"{source}: row weights do not apply to a chain's rows (each row is one time step); "
-                        "leave out weights")
-    fitted_model, prepared = missing_parents_as_latent(model, checked)
-    compiled = fitted_model.compiled
-    prepared = group_identical_rows(fitted_model, prepared)
     if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget < 0
                                       or not isinstance(memory_budget, (int, np.integer))):
         raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
-    engine = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget), lengths)
+    if distributed.is_dask_data(data):
+        if lengths is not None:
+            raise OptionError("lengths do not apply to dask data: chains are not fitted from dask data yet")
+        compiled, engine, n_missing, n_missing_rows = distributed.prepare(
+            model, data, model.data_info.get("weights") if weights is None else weights, memory_budget)
+    else:
+        compiled, engine, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
+                                                                 memory_budget)
     given = check_init(compiled, init)
     best = None
     failures = []
@@ -252,4 +245,24 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     return Fit(model=model, params=compiled.to_external(params, engine.shifts), loglik=float(loglik),
                history=history, converged=converged, n_iter=n_iter,
                n_observations=engine.n_observations, hard=hard, log_prior=float(log_prior),
-               n_missing=checked.n_missing, n_missing_rows=checked.n_missing_rows)
+               n_missing=n_missing, n_missing_rows=n_missing_rows)
+
+
+def _prepared(model, data, weights, source, lengths, memory_budget):
+    """The engine over data in memory, with the counts of missing cells and rows: see ``distributed.prepare``."""
+    if isinstance(data, (str, os.PathLike)):
+        source = os.fspath(data)
+        data, implied = read_model_data(model, data)
+        weights = implied if weights is None else weights
+    if weights is None:
+        weights = model.data_info.get("weights")
+    checked = node_data(model, data, weights, source=source)
+    lengths = sequence_lengths(model, data, lengths, checked.n_rows, source)
+    if lengths is not None and not np.all(checked.weights == 1.0):
+        raise DataError(f"{source}: row weights do not apply to a chain's rows (each row is one time step); "
+                        "leave out weights")
+    fitted_model, prepared = missing_parents_as_latent(model, checked)
+    compiled = fitted_model.compiled
+    prepared = group_identical_rows(fitted_model, prepared)
+    engine = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget), lengths)
+    return compiled, engine, checked.n_missing, checked.n_missing_rows

@@ -1,0 +1,312 @@
+"""Fitting data held in dask partitions: each E-step runs where its partition lives.
+
+A dask DataFrame, or a mapping of column name to dask arrays chunked alike along
+rows, goes through the same EM loop as data in memory. Each partition is read and
+checked once and kept where it is (persisted) as prepared rows; each E-step runs per
+partition, on the current ``dask.distributed`` client or dask's default scheduler
+when there is none, and only the partitions' summed statistics travel. The
+centring shifts are the whole data set's, and the start is drawn by the same passes
+over blocks of rows as in memory (``seeding``), so the fit equals the in-memory fit
+of the same rows to rounding.
+
+An all-discrete data set (a latent class model, the topic model's triples) is first
+reduced, partition by partition, to its distinct rows and their total weights, as the
+in-memory fit reduces it; when those number at most ``GROUPED_ROWS_LIMIT``, the fit
+runs on them in this process.
+"""
+
+import numpy as np
+
+from .data import (grouping_layout, latent_parents, node_data, parents_as_labels, row_codes, rows_from_codes)
+from .errors import DeclaremError, FitError, OptionError
+from .inference import engine_for, prepare_rows
+from .seeding import seeded_statistics
+
+#: Distinct rows of an all-discrete data set that the fit holds in this process rather than per partition.
+GROUPED_ROWS_LIMIT = 2_000_000
+
+INSTALL = "pip install 'declarem[dask]'"
+
+
+def is_dask_data(data):
+    """Whether ``data`` is a dask collection, or a mapping whose values are dask arrays."""
+    if _is_dask(data):
+        return True
+    if hasattr(data, "keys") and not hasattr(data, "columns"):
+        return any(_is_dask(data[key]) for key in data.keys())
+    return False
+
+
+def _is_dask(value):
+    return callable(getattr(value, "__dask_graph__", None))
+
+
+def _dask():
+    try:
+        import dask
+    except ImportError:
+        raise OptionError(f"fitting dask data needs dask and distributed: {INSTALL}") from None
+    return dask
+
+
+def prepare(model, data, weights=None, memory_budget=None):
+    """Read and check every partition once, and build the engine of the fit.
+
+    Parameters
+    ----------
+    model : Model
+    data : dask DataFrame, or mapping of str to dask array
+    weights : str or None
+        The name of a column holding row weights.
+    memory_budget : int or None
+        Bytes each partition's statistics may take (see ``prepare_rows``).
+
+    Returns
+    -------
+    compiled : CompiledModel
+        Of the model the rows are fitted with (categorical parents with missing values latent).
+    engine : DaskEngine or EnumerationEngine
+        The latter for an all-discrete data set reduced to its distinct rows.
+    n_missing, n_missing_rows : int
+    """
+    dask = _dask()
+    if weights is not None and not isinstance(weights, str):
+        raise OptionError("with dask data, give weights as the name of a column of the data (an array of "
+                          f"weights cannot be matched to the partitions), found {type(weights).__name__}")
+    parts = _partitions(dask, data)
+    checked = dask.persist(*[dask.delayed(_checked)(model, part, weights, index, len(parts))
+                             for index, part in enumerate(parts)])
+    summaries = _compute(dask, [dask.delayed(_summary)(model, block) for block in checked])
+    parents = sorted(set().union(*(s["parents"] for s in summaries)))
+    fitted_model = model.with_latent(parents) if parents else model
+    compiled = fitted_model.compiled
+    _refuse_unsupported(compiled)
+    n_missing = sum(s["n_missing"] for s in summaries)
+    n_missing_rows = sum(s["n_missing_rows"] for s in summaries)
+    holed = sorted(set().union(*(s["missing"] for s in summaries)) - set(parents))
+    grouped = _grouped(dask, fitted_model, checked, parents, holed,
+                       sum(s["n_rows"] for s in summaries))
+    if grouped is not None:
+        return compiled, engine_for(compiled, prepare_rows(compiled, grouped, memory_budget)), \
+            n_missing, n_missing_rows
+    shifts = _shifts(_compute(dask, [dask.delayed(_shift_sums)(compiled, block, parents)
+                                               for block in checked]))
+    engines = dask.persist(*[dask.delayed(_engine)(compiled, block, parents, shifts, memory_budget)
+                             for block in checked])
+    moments = _compute(dask, [dask.delayed(_column_moments)(engine) for engine in engines])
+    engine = DaskEngine(compiled, list(engines), [s["n_rows"] for s in summaries], shifts,
+                        float(sum(s["weight"] for s in summaries)), _variances(moments))
+    return compiled, engine, n_missing, n_missing_rows
+
+
+def _partitions(dask, data):
+    """One delayed mapping of column name to array per partition."""
+    if hasattr(data, "to_delayed") and hasattr(data, "columns"):
+        return list(data.to_delayed())
+    if not hasattr(data, "keys"):
+        raise OptionError(f"dask data must be a dask DataFrame or a mapping of column name to dask array, "
+                          f"found {type(data).__name__}")
+    names = [str(key) for key in data.keys()]
+    arrays = [data[key] for key in data.keys()]
+    for name, array in zip(names, arrays):
+        if not _is_dask(array) or not hasattr(array, "chunks"):
+            raise OptionError(f"data: column '{name}' is not a dask array; give every column as a dask array "
+                              "(or the data as a dask DataFrame)")
+    rows = arrays[0].chunks[0]
+    blocks = []
+    for name, array in zip(names, arrays):
+        if array.shape[0] != arrays[0].shape[0]:
+            raise OptionError(f"data: column '{name}' has {array.shape[0]} rows; column '{names[0]}' has "
+                              f"{arrays[0].shape[0]}")
+        whole = {axis: -1 for axis in range(1, array.ndim)}
+        blocks.append(array.rechunk({0: rows, **whole}).to_delayed().reshape(-1))
+    return [dask.delayed(_columns)(names, *parts) for parts in zip(*blocks)]
+
+
+def _columns(names, *arrays):
+    return dict(zip(names, arrays))
+
+
+def _compute(dask, tasks):
+    """Compute ``tasks`` (a list), saying clearly when the cluster, not the data, failed."""
+    try:
+        return list(dask.compute(*tasks))
+    except DeclaremError:
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise FitError(f"the dask cluster failed during the fit ({type(exc).__name__}: {exc}); no partial "
+                       "fit is returned: restart the cluster and fit again") from exc
+    except Exception as exc:
+        if type(exc).__name__ in ("KilledWorker", "CommClosedError", "FutureCancelledError"):
+            raise FitError(f"a dask worker died during the fit ({type(exc).__name__}: {exc}); no partial fit "
+                           "is returned: give the workers more memory or smaller partitions, and fit again") \
+                from exc
+        raise
+
+
+def _refuse_unsupported(compiled):
+    if compiled.model.chain is not None:
+        raise OptionError(f"node '{compiled.model.chain}' is a chain: fitting chains from dask data is not "
+                          "supported yet; compute the data into memory (a DataFrame) and fit that")
+    rows_layout = [name for name, factor in compiled.factors.items() if factor.layout == "rows"]
+    if rows_layout:
+        raise OptionError(f"node '{rows_layout[0]}' is fitted row by row (continuous parents, or a family that "
+                          "is not an exponential family), which dask data does not support yet; compute the "
+                          "data into memory (a DataFrame) and fit that")
+
+
+# -- per-partition steps (run where the partition lives) ----------------------------------------
+
+def _checked(model, part, weights, index, n_parts):
+    return node_data(model, part, weights, source=f"dask partition {index} (of {n_parts})")
+
+
+def _summary(model, checked):
+    return {"n_rows": checked.n_rows, "parents": latent_parents(model, checked), "missing": list(checked.missing),
+            "n_missing": checked.n_missing, "n_missing_rows": checked.n_missing_rows,
+            "weight": float(checked.weights.sum())}
+
+
+def _variant(checked, parents):
+    return parents_as_labels(checked, parents) if parents else checked
+
+
+def _distinct_rows(model, checked, parents):
+    checked = _variant(checked, parents)
+    layout = grouping_layout(model, checked)
+    if layout is None:
+        return None
+    distinct, inverse = np.unique(row_codes(checked, layout), return_inverse=True)
+    return layout, distinct, np.bincount(inverse.reshape(-1), weights=checked.weights, minlength=len(distinct))
+
+
+def _shift_sums(compiled, checked, parents):
+    checked = _variant(checked, parents)
+    sums = {}
+    for name, values in checked.values.items():
+        found = compiled.factors[name].shift_sums(values, checked.weights)
+        sums[name] = None if found is None else found + (values.shape[1:],)
+    return sums
+
+
+def _engine(compiled, checked, parents, shifts, memory_budget):
+    return engine_for(compiled, prepare_rows(compiled, _variant(checked, parents), memory_budget, shifts))
+
+
+def _column_moments(engine):
+    """Per observed node: present values' count, sum and sum of squares per column (centred data)."""
+    moments = {}
+    for name, view in engine.rows.factors.items():
+        if view.values is None:
+            continue
+        flat = view.values.reshape(engine.rows.n_rows, -1)
+        present = ~np.isnan(flat)
+        filled = np.where(present, flat, 0.0)
+        moments[name] = (present.sum(axis=0), filled.sum(axis=0), (filled * filled).sum(axis=0))
+    return moments
+
+
+def _estep(engine, params, hard):
+    return engine.expected_statistics(params, hard=hard)
+
+
+def _seeding_step(function, engine, state, arguments):
+    return function(engine, {} if state is None else state, *arguments)
+
+
+# -- on the client --------------------------------------------------------------------------------
+
+def _grouped(dask, model, checked, parents, holed, n_rows):
+    """The distinct rows of an all-discrete data set with their weights (NodeData), when few enough; else None."""
+    parts = _compute(dask, [dask.delayed(_distinct_rows)(model, block, parents) for block in checked])
+    if parts[0] is None:
+        return None
+    codes = np.concatenate([p[1] for p in parts])
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    if len(distinct) > GROUPED_ROWS_LIMIT or len(distinct) == n_rows:
+        # Too many to hold here; or no row repeats, and the in-memory fit keeps such rows in data order.
+        return None
+    weights = np.bincount(inverse.reshape(-1), weights=np.concatenate([p[2] for p in parts]),
+                          minlength=len(distinct))
+    return rows_from_codes(parts[0][0], distinct, weights, holed)
+
+
+def _shifts(parts):
+    shifts = {}
+    for name in parts[0]:
+        if parts[0][name] is None:
+            continue
+        total = sum(p[name][0] for p in parts)
+        weight = sum(p[name][1] for p in parts)
+        shifts[name] = (total / weight).reshape(parts[0][name][2])
+    return shifts
+
+
+def _variances(parts):
+    variances = {}
+    for name in parts[0]:
+        count = sum(p[name][0] for p in parts)
+        total = sum(p[name][1] for p in parts)
+        squares = sum(p[name][2] for p in parts)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / count
+            variances[name] = squares / count - mean * mean
+    return variances
+
+
+class DaskEngine:
+    """The fit's E-step over prepared partitions held by dask (see the module docstring).
+
+    It answers what the EM loop and the seeded start ask of an engine; posteriors of
+    given rows come from ``Fit.posterior`` on data in memory.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+    engines : list of dask.delayed.Delayed
+        Each partition's persisted in-memory engine.
+    n_rows : list of int
+        Rows per partition.
+    shifts : dict of str to ndarray
+    n_observations : float
+    variances : dict of str to ndarray
+    """
+
+    def __init__(self, compiled, engines, n_rows, shifts, n_observations, variances):
+        self.compiled = compiled
+        self.engines = engines
+        self.n_rows = n_rows
+        self.shifts = shifts
+        self.n_observations = n_observations
+        self._variances = variances
+        self._states = [None] * len(engines)
+
+    def column_variances(self, name):
+        return self._variances.get(name)
+
+    def expected_statistics(self, params, hard=False):
+        dask = _dask()
+        shared = dask.delayed(params, traverse=False)
+        parts = _compute(dask, [dask.delayed(_estep)(engine, shared, hard) for engine in self.engines])
+        stats, objective = parts[0]
+        for part_stats, part_objective in parts[1:]:
+            stats.add(part_stats)
+            objective += part_objective
+        return stats, objective
+
+    def seeded_statistics(self, rng):
+        self._states = [None] * len(self.engines)
+        return seeded_statistics(self, rng)
+
+    def run_each(self, function, arguments):
+        """A seeding step per partition (``declarem.seeding``), its state kept where the partition is."""
+        dask = _dask()
+        chosen = [index for index, given in enumerate(arguments) if given is not None]
+        steps = dask.persist(*[dask.delayed(_seeding_step, nout=2)(function, self.engines[i], self._states[i],
+                                                                    arguments[i]) for i in chosen])
+        results = [None] * len(arguments)
+        values = _compute(dask, [step[1] for step in steps])
+        for index, step, value in zip(chosen, steps, values):
+            self._states[index] = step[0]
+            results[index] = value
+        return results
