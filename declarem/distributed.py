@@ -15,10 +15,15 @@ in-memory fit reduces it; when those number at most ``GROUPED_ROWS_LIMIT``, the 
 runs on them in this process.
 """
 
+import contextlib
+import glob
+import importlib.util
+import os
+
 import numpy as np
 
 from .data import (grouping_layout, latent_parents, node_data, parents_as_labels, row_codes, rows_from_codes)
-from .errors import DeclaremError, FitError, OptionError
+from .errors import DataError, DeclaremError, FitError, OptionError
 from .inference import engine_for, prepare_rows
 from .seeding import seeded_statistics
 
@@ -84,8 +89,9 @@ def prepare(model, data, weights=None, memory_budget=None):
     n_missing = sum(s["n_missing"] for s in summaries)
     n_missing_rows = sum(s["n_missing_rows"] for s in summaries)
     holed = sorted(set().union(*(s["missing"] for s in summaries)) - set(parents))
-    grouped = _grouped(dask, fitted_model, checked, parents, holed,
-                       sum(s["n_rows"] for s in summaries))
+    groupable = fitted_model.chain is None and all(fitted_model.nodes[n].is_discrete for n in fitted_model.observed)
+    grouped = _grouped(dask, fitted_model, checked, parents, holed, sum(s["n_rows"] for s in summaries)) \
+        if groupable else None
     if grouped is not None:
         return compiled, engine_for(compiled, prepare_rows(compiled, grouped, memory_budget)), \
             n_missing, n_missing_rows
@@ -97,6 +103,90 @@ def prepare(model, data, weights=None, memory_budget=None):
     engine = DaskEngine(compiled, list(engines), [s["n_rows"] for s in summaries], shifts,
                         float(sum(s["weight"] for s in summaries)), _variances(moments))
     return compiled, engine, n_missing, n_missing_rows
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parts_path(path):
+    """Whether a data path names part files for dask: a glob pattern, a directory, or a Parquet file."""
+    path = os.fspath(path)
+    return glob.has_magic(path) or os.path.isdir(path) or path.lower().endswith(PARQUET_SUFFIXES)
+
+
+def read_parts(path):
+    """A dask DataFrame over data files, a partition (or more) per file.
+
+    Parameters
+    ----------
+    path : str
+        A glob pattern (``'parts/*.parquet'``), a directory of Parquet files, or one file:
+        Parquet, or CSV with a header row (an empty cell is missing).
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+    """
+    _dask()
+    import dask.dataframe as dd
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(PARQUET_SUFFIXES))
+    else:
+        files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    if not files or not all(os.path.isfile(f) for f in files):
+        raise DataError(f"{path}: no data files there (give a glob pattern such as 'parts/*.parquet', a "
+                        "directory of Parquet files, or a file)")
+    kinds = {"parquet" if f.lower().endswith(PARQUET_SUFFIXES) else "csv" if f.lower().endswith(".csv") else f
+             for f in files}
+    if kinds == {"parquet"}:
+        if importlib.util.find_spec("pyarrow") is None:
+            # dask reads Parquet through pyarrow.
+            raise OptionError(f"reading Parquet needs pyarrow: {INSTALL}")
+        return dd.read_parquet(files)
+    if kinds == {"csv"}:
+        # Integers read as floats, so that a part with an empty cell has the others' types.
+        return dd.read_csv(files, assume_missing=True)
+    other = sorted(kinds - {"parquet", "csv"})
+    raise DataError(f"{other[0] if other else path}: data files for dask must all be Parquet (.parquet) or all "
+                    "CSV (.csv)")
+
+
+@contextlib.contextmanager
+def scheduler(name):
+    """Run the fit's dask work on a chosen scheduler.
+
+    Parameters
+    ----------
+    name : str or None
+        ``"threads"`` or ``"synchronous"``: in this process. ``"processes"``: a local
+        ``dask.distributed`` cluster of worker processes, started here and closed after.
+        Anything else is the address of a running scheduler (``tcp://host:8786``). None:
+        the current client, else dask's default.
+    """
+    dask = _dask()
+    if name is None:
+        yield
+        return
+    if name in ("threads", "synchronous"):
+        with dask.config.set(scheduler=name):
+            yield
+        return
+    try:
+        import distributed
+    except ImportError:
+        raise OptionError(f"--scheduler {name} needs dask.distributed: {INSTALL}") from None
+    if name == "processes":
+        with distributed.LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
+                distributed.Client(cluster):
+            yield
+        return
+    try:
+        client = distributed.Client(name, timeout=10)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise OptionError(f"--scheduler {name}: cannot reach a dask scheduler there ({exc}); give 'threads', "
+                          "'processes' or a running scheduler's address such as tcp://host:8786") from None
+    with client:
+        yield
 
 
 def _partitions(dask, data):

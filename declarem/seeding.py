@@ -143,18 +143,17 @@ def _weight_sum(engine, state, total):
 
 
 def _draw_by_weight(engine, state, total, offset, last, u):
-    return state, _row_at(engine.rows.weights / total, offset, last, u)
+    return state, _features_at(state, engine.rows.weights / total, offset, last, u)
 
 
-def _row_at(p, offset, last, u):
-    """The first row whose running sum of ``p`` (from ``offset``), over ``last``, exceeds ``u``; None if none."""
+def _features_at(state, p, offset, last, u):
+    """The features of the first row whose running sum of ``p`` (from ``offset``), over ``last``, exceeds ``u``.
+
+    Where rounding leaves ``u`` past the block's last running sum, its last row, as numpy would take.
+    """
     cdf = np.cumsum(np.concatenate([[offset], p]))[1:] / last
-    index = int(np.searchsorted(cdf, u, side="right"))
-    return index if index < len(cdf) else None
-
-
-def _feature_row(engine, state, index):
-    return state, state["features"][index].copy()
+    index = min(int(np.searchsorted(cdf, u, side="right")), len(cdf) - 1)
+    return state["features"][index].copy()
 
 
 def _closest_mass(engine, state, centre):
@@ -171,7 +170,7 @@ def _mass_sum(engine, state, total):
 
 
 def _draw_by_mass(engine, state, total, offset, last, u):
-    return state, _row_at(state["mass"] / total, offset, last, u)
+    return state, _features_at(state, state["mass"] / total, offset, last, u)
 
 
 def _lloyd_sums(engine, state, centres):
@@ -289,11 +288,7 @@ def _draw(blocks, rng, block_sums_of, block_draw, total):
             index = i
             break
         offset += block_sum
-    row = _run_one(blocks, index, block_draw, total, offset, last, u)
-    if row is None:
-        # Rounding left u past the block's last running sum: its last row, as numpy would take.
-        row = blocks.n_rows[index] - 1
-    return _run_one(blocks, index, _feature_row, row)
+    return _run_one(blocks, index, block_draw, total, offset, last, u)
 
 
 def _random_posterior(blocks, k, rng):
