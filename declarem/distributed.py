@@ -22,7 +22,8 @@ import os
 
 import numpy as np
 
-from .data import (grouping_layout, latent_parents, node_data, parents_as_labels, row_codes, rows_from_codes)
+from .data import (as_columns, grouping_layout, latent_parents, node_data, parents_as_labels, row_codes,
+                   rows_from_codes, sequence_lengths)
 from .errors import DataError, DeclaremError, FitError, OptionError
 from .inference import engine_for, prepare_rows
 from .seeding import seeded_statistics
@@ -86,6 +87,7 @@ def prepare(model, data, weights=None, memory_budget=None):
     fitted_model = model.with_latent(parents) if parents else model
     compiled = fitted_model.compiled
     _refuse_unsupported(compiled)
+    _check_sequences_apart(summaries)
     n_missing = sum(s["n_missing"] for s in summaries)
     n_missing_rows = sum(s["n_missing_rows"] for s in summaries)
     holed = sorted(set().union(*(s["missing"] for s in summaries)) - set(parents))
@@ -235,9 +237,6 @@ def _compute(dask, tasks):
 
 
 def _refuse_unsupported(compiled):
-    if compiled.model.chain is not None:
-        raise OptionError(f"node '{compiled.model.chain}' is a chain: fitting chains from dask data is not "
-                          "supported yet; compute the data into memory (a DataFrame) and fit that")
     rows_layout = [name for name, factor in compiled.factors.items() if factor.layout == "rows"]
     if rows_layout:
         raise OptionError(f"node '{rows_layout[0]}' is fitted row by row (continuous parents, or a family that "
@@ -248,21 +247,36 @@ def _refuse_unsupported(compiled):
 # -- per-partition steps (run where the partition lives) ----------------------------------------
 
 def _checked(model, part, weights, index, n_parts):
-    return node_data(model, part, weights, source=f"dask partition {index} (of {n_parts})")
+    """The partition's checked data, and for a chain its sequences: (NodeData, lengths or None, sequence ids)."""
+    source = f"dask partition {index} (of {n_parts})"
+    checked = node_data(model, part, weights, source=source)
+    if model.chain is None:
+        return checked, None, None
+    column = model.data_info.get("sequence")
+    if column is None:
+        if n_parts > 1:
+            raise DataError(f"{source}: node '{model.chain}' is a chain, and the data's rows are one sequence; "
+                            "they cannot be split over partitions. Give the spec a [data] sequence column, each "
+                            "sequence within one partition, or compute the data into memory")
+        return checked, [checked.n_rows], []
+    lengths = sequence_lengths(model, part, None, checked.n_rows, source)
+    ids = np.asarray(as_columns(part, source)[column])
+    return checked, lengths, ids[np.concatenate([[0], np.cumsum(lengths)[:-1]])].tolist()
 
 
-def _summary(model, checked):
+def _summary(model, block):
+    checked, _, sequences = block
     return {"n_rows": checked.n_rows, "parents": latent_parents(model, checked), "missing": list(checked.missing),
             "n_missing": checked.n_missing, "n_missing_rows": checked.n_missing_rows,
-            "weight": float(checked.weights.sum())}
+            "weight": float(checked.weights.sum()), "sequences": sequences}
 
 
 def _variant(checked, parents):
     return parents_as_labels(checked, parents) if parents else checked
 
 
-def _distinct_rows(model, checked, parents):
-    checked = _variant(checked, parents)
+def _distinct_rows(model, block, parents):
+    checked = _variant(block[0], parents)
     layout = grouping_layout(model, checked)
     if layout is None:
         return None
@@ -270,8 +284,8 @@ def _distinct_rows(model, checked, parents):
     return layout, distinct, np.bincount(inverse.reshape(-1), weights=checked.weights, minlength=len(distinct))
 
 
-def _shift_sums(compiled, checked, parents):
-    checked = _variant(checked, parents)
+def _shift_sums(compiled, block, parents):
+    checked = _variant(block[0], parents)
     sums = {}
     for name, values in checked.values.items():
         found = compiled.factors[name].shift_sums(values, checked.weights)
@@ -279,8 +293,9 @@ def _shift_sums(compiled, checked, parents):
     return sums
 
 
-def _engine(compiled, checked, parents, shifts, memory_budget):
-    return engine_for(compiled, prepare_rows(compiled, _variant(checked, parents), memory_budget, shifts))
+def _engine(compiled, block, parents, shifts, memory_budget):
+    checked, lengths, _ = block
+    return engine_for(compiled, prepare_rows(compiled, _variant(checked, parents), memory_budget, shifts), lengths)
 
 
 def _column_moments(engine):
@@ -305,6 +320,18 @@ def _seeding_step(function, engine, state, arguments):
 
 
 # -- on the client --------------------------------------------------------------------------------
+
+def _check_sequences_apart(summaries):
+    """Refuse a chain's sequence whose rows lie in more than one partition."""
+    where = {}
+    for index, summary in enumerate(summaries):
+        for sequence in summary["sequences"] or ():
+            if sequence in where:
+                raise DataError(f"sequence {sequence!r} has rows in dask partitions {where[sequence]} and {index}; "
+                                "each sequence must lie within one partition (repartition the data by its "
+                                "sequence column, e.g. with set_index)")
+            where[sequence] = index
+
 
 def _grouped(dask, model, checked, parents, holed, n_rows):
     """The distinct rows of an all-discrete data set with their weights (NodeData), when few enough; else None."""

@@ -197,7 +197,8 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
         raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
     if distributed.is_dask_data(data):
         if lengths is not None:
-            raise OptionError("lengths do not apply to dask data: chains are not fitted from dask data yet")
+            raise OptionError("lengths do not apply to dask data: give the spec a [data] sequence column, each "
+                              "sequence within one partition")
         compiled, engine, n_missing, n_missing_rows = distributed.prepare(
             model, data, model.data_info.get("weights") if weights is None else weights, memory_budget)
     else:

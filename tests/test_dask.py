@@ -146,6 +146,51 @@ def test_random_start_follows_the_global_row_order(threads):
     _assert_same_fit(expected, model.fit(dd.from_pandas(frame, npartitions=3), seed=5, max_iter=15, tol=0))
 
 
+CHAIN_SPEC = """
+[data]
+sequence = "series"
+
+[nodes.z]
+family = "categorical"
+latent = true
+k = 2
+lagged = ["z"]
+
+[nodes.x]
+family = "normal"
+parents = ["z"]
+"""
+
+
+def _chain_data(n_sequences=6, length=60, seed=8):
+    rng = np.random.default_rng(seed)
+    series, values = [], []
+    for sequence in range(n_sequences):
+        state = rng.integers(0, 2)
+        for _ in range(length):
+            state = state if rng.random() < 0.9 else 1 - state
+            series.append(100 + sequence)
+            values.append(rng.normal(3.0 * state, 1.0))
+    return pd.DataFrame({"series": series, "x": values})
+
+
+def test_chain_sequences_within_partitions_give_the_in_memory_fit(threads, tmp_path):
+    (tmp_path / "chain.toml").write_text(CHAIN_SPEC)
+    model = declarem.load_model(str(tmp_path / "chain.toml"))
+    frame = _chain_data()
+    expected = model.fit(frame, seed=1)
+    parts = dd.from_pandas(frame, npartitions=3, sort=False)
+    assert parts.npartitions == 3
+    _assert_same_fit(expected, model.fit(parts, seed=1))
+    _assert_same_fit(model.fit(frame, seed=1, hard=True), model.fit(parts, seed=1, hard=True))
+    split = dd.from_pandas(frame.iloc[30:].reset_index(drop=True), npartitions=2, sort=False)
+    with pytest.raises(declarem.DeclaremError, match="has rows in dask partitions 0 and 1"):
+        model.fit(split)
+    chain, whole = _catalog("gaussian_hmm")
+    with pytest.raises(declarem.DeclaremError, match="one sequence.*cannot be split over partitions"):
+        chain.fit(dd.from_pandas(whole, npartitions=2))
+
+
 def test_csv_and_parquet_part_files_give_the_in_memory_fit(threads, tmp_path):
     pytest.importorskip("pyarrow")
     model, frame = _catalog("gmm")
@@ -193,7 +238,7 @@ def test_what_dask_data_does_not_support_yet_is_refused_clearly(threads):
     with pytest.raises(declarem.DeclaremError, match="row by row.*compute the data into memory"):
         regression.fit(dd.from_pandas(frame, npartitions=2))
     chain, frame = _catalog("categorical_hmm")
-    with pytest.raises(declarem.DeclaremError, match="lengths"):
+    with pytest.raises(declarem.DeclaremError, match="lengths do not apply to dask data"):
         chain.fit(dd.from_pandas(frame, npartitions=2), lengths=[len(frame)])
 
 
