@@ -103,7 +103,7 @@ def prepare(model, data, weights=None, memory_budget=None):
                              for block in checked])
     moments = _compute(dask, [dask.delayed(_column_moments)(engine) for engine in engines])
     engine = DaskEngine(compiled, list(engines), [s["n_rows"] for s in summaries], shifts,
-                        float(sum(s["weight"] for s in summaries)), _variances(moments))
+                        [s["weight"] for s in summaries], _variances(moments))
     return compiled, engine, n_missing, n_missing_rows
 
 
@@ -385,26 +385,37 @@ class DaskEngine:
     n_rows : list of int
         Rows per partition.
     shifts : dict of str to ndarray
-    n_observations : float
+    weights : list of float
+        Total row weight per partition.
     variances : dict of str to ndarray
     """
 
-    def __init__(self, compiled, engines, n_rows, shifts, n_observations, variances):
+    def __init__(self, compiled, engines, n_rows, shifts, weights, variances):
         self.compiled = compiled
         self.engines = engines
         self.n_rows = n_rows
         self.shifts = shifts
-        self.n_observations = n_observations
+        self.weights = weights
+        self.n_observations = float(sum(weights))
         self._variances = variances
         self._states = [None] * len(engines)
+
+    def batches(self, batch_size, rng):
+        """Online EM's batches: the partitions, ``[(weight, expected_statistics(params, hard))]``."""
+        if batch_size is not None:
+            raise OptionError("with dask data each partition is a batch of online EM: leave out batch_size and "
+                              "repartition the data to choose the batches' size")
+        return [(weight, _PartitionStep(self, index)) for index, weight in enumerate(self.weights)]
 
     def column_variances(self, name):
         return self._variances.get(name)
 
-    def expected_statistics(self, params, hard=False):
+    def expected_statistics(self, params, hard=False, partitions=None):
+        """Summed over all partitions, or over the indices in ``partitions``."""
         dask = _dask()
         shared = dask.delayed(params, traverse=False)
-        parts = _compute(dask, [dask.delayed(_estep)(engine, shared, hard) for engine in self.engines])
+        chosen = self.engines if partitions is None else [self.engines[i] for i in partitions]
+        parts = _compute(dask, [dask.delayed(_estep)(engine, shared, hard) for engine in chosen])
         stats, objective = parts[0]
         for part_stats, part_objective in parts[1:]:
             stats.add(part_stats)
@@ -427,3 +438,14 @@ class DaskEngine:
             self._states[index] = step[0]
             results[index] = value
         return results
+
+
+class _PartitionStep:
+    """One partition's E-step, as online EM calls a batch's."""
+
+    def __init__(self, engine, index):
+        self.engine = engine
+        self.index = index
+
+    def __call__(self, params, hard=False):
+        return self.engine.expected_statistics(params, hard, partitions=[self.index])

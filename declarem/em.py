@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
-from . import distributed
+from . import distributed, online
 from .errors import ConvergenceWarning, DataError, FitError, InitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
@@ -20,6 +20,7 @@ from .squarem import run_squarem
 from .tables import FIT_DEFAULTS
 
 ACCELERATORS = (None, "squarem")
+METHODS = ("batch", "online")
 #: A variance this small relative to its node's data variance is a collapsed component.
 COLLAPSE_RATIO = 1e-10
 
@@ -180,7 +181,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
 
 def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
               reg_covar=None, hard=False, progress=None, source="data", accelerate=None, memory_budget=None,
-              lengths=None):
+              lengths=None, method="batch", batch_size=None, step=None):
     """Fit a model by EM; see ``Model.fit``. Options left None take the spec's [fit] value, else the default."""
     given = {"max_iter": max_iter, "tol": tol, "restarts": restarts, "reg_covar": reg_covar,
              "accelerate": accelerate}
@@ -192,6 +193,14 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     seeds = seed_sequence(seed).spawn(restarts)
     if accelerate not in ACCELERATORS:
         raise OptionError(f"accelerate must be one of {', '.join(map(repr, ACCELERATORS))}, found {accelerate!r}")
+    if method not in METHODS:
+        raise OptionError(f"method must be one of {', '.join(map(repr, METHODS))}, found {method!r}")
+    if method == "online":
+        batch_size, step = online.check_online_options(batch_size, step)
+        if accelerate is not None:
+            raise OptionError("online EM is not accelerated: leave out accelerate (or give accelerate='none')")
+    elif batch_size is not None or step is not None:
+        raise OptionError("batch_size and step apply to method='online'")
     if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget < 0
                                       or not isinstance(memory_budget, (int, np.integer))):
         raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
@@ -204,8 +213,11 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     else:
         compiled, engine, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
                                                                  memory_budget)
+    if method == "online":
+        online.refuse_unsupported(compiled)
     given = check_init(compiled, init)
     best = None
+    best_state = state = None
     failures = []
     best_index = None
     for index, child in enumerate(seeds):
@@ -214,14 +226,18 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
         rng = np.random.default_rng(child)
         try:
             start = initial_params(engine, rng, given, reg_covar)
-            result = run_em(engine, start, max_iter, tol, hard, reg_covar, progress, accelerate)
+            if method == "online":
+                result, state = online.run_online(engine, start, max_iter, tol, hard, reg_covar, progress, step,
+                                                  batch_size, rng, mstep)
+            else:
+                result = run_em(engine, start, max_iter, tol, hard, reg_covar, progress, accelerate)
         except FitError as exc:
             if restarts == 1:
                 raise
             failures.append(f"restart {index}: {exc}")
             continue
         if best is None or result.history[-1] > best.history[-1]:
-            best, best_index = result, index
+            best, best_index, best_state = result, index, state
     if best is None:
         raise FitError("every restart failed: " + "; ".join(failures))
     if hasattr(progress, "chosen"):
@@ -243,10 +259,12 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
         _, loglik = engine.expected_statistics(params, hard=False)
     else:
         loglik = history[-1]
-    return Fit(model=model, params=compiled.to_external(params, engine.shifts), loglik=float(loglik),
-               history=history, converged=converged, n_iter=n_iter,
-               n_observations=engine.n_observations, hard=hard, log_prior=float(log_prior),
-               n_missing=n_missing, n_missing_rows=n_missing_rows)
+    fit = Fit(model=model, params=compiled.to_external(params, engine.shifts), loglik=float(loglik),
+              history=history, converged=converged, n_iter=n_iter,
+              n_observations=engine.n_observations, hard=hard, log_prior=float(log_prior),
+              n_missing=n_missing, n_missing_rows=n_missing_rows)
+    fit.online_state = best_state
+    return fit
 
 
 def _prepared(model, data, weights, source, lengths, memory_budget):

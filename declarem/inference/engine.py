@@ -58,6 +58,23 @@ class EnumerationEngine:
         from ..seeding import LocalBlocks, seeded_statistics
         return seeded_statistics(LocalBlocks([self]), rng)
 
+    def batches(self, batch_size, rng):
+        """The rows cut into batches for online EM: a seeded random partition, each batch its own engine.
+
+        Returns
+        -------
+        list of (float, callable)
+            Each batch's total weight and its ``expected_statistics(params, hard)``.
+        """
+        from ..online import DEFAULT_BATCH_SIZE
+        size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        order = rng.permutation(self.rows.n_rows)
+        batches = []
+        for first in range(0, self.rows.n_rows, size):
+            rows = self.rows.take(np.sort(order[first:first + size]))
+            batches.append((float(rows.weights.sum()), engine_for(self.compiled, rows).expected_statistics))
+        return batches
+
     def expected_statistics(self, params, hard=False):
         """Expected statistics at ``params`` and the objective there.
 
