@@ -111,9 +111,11 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def is_parts_path(path):
-    """Whether a data path names part files for dask: a glob pattern, a directory, or a Parquet file."""
+    """Whether a data path names part files for dask: a glob pattern, a directory of Parquet files, or one."""
     path = os.fspath(path)
-    return glob.has_magic(path) or os.path.isdir(path) or path.lower().endswith(PARQUET_SUFFIXES)
+    if os.path.isdir(path):
+        return any(name.lower().endswith(PARQUET_SUFFIXES) for name in os.listdir(path))
+    return glob.has_magic(path) or path.lower().endswith(PARQUET_SUFFIXES)
 
 
 def read_parts(path):
