@@ -19,6 +19,7 @@ import contextlib
 import glob
 import importlib.util
 import os
+import sys
 
 import numpy as np
 
@@ -26,10 +27,13 @@ from .data import (as_columns, grouping_layout, latent_parents, node_data, paren
                    rows_from_codes, sequence_lengths)
 from .errors import DataError, DeclaremError, FitError, OptionError
 from .inference import engine_for, prepare_rows
-from .seeding import seeded_statistics
+from .seeding import (block_features, has_features, kmeans_centres, label_agreement, label_order, random_recipe,
+                      seeded_posterior, seeded_statistics, with_labels)
 
 #: Distinct rows of an all-discrete data set that the fit holds in this process rather than per partition.
 GROUPED_ROWS_LIMIT = 2_000_000
+#: Rows of streamed data sampled for the k-means seeding (about this many, drawn uniformly).
+SEED_SAMPLE_ROWS = 100_000
 
 INSTALL = "pip install 'declarem[dask]'"
 
@@ -80,8 +84,7 @@ def prepare(model, data, weights=None, memory_budget=None):
         raise OptionError("with dask data, give weights as the name of a column of the data (an array of "
                           f"weights cannot be matched to the partitions), found {type(weights).__name__}")
     parts = _partitions(dask, data)
-    checked = dask.persist(*[dask.delayed(_checked)(model, part, weights, index, len(parts))
-                             for index, part in enumerate(parts)])
+    checked = [dask.delayed(_checked)(model, part, weights, index, len(parts)) for index, part in enumerate(parts)]
     summaries = _compute(dask, [dask.delayed(_summary)(model, block) for block in checked])
     parents = sorted(set().union(*(s["parents"] for s in summaries)))
     fitted_model = model.with_latent(parents) if parents else model
@@ -90,21 +93,47 @@ def prepare(model, data, weights=None, memory_budget=None):
     _check_sequences_apart(summaries)
     n_missing = sum(s["n_missing"] for s in summaries)
     n_missing_rows = sum(s["n_missing_rows"] for s in summaries)
+    n_rows = [s["n_rows"] for s in summaries]
     holed = sorted(set().union(*(s["missing"] for s in summaries)) - set(parents))
     groupable = fitted_model.chain is None and all(fitted_model.nodes[n].is_discrete for n in fitted_model.observed)
-    grouped = _grouped(dask, fitted_model, checked, parents, holed, sum(s["n_rows"] for s in summaries)) \
-        if groupable else None
+    grouped = _grouped(dask, fitted_model, checked, parents, holed, sum(n_rows)) if groupable else None
     if grouped is not None:
         return compiled, engine_for(compiled, prepare_rows(compiled, grouped, memory_budget)), \
             n_missing, n_missing_rows
-    shifts = _shifts(_compute(dask, [dask.delayed(_shift_sums)(compiled, block, parents)
-                                               for block in checked]))
-    engines = dask.persist(*[dask.delayed(_engine)(compiled, block, parents, shifts, memory_budget)
-                             for block in checked])
-    moments = _compute(dask, [dask.delayed(_column_moments)(engine) for engine in engines])
-    engine = DaskEngine(compiled, list(engines), [s["n_rows"] for s in summaries], shifts,
-                        [s["weight"] for s in summaries], _variances(moments))
+    shifts = _shifts(summaries)
+    held = sum(n_rows) * _bytes_per_row(compiled)
+    stream = held > (_cluster_memory(dask) // 2 if memory_budget is None else memory_budget)
+    # Streamed: every pass reads its partition again and forms T(X) chunk by chunk; else kept where they are.
+    engines = [dask.delayed(_engine)(compiled, block, parents, shifts, 0 if stream else None) for block in checked]
+    if not stream:
+        engines = list(dask.persist(*engines))
+    engine = DaskEngine(compiled, engines, n_rows, shifts, [s["weight"] for s in summaries],
+                        _variances(summaries), stream)
     return compiled, engine, n_missing, n_missing_rows
+
+
+def _bytes_per_row(compiled):
+    """Bytes a prepared row holds: its data, its statistics T(x), its weight and indices."""
+    columns = 0
+    for name in compiled.model.observed:
+        factor = compiled.factors[name]
+        node = compiled.model.nodes[name]
+        columns += (node.dim or 1) + (factor.width if factor.layout == "dense" else 1)
+    return 8 * (columns + 2)
+
+
+def _cluster_memory(dask):
+    """Bytes of memory the fit's workers have: the distributed workers' limits, else this machine's available."""
+    try:
+        from distributed import default_client
+        workers = default_client().scheduler_info()["workers"].values()
+    except (ImportError, ValueError):
+        workers = ()
+    limits = [w.get("memory_limit") or 0 for w in workers]
+    if limits and all(limits) and dask.config.get("scheduler", None) in (None, "dask.distributed"):
+        return int(sum(limits))
+    from .resources import available_memory
+    return available_memory()
 
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -267,10 +296,29 @@ def _checked(model, part, weights, index, n_parts):
 
 
 def _summary(model, block):
+    """What the client needs of a partition: counts, which parents miss values, the sequences, and per
+    observed node the sums behind the centring shift and the moments behind the data's variance."""
     checked, _, sequences = block
+    compiled = model.compiled
+    shift_sums, moments = {}, {}
+    for name, values in checked.values.items():
+        found = compiled.factors[name].shift_sums(values, checked.weights)
+        shift_sums[name] = None if found is None else found + (values.shape[1:],)
+        moments[name] = _moments(values.reshape(checked.n_rows, -1).astype(float))
     return {"n_rows": checked.n_rows, "parents": latent_parents(model, checked), "missing": list(checked.missing),
             "n_missing": checked.n_missing, "n_missing_rows": checked.n_missing_rows,
-            "weight": float(checked.weights.sum()), "sequences": sequences}
+            "weight": float(checked.weights.sum()), "sequences": sequences, "shift_sums": shift_sums,
+            "moments": moments}
+
+
+def _moments(flat):
+    """Per column: the count, mean and sum of squared deviations of the present values (Chan et al.'s form)."""
+    present = ~np.isnan(flat)
+    count = present.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(present, flat, 0.0).sum(axis=0) / count
+        squares = (np.where(present, flat - mean, 0.0) ** 2).sum(axis=0)
+    return count, np.nan_to_num(mean), squares
 
 
 def _variant(checked, parents):
@@ -286,35 +334,41 @@ def _distinct_rows(model, block, parents):
     return layout, distinct, np.bincount(inverse.reshape(-1), weights=checked.weights, minlength=len(distinct))
 
 
-def _shift_sums(compiled, block, parents):
-    checked = _variant(block[0], parents)
-    sums = {}
-    for name, values in checked.values.items():
-        found = compiled.factors[name].shift_sums(values, checked.weights)
-        sums[name] = None if found is None else found + (values.shape[1:],)
-    return sums
-
-
 def _engine(compiled, block, parents, shifts, memory_budget):
     checked, lengths, _ = block
     return engine_for(compiled, prepare_rows(compiled, _variant(checked, parents), memory_budget, shifts), lengths)
 
 
-def _column_moments(engine):
-    """Per observed node: present values' count, sum and sum of squares per column (centred data)."""
-    moments = {}
-    for name, view in engine.rows.factors.items():
-        if view.values is None:
-            continue
-        flat = view.values.reshape(engine.rows.n_rows, -1)
-        present = ~np.isnan(flat)
-        filled = np.where(present, flat, 0.0)
-        moments[name] = (present.sum(axis=0), filled.sum(axis=0), (filled * filled).sum(axis=0))
-    return moments
-
-
 def _estep(engine, params, hard):
-    return engine.expected_statistics(params, hard=hard)
+    stats, objective = engine.expected_statistics(params, hard=hard)
+    return stats, objective, _peak_memory()
+
+
+def _peak_memory():
+    """This process's peak resident memory in bytes (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kilobytes) * 1024 if sys.platform != "darwin" else int(kilobytes)
+
+
+def _sample(engine, share, seed, index):
+    """A uniform sample of a partition's feature rows (each kept with probability ``share``) and their weights."""
+    keep = np.random.default_rng([seed, index]).random(engine.rows.n_rows) < share
+    return block_features(engine)[keep], engine.rows.weights[keep]
+
+
+def _seed_agreement(engine, recipe):
+    return label_agreement(engine, seeded_posterior(engine, recipe)) if engine.rows.labels else {}
+
+
+def _seed_statistics(engine, recipe, order):
+    posterior = seeded_posterior(engine, recipe)
+    if order is not None:
+        posterior = with_labels(engine, posterior, order)
+    return engine.statistics_from_posterior(posterior)
 
 
 def _seeding_step(function, engine, state, arguments):
@@ -350,26 +404,34 @@ def _grouped(dask, model, checked, parents, holed, n_rows):
     return rows_from_codes(parts[0][0], distinct, weights, holed)
 
 
-def _shifts(parts):
+def _shifts(summaries):
+    """The whole data's centring shifts from the partitions' sums."""
     shifts = {}
-    for name in parts[0]:
-        if parts[0][name] is None:
+    for name, first in summaries[0]["shift_sums"].items():
+        if first is None:
             continue
-        total = sum(p[name][0] for p in parts)
-        weight = sum(p[name][1] for p in parts)
-        shifts[name] = (total / weight).reshape(parts[0][name][2])
+        total = sum(s["shift_sums"][name][0] for s in summaries)
+        weight = sum(s["shift_sums"][name][1] for s in summaries)
+        shifts[name] = (total / weight).reshape(first[2])
     return shifts
 
 
-def _variances(parts):
+def _variances(summaries):
+    """Each observed node's per-column variance over the whole data (the partitions' moments combined)."""
     variances = {}
-    for name in parts[0]:
-        count = sum(p[name][0] for p in parts)
-        total = sum(p[name][1] for p in parts)
-        squares = sum(p[name][2] for p in parts)
+    for name in summaries[0]["moments"]:
+        count, mean, squares = summaries[0]["moments"][name]
+        for summary in summaries[1:]:
+            other_count, other_mean, other_squares = summary["moments"][name]
+            total = count + other_count
+            with np.errstate(invalid="ignore", divide="ignore"):
+                delta = other_mean - mean
+                share = np.where(total > 0, other_count / np.maximum(total, 1), 0.0)
+                squares = squares + other_squares + delta * delta * count * share
+                mean = mean + delta * share
+            count = total
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / count
-            variances[name] = squares / count - mean * mean
+            variances[name] = squares / count
     return variances
 
 
@@ -390,15 +452,25 @@ class DaskEngine:
     weights : list of float
         Total row weight per partition.
     variances : dict of str to ndarray
+    stream : bool
+        Whether the partitions are read again for every pass (data larger than the
+        workers' memory) rather than kept where they are.
+
+    Attributes
+    ----------
+    peak_memory : int or None
+        The largest peak resident memory, in bytes, that a process running the E-steps reported.
     """
 
-    def __init__(self, compiled, engines, n_rows, shifts, weights, variances):
+    def __init__(self, compiled, engines, n_rows, shifts, weights, variances, stream=False):
         self.compiled = compiled
         self.engines = engines
         self.n_rows = n_rows
         self.shifts = shifts
         self.weights = weights
         self.n_observations = float(sum(weights))
+        self.stream = stream
+        self.peak_memory = None
         self._variances = variances
         self._states = [None] * len(engines)
 
@@ -418,15 +490,46 @@ class DaskEngine:
         shared = dask.delayed(params, traverse=False)
         chosen = self.engines if partitions is None else [self.engines[i] for i in partitions]
         parts = _compute(dask, [dask.delayed(_estep)(engine, shared, hard) for engine in chosen])
-        stats, objective = parts[0]
-        for part_stats, part_objective in parts[1:]:
+        stats, objective, _ = parts[0]
+        for part_stats, part_objective, _ in parts[1:]:
             stats.add(part_stats)
             objective += part_objective
+        peaks = [peak for _, _, peak in parts if peak is not None]
+        if peaks:
+            self.peak_memory = max(peaks + ([self.peak_memory] if self.peak_memory is not None else []))
         return stats, objective
 
     def seeded_statistics(self, rng):
-        self._states = [None] * len(self.engines)
-        return seeded_statistics(self, rng)
+        """The seeded start: exactly the in-memory one when the partitions are kept; for streamed
+        data, k-means on a uniform sample of about SEED_SAMPLE_ROWS rows, then one pass."""
+        if not self.stream:
+            self._states = [None] * len(self.engines)
+            return seeded_statistics(self, rng)
+        dask = _dask()
+        k = self.compiled.n_configurations
+        n_total = sum(self.n_rows)
+        recipes = [("ones",)] * len(self.engines) if k == 1 else None
+        if recipes is None and has_features(self.compiled) and k <= n_total:
+            share = min(1.0, SEED_SAMPLE_ROWS / n_total)
+            seed = int(rng.integers(2 ** 63))
+            parts = _compute(dask, [dask.delayed(_sample)(engine, share, seed, index)
+                                    for index, engine in enumerate(self.engines)])
+            weights = np.concatenate([p[1] for p in parts])
+            if len(weights) >= k:
+                recipe = kmeans_centres(np.concatenate([p[0] for p in parts]), weights, k, rng)
+                recipes = [recipe] * len(self.engines)
+        if recipes is None:
+            recipes = random_recipe(self.n_rows, k, rng)
+        agreements = _compute(dask, [dask.delayed(_seed_agreement)(engine, recipe)
+                                     for engine, recipe in zip(self.engines, recipes)]) \
+            if self.compiled.model.latent else [{}]
+        order = label_order(agreements) if agreements[0] else None
+        parts = _compute(dask, [dask.delayed(_seed_statistics)(engine, recipe, order)
+                                for engine, recipe in zip(self.engines, recipes)])
+        total = parts[0]
+        for part in parts[1:]:
+            total.add(part)
+        return total
 
     def run_each(self, function, arguments):
         """A seeding step per partition (``declarem.seeding``), its state kept where the partition is."""

@@ -264,6 +264,7 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
               n_observations=engine.n_observations, hard=hard, log_prior=float(log_prior),
               n_missing=n_missing, n_missing_rows=n_missing_rows)
     fit.online_state = best_state
+    fit.peak_memory = getattr(engine, "peak_memory", None)
     return fit
 
 

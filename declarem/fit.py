@@ -59,6 +59,8 @@ class Fit:
         self.log_prior = float(log_prior)
         # Where an online fit left off (``online.OnlineState``), for ``partial_fit``; None otherwise.
         self.online_state = None
+        # For a fit of dask data: the largest peak resident memory (bytes) of a process that ran its E-steps.
+        self.peak_memory = None
 
     @property
     def n_parameters(self):

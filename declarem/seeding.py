@@ -38,7 +38,7 @@ class LocalBlocks:
 
     def __init__(self, engines):
         self.engines = list(engines)
-        self.compiled = self.engines[0].compiled
+        self.compiled = getattr(self.engines[0], "compiled", None)
         self.n_rows = [engine.rows.n_rows for engine in self.engines]
         self._states = [{} for _ in self.engines]
 
@@ -84,12 +84,105 @@ def seeded_statistics(blocks, rng):
         _run(blocks, _uniform_posterior)
     elif moments[0] is not None:
         _kmeans(blocks, moments, n_configurations, rng)
+        _run(blocks, _softened_posterior, n_configurations)
     else:
         _random_posterior(blocks, n_configurations, rng)
     if compiled.model.latent and any(_run(blocks, _has_labels)):
-        order = _label_order(compiled, _run(blocks, _label_agreement))
+        order = _label_order(_run(blocks, _label_agreement))
         _run(blocks, _respect_labels, order)
     return _summed(_run(blocks, _statistics))
+
+
+class ArrayBlock:
+    """Feature rows held as an array (a sample), standing in for an engine in the k-means passes."""
+
+    def __init__(self, features, weights):
+        self.features = features
+        self.rows = _ArrayRows(weights)
+
+
+class _ArrayRows:
+    def __init__(self, weights):
+        self.weights = weights
+        self.n_rows = len(weights)
+
+
+def kmeans_centres(features, weights, k, rng):
+    """The k-means start (k-means++ and Lloyd steps) on rows held as an array: a sample of a larger data set.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, columns)
+        ``block_features`` of the sampled rows (NaN where missing).
+    weights : ndarray of shape (n,)
+
+    Returns
+    -------
+    recipe : tuple
+        For ``seeded_posterior``: the standardisation and the centres.
+    """
+    blocks = LocalBlocks([ArrayBlock(features, weights)])
+    centre, scale, centres = _kmeans(blocks, _run(blocks, _feature_sums), k, rng)
+    return ("centres", centre, scale, centres)
+
+
+def has_features(compiled):
+    """Whether the seeded start is k-means on features (one latent node with dense observed children)."""
+    if len(compiled.latent) != 1:
+        return False
+    latent = compiled.latent[0]
+    return any(factor.layout in ("dense", "rows") and not compiled.model.nodes[name].latent
+               and latent in factor.parents and all(compiled.model.nodes[p].latent for p in factor.parents)
+               for name, factor in compiled.factors.items())
+
+
+def block_features(engine):
+    """A block's features for k-means: (n_rows, columns), NaN where missing."""
+    return _features(engine)
+
+
+def random_recipe(n_rows, k, rng):
+    """Per block, the recipe of its random responsibilities (the generator advanced to its first row);
+    ``rng`` is left as drawing over all rows at once would leave it."""
+    bit_state = rng.bit_generator.state
+    skips = np.concatenate([[0], np.cumsum(n_rows)[:-1]]) * k
+    rng.bit_generator.advance(int(sum(n_rows)) * k)
+    return [("random", bit_state, int(skip), k) for skip in skips]
+
+
+def seeded_posterior(engine, recipe):
+    """A block's seeded posterior, (n_rows, n_configurations), formed from a recipe in one pass:
+    ``("ones",)``, ``("random", bit_state, skip, k)`` or ``("centres", centre, scale, centres)``
+    (softened nearest-centre labels)."""
+    kind = recipe[0]
+    n = engine.rows.n_rows
+    if kind == "ones":
+        return np.ones((n, 1))
+    if kind == "random":
+        return _random_block(engine, {}, *recipe[1:])[0]["posterior"]
+    _, centre, scale, centres = recipe
+    features = _features(engine)
+    features = (np.where(np.isnan(features), centre, features) - centre) / scale
+    distance = -2.0 * features @ centres.T + np.einsum("ij,ij->i", centres, centres)
+    k = len(centres)
+    posterior = np.full((n, k), INITIAL_SOFTENING / k)
+    posterior[np.arange(n), np.argmin(distance, axis=1)] += 1.0 - INITIAL_SOFTENING
+    return posterior
+
+
+def label_agreement(engine, posterior):
+    """Per labelled node, the weight the block's seeded components share with each label: (seeded, label)."""
+    return _label_agreement(engine, {"posterior": posterior})[1]
+
+
+def label_order(agreements):
+    """Per labelled node, the seeded component that takes each label's place, from all blocks' agreements."""
+    return _label_order(agreements)
+
+
+def with_labels(engine, posterior, order):
+    """The posterior renumbered to match the labels (``label_order``), labelled rows fixed."""
+    return _respect_labels(engine, {"posterior": posterior}, order)[0]["posterior"]
 
 
 def _summed(parts):
@@ -103,6 +196,8 @@ def _summed(parts):
 
 def _features(engine):
     """The dense observed children of a single latent node, side by side: (n_rows, columns), or None."""
+    if isinstance(engine, ArrayBlock):
+        return engine.features
     compiled, rows = engine.compiled, engine.rows
     if len(compiled.latent) != 1:
         return None
@@ -247,13 +342,22 @@ def _statistics(engine, state):
 # -- the passes -----------------------------------------------------------------------------------
 
 def _kmeans(blocks, moments, k, rng):
-    """k-means++ seeding and a few weighted Lloyd steps on standardised features; softened labels."""
+    """k-means++ seeding and a few weighted Lloyd steps on standardised features.
+
+    Returns
+    -------
+    centre, scale : ndarray of shape (columns,)
+        The standardisation: features are (x - centre) / scale.
+    centres : ndarray of shape (k, columns)
+        After the Lloyd steps; each block's state keeps its rows' last labels.
+    """
     sums = sum(m[0] for m in moments)
     counts = sum(m[1] for m in moments)
     centre = sums / counts
     n_total = sum(blocks.n_rows)
     scale = np.sqrt(sum(_run(blocks, _feature_squares, centre)) / n_total)
-    weight_total = sum(_run(blocks, _standardise, np.where(scale > 0, scale, 1.0)))
+    scale = np.where(scale > 0, scale, 1.0)
+    weight_total = sum(_run(blocks, _standardise, scale))
     first = _draw(blocks, rng, _weight_sum, _draw_by_weight, weight_total)
     centres = [first]
     for _ in range(1, k):
@@ -269,7 +373,7 @@ def _kmeans(blocks, moments, k, rng):
         totals = sum(p[1] for p in parts)
         filled = mass > 0
         centres[filled] = totals[filled] / mass[filled, None]
-    _run(blocks, _softened_posterior, k)
+    return centre, scale, centres
 
 
 def _draw(blocks, rng, block_sums_of, block_draw, total):
@@ -299,7 +403,7 @@ def _random_posterior(blocks, k, rng):
     rng.bit_generator.advance(int(sum(blocks.n_rows)) * k)
 
 
-def _label_order(compiled, agreements):
+def _label_order(agreements):
     """Per labelled node, the seeded component that takes each label's place: (k,) int."""
     from scipy.optimize import linear_sum_assignment
     order = {}

@@ -191,6 +191,31 @@ def test_chain_sequences_within_partitions_give_the_in_memory_fit(threads, tmp_p
         chain.fit(dd.from_pandas(whole, npartitions=2))
 
 
+def test_streamed_partitions_give_the_in_memory_fit(threads):
+    """Data over the memory budget is read again for every pass: from a complete init the iterations are the
+    in-memory ones; seeded, the start is k-means on a sample and the fit reaches the same optimum."""
+    model, frame = _catalog("gmm")
+    parts = dd.from_pandas(frame, npartitions=3)
+    start = model.fit(frame, seed=0, max_iter=2, tol=0)
+    expected = model.fit(frame, init=start, max_iter=30, tol=0)
+    streamed = model.fit(parts, init=start, max_iter=30, tol=0, memory_budget=1)
+    _assert_same_fit(expected, streamed)
+    assert streamed.peak_memory > 0 and expected.peak_memory is None
+    seeded = model.fit(parts, seed=0, memory_budget=1)
+    assert seeded.converged
+    assert seeded.loglik == pytest.approx(model.fit(frame, seed=0).loglik, rel=1e-9)
+
+
+def test_streamed_random_start_and_labels_are_the_in_memory_ones(threads):
+    g, frame = _holed_data()
+    g.add_node("w", family="categorical", latent=True, k=2)       # two latent nodes: a random start
+    g.add_edge("w", "x")
+    model = declarem.Model(g)
+    expected = model.fit(frame, seed=6, max_iter=20, tol=0)
+    _assert_same_fit(expected, model.fit(dd.from_pandas(frame, npartitions=3), seed=6, max_iter=20, tol=0,
+                                         memory_budget=1))
+
+
 def test_csv_and_parquet_part_files_give_the_in_memory_fit(threads, tmp_path):
     pytest.importorskip("pyarrow")
     model, frame = _catalog("gmm")
