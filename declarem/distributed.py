@@ -85,7 +85,8 @@ def prepare(model, data, weights=None, memory_budget=None):
                           f"weights cannot be matched to the partitions), found {type(weights).__name__}")
     parts = _partitions(dask, data)
     checked = [dask.delayed(_checked)(model, part, weights, index, len(parts)) for index, part in enumerate(parts)]
-    summaries = _compute(dask, [dask.delayed(_summary)(model, block) for block in checked])
+    sent = dask.delayed(model.compiled, traverse=False)
+    summaries = _compute(dask, [dask.delayed(_summary)(sent, block) for block in checked])
     parents = sorted(set().union(*(s["parents"] for s in summaries)))
     fitted_model = model.with_latent(parents) if parents else model
     compiled = fitted_model.compiled
@@ -104,7 +105,8 @@ def prepare(model, data, weights=None, memory_budget=None):
     held = sum(n_rows) * _bytes_per_row(compiled)
     stream = held > (_cluster_memory(dask) // 2 if memory_budget is None else memory_budget)
     # Streamed: every pass reads its partition again and forms T(X) chunk by chunk; else kept where they are.
-    engines = [dask.delayed(_engine)(compiled, block, parents, shifts, 0 if stream else None) for block in checked]
+    sent = dask.delayed(compiled, traverse=False)
+    engines = [dask.delayed(_engine)(sent, block, parents, shifts, 0 if stream else None) for block in checked]
     if not stream:
         engines = list(dask.persist(*engines))
     engine = DaskEngine(compiled, engines, n_rows, shifts, [s["weight"] for s in summaries],
@@ -295,11 +297,13 @@ def _checked(model, part, weights, index, n_parts):
     return checked, lengths, ids[np.concatenate([[0], np.cumsum(lengths)[:-1]])].tolist()
 
 
-def _summary(model, block):
+def _summary(compiled, block):
     """What the client needs of a partition: counts, which parents miss values, the sequences, and per
-    observed node the sums behind the centring shift and the moments behind the data's variance."""
+    observed node the sums behind the centring shift and the moments behind the data's variance.
+
+    ``compiled`` is the client's, sent: a worker never derives."""
     checked, _, sequences = block
-    compiled = model.compiled
+    model = compiled.model
     shift_sums, moments = {}, {}
     for name, values in checked.values.items():
         found = compiled.factors[name].shift_sums(values, checked.weights)

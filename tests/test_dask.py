@@ -15,6 +15,7 @@ import textwrap
 import dask
 import dask.array as da
 import dask.dataframe as dd
+import distributed
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ import pytest
 
 import declarem
 from declarem import cli
+from declarem import distributed as declarem_distributed
 from declarem.data import read_model_data
 from declarem.errors import FitError
 
@@ -49,12 +51,18 @@ def _assert_same_fit(expected, found, tol=1e-10):
 
 
 @pytest.fixture(scope="module")
-def cluster_client():
-    distributed = pytest.importorskip("distributed")
+def worker_cache(tmp_path_factory):
+    """The workers' derivation cache: it must stay empty, for a worker never derives."""
+    return tmp_path_factory.mktemp("worker-cache") / "cache"
+
+
+@pytest.fixture(scope="module")
+def cluster_client(worker_cache):
     # A task whose worker dies fails at once (the last test kills a worker on purpose).
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                     silence_logs=50) as cluster, distributed.Client(cluster) as client:
+                                     silence_logs=50, env={"DECLAREM_CACHE_DIR": str(worker_cache)}) as cluster, \
+            distributed.Client(cluster) as client:
         yield client
 
 
@@ -77,6 +85,13 @@ def test_cluster_fit_equals_the_in_memory_fit(cluster_client, name, options):
     expected = model.fit(frame, seed=4, **options)
     found = model.fit(dd.from_pandas(frame, npartitions=3), seed=4, **options)
     _assert_same_fit(expected, found)
+
+
+def test_workers_never_derive(cluster_client, worker_cache):
+    """After the cluster fits above, the workers' own derivation cache was never written."""
+    assert cluster_client.run(lambda: os.environ.get("DECLAREM_CACHE_DIR")) and \
+        set(cluster_client.run(lambda: os.environ.get("DECLAREM_CACHE_DIR")).values()) == {str(worker_cache)}
+    assert not worker_cache.exists() or not any(worker_cache.iterdir())
 
 
 def test_fit_from_a_mapping_of_dask_arrays(threads):
@@ -236,11 +251,13 @@ def test_command_line_fits_part_files(tmp_path):
     for part, rows in enumerate(np.array_split(np.arange(len(frame)), 3)):
         frame.iloc[rows].to_parquet(tmp_path / f"part-{part}.parquet", index=False)
     spec = os.path.join(MODELS, "gmm.toml")
-    for data, scheduler in [(str(tmp_path / "part-*.parquet"), []), (str(tmp_path), ["--scheduler", "threads"])]:
-        out = tmp_path / "fit.json"
-        assert cli.main(["fit", spec, "--data", data, "--quiet", "--out", str(out)] + scheduler) == 0
-        found = declarem.Fit.load(str(out), model)
-        _assert_same_fit(expected, found)
+    out = tmp_path / "fit.json"
+    assert cli.main(["fit", spec, "--data", str(tmp_path / "part-*.parquet"), "--scheduler", "threads", "--quiet",
+                     "--out", str(out)]) == 0
+    _assert_same_fit(expected, declarem.Fit.load(str(out), model))
+    # A directory of Parquet files, a glob or a Parquet file is read as part files; other paths as before.
+    assert all(declarem_distributed.is_parts_path(str(p)) for p in (tmp_path, tmp_path / "part-*.csv", tmp_path / "a.parquet"))
+    assert not any(declarem_distributed.is_parts_path(p) for p in (os.path.join(MODELS, "gmm.csv"), MODELS))
 
 
 # -- bad input and what is not supported ---------------------------------------------------------
