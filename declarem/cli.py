@@ -5,6 +5,7 @@ one line that names the file, node or column; 1 anything else.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -60,8 +61,12 @@ def _parser():
 
     fit = commands.add_parser("fit", help="fit a model by EM: a summary on a terminal, else the result as JSON")
     fit.add_argument("spec", help="the model's TOML spec file")
-    fit.add_argument("--data", help="CSV with a header row, or a sparse count matrix (.npz) "
-                                     "(default: the spec's [data] path)")
+    fit.add_argument("--data", help="CSV with a header row, or a sparse count matrix (.npz); or part files "
+                                     "fitted with dask: a glob pattern ('parts/*.parquet'), a directory of "
+                                     "Parquet files, a Parquet file (default: the spec's [data] path)")
+    fit.add_argument("--scheduler", help="fit the data with dask: 'threads', 'processes' (a local cluster, "
+                                         "started for the fit) or a dask scheduler's address (default: dask's "
+                                         "default scheduler for part files; data in memory otherwise)")
     fit.add_argument("--out", help="write the JSON result here (default: a summary on standard output when it "
                                    "is a terminal, else the JSON)")
     fit.add_argument("--json", action="store_true", help="write the JSON result to standard output, even on a "
@@ -235,14 +240,20 @@ def _fit(args):
         # Refuse an unwritable --out before the fit, not after it.
         check_output_path(args.out)
     source = _data_source(model, args.data)
-    columns, spec_weights = read_model_data(model, source)
+    from . import distributed
+    if args.scheduler or distributed.is_parts_path(source):
+        columns, spec_weights = distributed.read_parts(source), model.data_info.get("weights")
+        where = distributed.scheduler(args.scheduler)
+    else:
+        columns, spec_weights = read_model_data(model, source)
+        where = contextlib.nullcontext()
     weights = args.weights or spec_weights
     init = _read_params(args.init, model) if args.init else None
     progress = None if args.quiet else _Progress(sys.stderr, verbose=args.verbose)
     from .em import fit_model
     from .errors import ConvergenceWarning
     try:
-        with warnings.catch_warnings():
+        with where, warnings.catch_warnings():
             # The summary line below says "stopped at max-iter" itself.
             warnings.simplefilter("ignore", ConvergenceWarning)
             fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,

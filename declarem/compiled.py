@@ -151,12 +151,17 @@ class Factor:
 
     def shift_for(self, values, weights):
         """The centring shift of a location family's data (weighted means of the present values), else None."""
+        sums = self.shift_sums(values, weights)
+        return None if sums is None else (sums[0] / sums[1]).reshape(values.shape[1:])
+
+    def shift_sums(self, values, weights):
+        """The weighted sums behind the shift, (total, weight) per column, which add over blocks of rows; or None."""
         if self.location is None:
             return None
         flat = values.reshape(len(values), -1)
         present = ~np.isnan(flat)
         mass = weights[:, None] * present
-        return ((mass * np.where(present, flat, 0.0)).sum(axis=0) / mass.sum(axis=0)).reshape(values.shape[1:])
+        return (mass * np.where(present, flat, 0.0)).sum(axis=0), mass.sum(axis=0)
 
     def base(self, values, holes=None):
         """Log base measure of each row, (n_rows,); 0 for factors without one."""
@@ -1048,6 +1053,12 @@ class CompiledModel:
         self.latent = list(model.latent)
         self.latent_sizes = tuple(model.nodes[name].k for name in self.latent)
         self.n_configurations = int(np.prod(self.latent_sizes, dtype=int)) if self.latent else 1
+
+    def __setstate__(self, state):
+        # A loaded compiled model is its model's compiled form: the model does not derive again.
+        self.__dict__.update(state)
+        if self.model._compiled is None:
+            self.model._compiled = self
 
     @property
     def free_names(self):

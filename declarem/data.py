@@ -69,7 +69,8 @@ def group_identical_rows(model, checked):
 
     Every expected statistic is a weighted sum over rows, so a fit on the grouped
     rows equals the fit on the original ones; each E-step then costs the number of
-    distinct rows instead of the number of rows.
+    distinct rows instead of the number of rows. The grouped rows are in the order of
+    their codes (``row_codes``), whatever the order of the data.
 
     Parameters
     ----------
@@ -81,25 +82,65 @@ def group_identical_rows(model, checked):
     NodeData
         Unchanged when some observed node is not discrete, or nothing repeats.
     """
-    names = list(checked.values)
-    if not names or not all(model.nodes[n].is_discrete for n in names) or model.chain is not None:
-        return checked  # a chain's rows are time steps in order: never regrouped
-    columns = [checked.values[n] for n in names] + list(checked.labels.values())
-    # One more value per column: a missing one (MISSING_CATEGORY, shifted to 0).
-    sizes = [model.nodes[n].k + 1 for n in names] + [model.nodes[n].k + 1 for n in checked.labels]
-    if np.prod(np.array(sizes, dtype=float)) >= 2.0 ** 62:
+    layout = grouping_layout(model, checked)
+    if layout is None:
         return checked
-    # One mixed-radix integer per row: sorting integers is far cheaper than sorting rows.
-    codes = np.zeros(checked.n_rows, dtype=np.int64)
-    for column, size in zip(columns, sizes):
-        codes = codes * size + (column - MISSING_CATEGORY)
-    distinct, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    distinct, inverse = np.unique(row_codes(checked, layout), return_inverse=True)
     if len(distinct) == checked.n_rows:
         return checked
     weights = np.bincount(inverse.reshape(-1), weights=checked.weights, minlength=len(distinct))
-    return NodeData(n_rows=len(distinct), values={n: checked.values[n][first] for n in names}, weights=weights,
-                    missing={n: mask[first] for n, mask in checked.missing.items()},
-                    labels={n: labels[first] for n, labels in checked.labels.items()})
+    return rows_from_codes(layout, distinct, weights, holed=list(checked.missing))
+
+
+def grouping_layout(model, checked):
+    """The columns that identify a row of an all-discrete data set, with their sizes; None if rows cannot be grouped.
+
+    Returns
+    -------
+    (names, labelled, sizes) or None
+        Observed node names, latent nodes given as label columns, and each column's
+        number of values plus one (a missing value, MISSING_CATEGORY, shifted to 0).
+    """
+    names = list(checked.values)
+    if not names or not all(model.nodes[n].is_discrete for n in names) or model.chain is not None:
+        return None  # a chain's rows are time steps in order: never regrouped
+    labelled = list(checked.labels)
+    sizes = [model.nodes[n].k + 1 for n in names + labelled]
+    if np.prod(np.array(sizes, dtype=float)) >= 2.0 ** 62:
+        return None
+    return names, labelled, sizes
+
+
+def row_codes(checked, layout):
+    """One mixed-radix integer per row, (n_rows,) int64: sorting integers is far cheaper than sorting rows."""
+    names, labelled, sizes = layout
+    codes = np.zeros(checked.n_rows, dtype=np.int64)
+    for column, size in zip([checked.values[n] for n in names] + [checked.labels[n] for n in labelled], sizes):
+        codes = codes * size + (column - MISSING_CATEGORY)
+    return codes
+
+
+def rows_from_codes(layout, codes, weights, holed):
+    """The rows that ``codes`` stand for, as NodeData.
+
+    Parameters
+    ----------
+    layout : tuple
+        From ``grouping_layout``.
+    codes : ndarray of int64, shape (n,)
+    weights : ndarray of shape (n,)
+    holed : list of str
+        Observed nodes that have missing values somewhere in the data set.
+    """
+    names, labelled, sizes = layout
+    columns = {}
+    remaining = np.array(codes, dtype=np.int64)
+    for name, size in reversed(list(zip(names + labelled, sizes))):
+        columns[name] = (remaining % size).astype(np.intp) + MISSING_CATEGORY
+        remaining //= size
+    return NodeData(n_rows=len(codes), values={n: columns[n] for n in names}, weights=np.asarray(weights, dtype=float),
+                    missing={n: columns[n] == MISSING_CATEGORY for n in holed},
+                    labels={n: columns[n] for n in labelled})
 
 
 FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
@@ -432,7 +473,7 @@ def node_data(model, data, weights=None, source="data"):
     return NodeData(n_rows=n_rows, values=values, weights=weights, missing=missing, labels=labels)
 
 
-def missing_parents_as_latent(model, checked):
+def missing_parents_as_latent(model, checked, parents=None):
     """The model to fit ``checked`` with: categorical parents with missing values made latent there.
 
     A missing value of an observed categorical node that has children makes the node
@@ -440,21 +481,38 @@ def missing_parents_as_latent(model, checked):
     treats the node as latent everywhere, its present values as labels that fix it:
     the same likelihood, and the same parameters.
 
+    Parameters
+    ----------
+    model : Model
+    checked : NodeData
+    parents : list of str, optional
+        The nodes to make latent, when ``checked`` is a block of a larger data set
+        (``latent_parents`` of the whole set); by default those of ``checked``.
+
     Returns
     -------
     model : Model
         ``model`` itself, or its variant with those nodes latent.
     checked : NodeData
     """
-    parents = sorted(name for name in checked.missing
-                     if model.nodes[name].is_discrete and any(True for _ in model.graph.successors(name)))
+    parents = latent_parents(model, checked) if parents is None else parents
     if not parents:
         return model, checked
+    return model.with_latent(parents), parents_as_labels(checked, parents)
+
+
+def parents_as_labels(checked, parents):
+    """``checked`` with the values of the nodes ``parents`` moved to labels (see ``missing_parents_as_latent``)."""
     values = {n: v for n, v in checked.values.items() if n not in parents}
     missing = {n: m for n, m in checked.missing.items() if n not in parents}
     labels = dict(checked.labels, **{n: checked.values[n] for n in parents})
-    return model.with_latent(parents), NodeData(n_rows=checked.n_rows, values=values, weights=checked.weights,
-                                                missing=missing, labels=labels)
+    return NodeData(n_rows=checked.n_rows, values=values, weights=checked.weights, missing=missing, labels=labels)
+
+
+def latent_parents(model, checked):
+    """The observed categorical nodes with children that have missing values in ``checked``: sorted names."""
+    return sorted(name for name in checked.missing
+                  if model.nodes[name].is_discrete and any(True for _ in model.graph.successors(name)))
 
 
 def _checked_labels(node, array, source):

@@ -10,18 +10,17 @@ import warnings
 import numpy as np
 
 from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
+from . import distributed, online
 from .errors import ConvergenceWarning, DataError, FitError, InitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
-from .inference.enumeration import apply_labels
 from .monitor import ConvergenceMonitor, EMRun
 from .params import check_init, seed_sequence
 from .squarem import run_squarem
 from .tables import FIT_DEFAULTS
 
-KMEANS_ITERATIONS = 10
 ACCELERATORS = (None, "squarem")
-INITIAL_SOFTENING = 0.1
+METHODS = ("batch", "online")
 #: A variance this small relative to its node's data variance is a collapsed component.
 COLLAPSE_RATIO = 1e-10
 
@@ -72,7 +71,7 @@ def _check_spread(compiled, params, reg_covar):
                            "components, or another seed")
 
 
-def _collapse_warning(compiled, rows, params):
+def _collapse_warning(compiled, engine, params):
     """Name the sets whose variance shrank to almost nothing relative to their node's data.
 
     The likelihood of a normal mixture is unbounded: a component that closes on a few
@@ -86,10 +85,10 @@ def _collapse_warning(compiled, rows, params):
     collapsed = False
     for name, factor in compiled.factors.items():
         spread = factor.smallest_spread(params[name])
-        values = rows.factors[name].values
-        if spread is None or values is None:
+        variances = engine.column_variances(name)
+        if spread is None or variances is None:
             continue
-        scale = float(np.min(np.nanvar(values.reshape(rows.n_rows, -1), axis=0)))
+        scale = float(np.min(variances))
         tiny = np.flatnonzero(spread < COLLAPSE_RATIO * scale)
         if len(tiny) and scale > 0:
             collapsed = True
@@ -101,28 +100,23 @@ def _collapse_warning(compiled, rows, params):
 
 
 def initial_params(engine, rng, given, reg_covar):
-    """Starting parameters: an M-step from a seeded posterior, then the user's ``init`` on top.
+    """Starting parameters: an M-step from a seeded posterior (``seeding``), then the user's ``init`` on top.
 
     When ``init`` gives every parameter, it is the start and nothing is drawn.
-
-    The seeded posterior is k-means++ seeding refined by a few Lloyd steps on the
-    dense observed children when there is one latent node, and random
-    responsibilities otherwise.
     """
-    compiled, rows = engine.compiled, engine.rows
+    compiled = engine.compiled
+    shifts = engine.shifts
     given, free = given
     given = _shared_given_once(compiled, given)
     pairs, free_names = compiled.required()
     if all(p in given.get(node, {}) for node, p in pairs) and set(free_names) <= set(free):
-        return compiled.to_internal({**given, **free}, rows.shifts)
-    posterior = _respect_labels(compiled, rows, _initial_posterior(compiled, rows, rng))
-    params = mstep(compiled, engine.statistics_from_posterior(posterior), None, reg_covar)
+        return compiled.to_internal({**given, **free}, shifts)
+    params = mstep(compiled, engine.seeded_statistics(rng), None, reg_covar)
     for node, values in given.items():
         factor = compiled.factors[node]
-        shift = rows.factors[node].shift
-        external = factor.to_external(params[node], shift)
+        external = factor.to_external(params[node], shifts.get(node))
         external.update(values)
-        params[node] = factor.to_internal(external, shift)
+        params[node] = factor.to_internal(external, shifts.get(node))
         for sharer in [n for n, owner in compiled.sharing.items() if owner == node]:
             params[sharer] = {param: np.array(value, copy=True) for param, value in params[node].items()}
     if free:
@@ -130,52 +124,6 @@ def initial_params(engine, rng, given, reg_covar):
         current.update(free)
         compiled.set_free(params, current)
     return params
-
-
-def _initial_posterior(compiled, rows, rng):
-    n_configurations = compiled.n_configurations
-    if n_configurations == 1:
-        return np.ones((rows.n_rows, 1))
-    # k-means needs at least as many rows as centres (and costs a pass per centre).
-    features = _clustering_features(compiled, rows) if n_configurations <= rows.n_rows else None
-    if features is not None:
-        labels = _kmeans(features, rows.weights, n_configurations, rng)
-        # Softened, so that no parameter starts on its domain's boundary (a Bernoulli p of 0 or 1
-        # can never leave it).
-        posterior = np.full((rows.n_rows, n_configurations), INITIAL_SOFTENING / n_configurations)
-        posterior[np.arange(rows.n_rows), labels] += 1.0 - INITIAL_SOFTENING
-        return posterior
-    posterior = rng.random((rows.n_rows, n_configurations))
-    return posterior / posterior.sum(axis=1, keepdims=True)
-
-
-def _respect_labels(compiled, rows, posterior):
-    """The seeded posterior made to agree with partial labels (semi-supervised EM starts from them).
-
-    Each labelled node's seeded components are first renumbered to match the labels as well as
-    they can (the assignment of seeded components to labels with the most shared weight), then
-    labelled rows keep only the configurations that agree with their labels.
-    """
-    if not rows.labels:
-        return posterior
-    n = rows.n_rows
-    shaped = posterior.reshape((n,) + compiled.latent_sizes)
-    for name, labels in rows.labels.items():
-        axis = compiled.latent.index(name)
-        k = compiled.latent_sizes[axis]
-        given = labels >= 0
-        others = tuple(a + 1 for a in range(len(compiled.latent)) if a != axis)
-        marginal = shaped.sum(axis=others) if others else shaped
-        shared = (marginal[given] * rows.weights[given, None]).T @ np.eye(k)[labels[given]]      # (seeded, label)
-        from scipy.optimize import linear_sum_assignment
-        seeded, label = linear_sum_assignment(-shared)
-        order = np.empty(k, dtype=np.intp)
-        order[label] = seeded
-        shaped = np.take(shaped, order, axis=axis + 1)
-    shaped = np.ascontiguousarray(shaped)
-    apply_labels(compiled, rows, shaped, slice(0, n), probabilities=True)
-    posterior = shaped.reshape(n, compiled.n_configurations)
-    return posterior / posterior.sum(axis=1, keepdims=True)
 
 
 def _shared_given_once(compiled, given):
@@ -196,56 +144,6 @@ def _shared_given_once(compiled, given):
     return given
 
 
-def _clustering_features(compiled, rows):
-    """Standardised columns of the dense observed children of a single latent node, if any."""
-    if len(compiled.latent) != 1:
-        return None
-    columns = []
-    for name, factor in compiled.factors.items():
-        view = rows.factors[name]
-        if factor.layout not in ("dense", "rows") or view.observed_offset is not None or not view.latent_axes:
-            continue
-        columns.append(view.values.reshape(rows.n_rows, -1))
-    if not columns:
-        return None
-    features = np.column_stack(columns)
-    # Missing values sit at their column's mean: they pull no row towards any centre.
-    centre = np.nanmean(features, axis=0)
-    features = np.where(np.isnan(features), centre, features) - centre
-    scale = features.std(axis=0)
-    return features / np.where(scale > 0, scale, 1.0)
-
-
-def _kmeans(features, weights, k, rng):
-    """k-means++ seeding and a few weighted Lloyd steps; returns labels of shape (n_rows,)."""
-    n_rows = len(features)
-    squared = np.einsum("ij,ij->i", features, features)
-    probabilities = weights / weights.sum()
-    centres = [features[rng.choice(n_rows, p=probabilities)]]
-    closest = np.full(n_rows, np.inf)
-    for _ in range(1, k):
-        centre = centres[-1]
-        distance = squared - 2.0 * features @ centre + centre @ centre
-        np.minimum(closest, np.maximum(distance, 0.0), out=closest)
-        mass = closest * weights
-        total = mass.sum()
-        index = rng.choice(n_rows, p=mass / total) if total > 0 else rng.choice(n_rows, p=probabilities)
-        centres.append(features[index])
-    centres = np.array(centres)
-    labels = np.zeros(n_rows, dtype=np.intp)
-    for _ in range(KMEANS_ITERATIONS):
-        distance = features @ centres.T
-        distance *= -2.0
-        distance += np.einsum("ij,ij->i", centres, centres)
-        labels = np.argmin(distance, axis=1)
-        mass = np.bincount(labels, weights=weights, minlength=k)
-        totals = np.column_stack([np.bincount(labels, weights=weights * column, minlength=k)
-                                  for column in features.T])
-        filled = mass > 0
-        centres[filled] = totals[filled] / mass[filled, None]
-    return labels
-
-
 def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accelerate=None):
     """Iterate E- and M-steps from ``params`` (plain, or accelerated by SQUAREM).
 
@@ -256,7 +154,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
     -------
     EMRun
     """
-    compiled, rows = engine.compiled, engine.rows
+    compiled = engine.compiled
     monitor = ConvergenceMonitor(tol)
     if accelerate == "squarem":
         def estep(current):
@@ -266,7 +164,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
         def step(stats, old):
             return mstep(compiled, stats, old, reg_covar)
 
-        return run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress, estep, step, monitor)
+        return run_squarem(compiled, engine.shifts, params, max_iter, tol, hard, reg_covar, progress, estep, step, monitor)
     stats, objective = engine.expected_statistics(params, hard=hard)
     monitor.record(objective + compiled.log_prior(params), params)
     n_iter = 0
@@ -283,7 +181,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
 
 def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
               reg_covar=None, hard=False, progress=None, source="data", accelerate=None, memory_budget=None,
-              lengths=None):
+              lengths=None, method="batch", batch_size=None, step=None):
     """Fit a model by EM; see ``Model.fit``. Options left None take the spec's [fit] value, else the default."""
     given = {"max_iter": max_iter, "tol": tol, "restarts": restarts, "reg_covar": reg_covar,
              "accelerate": accelerate}
@@ -295,7 +193,83 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     seeds = seed_sequence(seed).spawn(restarts)
     if accelerate not in ACCELERATORS:
         raise OptionError(f"accelerate must be one of {', '.join(map(repr, ACCELERATORS))}, found {accelerate!r}")
-    compiled = model.compiled
+    if method not in METHODS:
+        raise OptionError(f"method must be one of {', '.join(map(repr, METHODS))}, found {method!r}")
+    if method == "online":
+        batch_size, step = online.check_online_options(batch_size, step)
+        if accelerate is not None:
+            raise OptionError("online EM is not accelerated: leave out accelerate (or give accelerate='none')")
+    elif batch_size is not None or step is not None:
+        raise OptionError("batch_size and step apply to method='online'")
+    if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget < 0
+                                      or not isinstance(memory_budget, (int, np.integer))):
+        raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
+    if distributed.is_dask_data(data):
+        if lengths is not None:
+            raise OptionError("lengths do not apply to dask data: give the spec a [data] sequence column, each "
+                              "sequence within one partition")
+        compiled, engine, n_missing, n_missing_rows = distributed.prepare(
+            model, data, model.data_info.get("weights") if weights is None else weights, memory_budget)
+    else:
+        compiled, engine, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
+                                                                 memory_budget)
+    if method == "online":
+        online.refuse_unsupported(compiled)
+    given = check_init(compiled, init)
+    best = None
+    best_state = state = None
+    failures = []
+    best_index = None
+    for index, child in enumerate(seeds):
+        if hasattr(progress, "restart"):
+            progress.restart(index, restarts)
+        rng = np.random.default_rng(child)
+        try:
+            start = initial_params(engine, rng, given, reg_covar)
+            if method == "online":
+                result, state = online.run_online(engine, start, max_iter, tol, hard, reg_covar, progress, step,
+                                                  batch_size, rng, mstep)
+            else:
+                result = run_em(engine, start, max_iter, tol, hard, reg_covar, progress, accelerate)
+        except FitError as exc:
+            if restarts == 1:
+                raise
+            failures.append(f"restart {index}: {exc}")
+            continue
+        if best is None or result.history[-1] > best.history[-1]:
+            best, best_index, best_state = result, index, state
+    if best is None:
+        raise FitError("every restart failed: " + "; ".join(failures))
+    if hasattr(progress, "chosen"):
+        progress.chosen(best_index, best.history[-1])
+    if failures:
+        warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
+                      RuntimeWarning, stacklevel=3)
+    params, history, converged, n_iter = best
+    if not converged and tol > 0 and n_iter == max_iter:
+        warnings.warn(f"the fit stopped at max_iter={max_iter} before converging (relative change of the "
+                      f"objective still above tol={tol:g}); raise max_iter, or start from this fit "
+                      "(init=fit)", ConvergenceWarning, stacklevel=3)
+    if _collapse_warning(compiled, engine, params):
+        converged = False
+    log_prior = compiled.log_prior(params)
+    if hard or log_prior != 0.0:
+        # Recomputed rather than taken as objective - log prior, which cancels catastrophically
+        # when a strong prior dominates the objective.
+        _, loglik = engine.expected_statistics(params, hard=False)
+    else:
+        loglik = history[-1]
+    fit = Fit(model=model, params=compiled.to_external(params, engine.shifts), loglik=float(loglik),
+              history=history, converged=converged, n_iter=n_iter,
+              n_observations=engine.n_observations, hard=hard, log_prior=float(log_prior),
+              n_missing=n_missing, n_missing_rows=n_missing_rows)
+    fit.online_state = best_state
+    fit.peak_memory = getattr(engine, "peak_memory", None)
+    return fit
+
+
+def _prepared(model, data, weights, source, lengths, memory_budget):
+    """The engine over data in memory, with the counts of missing cells and rows: see ``distributed.prepare``."""
     if isinstance(data, (str, os.PathLike)):
         source = os.fspath(data)
         data, implied = read_model_data(model, data)
@@ -310,51 +284,5 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     fitted_model, prepared = missing_parents_as_latent(model, checked)
     compiled = fitted_model.compiled
     prepared = group_identical_rows(fitted_model, prepared)
-    if memory_budget is not None and (isinstance(memory_budget, bool) or memory_budget < 0
-                                      or not isinstance(memory_budget, (int, np.integer))):
-        raise OptionError(f"memory_budget must be a number of bytes >= 0, found {memory_budget!r}")
     engine = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget), lengths)
-    rows = engine.rows
-    given = check_init(compiled, init)
-    best = None
-    failures = []
-    best_index = None
-    for index, child in enumerate(seeds):
-        if hasattr(progress, "restart"):
-            progress.restart(index, restarts)
-        rng = np.random.default_rng(child)
-        try:
-            start = initial_params(engine, rng, given, reg_covar)
-            result = run_em(engine, start, max_iter, tol, hard, reg_covar, progress, accelerate)
-        except FitError as exc:
-            if restarts == 1:
-                raise
-            failures.append(f"restart {index}: {exc}")
-            continue
-        if best is None or result.history[-1] > best.history[-1]:
-            best, best_index = result, index
-    if best is None:
-        raise FitError("every restart failed: " + "; ".join(failures))
-    if hasattr(progress, "chosen"):
-        progress.chosen(best_index, best.history[-1])
-    if failures:
-        warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
-                      RuntimeWarning, stacklevel=3)
-    params, history, converged, n_iter = best
-    if not converged and tol > 0 and n_iter == max_iter:
-        warnings.warn(f"the fit stopped at max_iter={max_iter} before converging (relative change of the "
-                      f"objective still above tol={tol:g}); raise max_iter, or start from this fit "
-                      "(init=fit)", ConvergenceWarning, stacklevel=3)
-    if _collapse_warning(compiled, rows, params):
-        converged = False
-    log_prior = compiled.log_prior(params)
-    if hard or log_prior != 0.0:
-        # Recomputed rather than taken as objective - log prior, which cancels catastrophically
-        # when a strong prior dominates the objective.
-        _, loglik = engine.expected_statistics(params, hard=False)
-    else:
-        loglik = history[-1]
-    return Fit(model=model, params=compiled.to_external(params, rows.shifts), loglik=float(loglik),
-               history=history, converged=converged, n_iter=n_iter,
-               n_observations=float(rows.weights.sum()), hard=hard, log_prior=float(log_prior),
-               n_missing=checked.n_missing, n_missing_rows=checked.n_missing_rows)
+    return compiled, engine, checked.n_missing, checked.n_missing_rows

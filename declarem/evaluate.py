@@ -113,13 +113,30 @@ def compile_tree(argument_names, tree):
         When the tree is not one this module evaluates, or uses a name not among
         the arguments.
     """
-    positions = {name: i for i, name in enumerate(argument_names)}
-    try:
-        evaluate = _closure(tree, positions, 0)
-    except RecursionError:
-        raise TreeError("nested too deeply") from None
+    return CompiledTree(argument_names, tree)
 
-    return lambda *values: real_array(evaluate(values), values)
+
+class CompiledTree:
+    """A tree compiled to numpy closures; pickles as its tree and recompiles (no sympy) when loaded.
+
+    A worker process receiving a compiled model so evaluates the very expressions the
+    sending process derived, whatever its own derivation cache holds.
+    """
+
+    def __init__(self, argument_names, tree):
+        self.argument_names = list(argument_names)
+        self.tree = tree
+        positions = {name: i for i, name in enumerate(self.argument_names)}
+        try:
+            self._evaluate = _closure(tree, positions, 0)
+        except RecursionError:
+            raise TreeError("nested too deeply") from None
+
+    def __call__(self, *values):
+        return real_array(self._evaluate(values), values)
+
+    def __reduce__(self):
+        return CompiledTree, (self.argument_names, self.tree)
 
 
 def real_array(result, values):

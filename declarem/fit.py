@@ -57,6 +57,10 @@ class Fit:
         self.n_observations = float(n_observations)
         self.hard = bool(hard)
         self.log_prior = float(log_prior)
+        # Where an online fit left off (``online.OnlineState``), for ``partial_fit``; None otherwise.
+        self.online_state = None
+        # For a fit of dask data: the largest peak resident memory (bytes) of a process that ran its E-steps.
+        self.peak_memory = None
 
     @property
     def n_parameters(self):
@@ -81,6 +85,51 @@ class Fit:
         compiled = model.compiled
         rows = prepare_rows(compiled, checked)
         return engine_for(compiled, rows, lengths), compiled.to_internal(self.params, rows.shifts)
+
+    def partial_fit(self, data, weights=None):
+        """One step of online EM on a new batch of rows; returns a new Fit (this one is unchanged).
+
+        Continues an online fit (``model.fit(..., method="online")``) from its running
+        statistics: the batch's expected statistics at these parameters enter with weight
+        ``(t + 1) ** -step`` (the t-th batch taken, t = 1, 2, ...), scaled as if it were a data set
+        of this fit's size, and the M-step follows (``declarem.online``).
+
+        Parameters
+        ----------
+        data : mapping or DataFrame
+            The batch, in the columns of a fit.
+        weights : array-like or str, optional
+
+        Returns
+        -------
+        Fit
+            Its ``loglik`` and ``n_observations`` are the batch's, at the new parameters;
+            ``history`` is this fit's with the batch's objective appended; ``n_iter`` counts
+            the step.
+        """
+        from .data import node_data
+        from .em import mstep
+        from .errors import OptionError
+        from .inference import engine_for, prepare_rows
+        from .online import partial_step
+        state = self.online_state
+        if state is None:
+            raise OptionError("partial_fit continues an online fit, which carries its running statistics: fit with "
+                              "method='online' (a fit by batch EM, or loaded from a file, carries none; start "
+                              "one with model.fit(batch, method='online', init=fit))")
+        compiled = self.model.compiled
+        checked = node_data(self.model, data, weights)
+        engine = engine_for(compiled, prepare_rows(compiled, checked, shifts=state.shifts))
+        params, new_state = partial_step(state, engine, compiled.to_internal(self.params, state.shifts), self.hard,
+                                         mstep)
+        _, loglik = engine.expected_statistics(params)
+        log_prior = compiled.log_prior(params)
+        fit = Fit(model=self.model, params=compiled.to_external(params, state.shifts), loglik=float(loglik),
+                  history=self.history + [float(loglik + log_prior)], converged=False, n_iter=self.n_iter + 1,
+                  n_observations=engine.n_observations, hard=self.hard, log_prior=log_prior,
+                  n_missing=checked.n_missing, n_missing_rows=checked.n_missing_rows)
+        fit.online_state = new_state
+        return fit
 
     def posterior(self, data, weights=None, lengths=None):
         """Posterior marginals of the latent nodes for each row of ``data`` (for a chain, per step).

@@ -32,21 +32,34 @@ class FreeBlock:
         self.nodes = [name for name, node in model.nodes.items() if node.probs is not None]
         params = tuple(symbols[n] for n in self.names)
         self._params = params
-        self._probs = {n: sympy.lambdify(list(params), list(model.nodes[n].probs), modules=["scipy", "numpy"])
-                       for n in self.nodes}
-        if not params:
-            # Constant probabilities (fixed by the declaration): nothing to estimate.
-            self.solution = None
-            return
-        key = (params, tuple((symbols[n], d) for n, d in self.domains.items()),
-               tuple((g, tuple(symbols[m] for m in ms)) for g, ms in self.groups.items()),
-               tuple((n, model.nodes[n].probs) for n in self.nodes))
-        self.solution = solution = free_solution(key)
-        counts = list(solution.counts.values())
-        self._count_keys = list(solution.counts)
-        self._closed = {p.name: to_numpy(counts, e) for p, e in solution.closed.items()} \
-            if solution.closed else None
+        self._probs_expressions = {n: list(model.nodes[n].probs) for n in self.nodes}
+        self.solution = None
+        if params:
+            key = (params, tuple((symbols[n], d) for n, d in self.domains.items()),
+                   tuple((g, tuple(symbols[m] for m in ms)) for g, ms in self.groups.items()),
+                   tuple((n, model.nodes[n].probs) for n in self.nodes))
+            self.solution = free_solution(key)
+        # else: constant probabilities (fixed by the declaration), nothing to estimate.
+        self._compile()
+
+    def _compile(self):
+        """The derivation's numpy callables (also rebuilt, not re-derived, when a pickled block loads)."""
+        self._probs = {n: sympy.lambdify(list(self._params), e, modules=["scipy", "numpy"])
+                       for n, e in self._probs_expressions.items()}
         self._numeric = None
+        if self.solution is None:
+            return
+        counts = list(self.solution.counts.values())
+        self._count_keys = list(self.solution.counts)
+        self._closed = {p.name: to_numpy(counts, e) for p, e in self.solution.closed.items()} \
+            if self.solution.closed else None
+
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if key not in ("_probs", "_closed", "_numeric")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._compile()
 
     def n_free(self):
         return sum(1 for d in self.domains.values() if d != "simplex") + \

@@ -265,7 +265,18 @@ def _load_or_derive(kind, key, derive, required=()):
     return found or compile_plan(plan)
 
 
-class ScalarKernels:
+class _Kernels:
+    """What kernels share: they pickle as their numeric plan; the sympy ``solution`` stays behind.
+
+    A process that loads pickled kernels (a dask worker) so needs neither sympy nor the
+    derivation cache, and evaluates the sender's very trees.
+    """
+
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if key != "solution"}
+
+
+class ScalarKernels(_Kernels):
     """A scalar family's derivation as numpy callables; built once per declaration.
 
     Attributes
@@ -325,7 +336,7 @@ def scalar_kernels(family, constants, prior=None):
     return ScalarKernels(family, constants, prior)
 
 
-class SimplexKernels:
+class SimplexKernels(_Kernels):
     """A probability vector's derived update (and its prior's log-density) as numpy callables.
 
     Attributes
@@ -368,7 +379,7 @@ class SimplexKernels:
         return simplex_solution(self.family, self.prior["element_logpdf"] if self.prior else None)
 
 
-class RegressionKernels:
+class RegressionKernels(_Kernels):
     """A family's log-density in its linear predictor, as numpy callables (continuous parents).
 
     Attributes
@@ -424,7 +435,7 @@ def regression_kernels(family, constants):
     return RegressionKernels(family, constants)
 
 
-class GeneralKernels:
+class GeneralKernels(_Kernels):
     """A non-exponential family's generalised-EM M-step and log-density, as numpy callables.
 
     Attributes

@@ -607,7 +607,8 @@ class Model:
         return self._compiled
 
     def fit(self, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
-            reg_covar=None, hard=False, progress=None, accelerate=None, memory_budget=None, lengths=None):
+            reg_covar=None, hard=False, progress=None, accelerate=None, memory_budget=None, lengths=None,
+            method="batch", batch_size=None, step=None):
         """Fit the model by EM.
 
         Parameters
@@ -651,6 +652,21 @@ class Model:
         lengths : sequence of int, optional
             For a model with a chain: rows per sequence, in order (as hmmlearn); default the
             spec's ``[data] sequence`` column, else one sequence.
+        method : {"batch", "online"}
+            ``"online"``: stepwise EM (``declarem.online``), an M-step after each batch of
+            rows with the statistics blended by a decaying step; ``max_iter`` and ``n_iter``
+            then count epochs (passes over the data) and ``history`` holds the objective after
+            each. For data too large for many full passes; batch EM is exact and, on data
+            that fit in memory, usually as fast.
+        batch_size : int, optional
+            Online EM's rows per batch in memory (default 1024); dask data's batches are its
+            partitions.
+        step : float, optional
+            Online EM's step-size decay exponent, in (0.5, 1] (default 0.6): the t-th
+            batch's statistics (t = 1, 2, ...) enter with weight ``(t + 1) ** -step``.
+
+        Data may also be a dask DataFrame or a mapping of dask arrays (``declarem.distributed``):
+        each E-step then runs per partition, where the partition lives.
 
         Returns
         -------
@@ -660,7 +676,8 @@ class Model:
         with _memory_as_size_error(self, "fitting"):
             return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
                              restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress,
-                             accelerate=accelerate, memory_budget=memory_budget, lengths=lengths)
+                             accelerate=accelerate, memory_budget=memory_budget, lengths=lengths, method=method,
+                             batch_size=batch_size, step=step)
 
     def derive(self):
         """The derivation of every factor: expected statistics and M-step, as text and LaTeX."""

@@ -31,10 +31,14 @@ class ConvergenceMonitor:
     ----------
     tol : float
         Tolerance on the objective's relative change; with tol = 0 never converged.
+    falls : bool
+        Whether a fall of the objective is a sign of trouble (not for online EM, whose
+        steps are noisy by design).
     """
 
-    def __init__(self, tol):
+    def __init__(self, tol, falls=True):
         self.tol = tol
+        self.falls = falls
         self.history = []
         self._previous = None
         self._steps = []
@@ -53,7 +57,7 @@ class ConvergenceMonitor:
         if previous is None:
             return math.nan
         change = objective - previous
-        if change < -FALL_TOLERANCE * max(abs(previous), 1.0):
+        if self.falls and change < -FALL_TOLERANCE * max(abs(previous), 1.0):
             warnings.warn(f"EM objective fell from {previous!r} to {objective!r} at iteration "
                           f"{len(self.history) - 1}: a bug or numerical inaccuracy (with reg_covar > 0 "
                           "small falls can occur)", RuntimeWarning, stacklevel=3)

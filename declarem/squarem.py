@@ -33,7 +33,7 @@ def _valid(compiled, params, shifts):
     return True
 
 
-def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress, estep, mstep, monitor):
+def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progress, estep, mstep, monitor):
     """Accelerated EM from ``params``; see ``em.run_em`` for what it returns.
 
     ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the start
@@ -68,7 +68,7 @@ def run_squarem(compiled, rows, params, max_iter, tol, hard, reg_covar, progress
             extrapolated = rebuild(start - 2.0 * step * r + step * step * v)
             # Probabilities written in free parameters follow the extrapolated parameters.
             compiled.set_free(extrapolated, {n: extrapolated[n] for n in compiled.free_names})
-            if _valid(compiled, extrapolated, rows.shifts):
+            if _valid(compiled, extrapolated, shifts):
                 try:
                     jump_stats, _ = estep(extrapolated)
                 except DeclaremError:

@@ -16,6 +16,8 @@ model's shape:
   Viterbi over sequences of rows, with enumeration within each step.
 """
 
+import numpy as np
+
 from . import enumeration
 from .bilinear import bilinear_plan
 
@@ -33,6 +35,45 @@ class EnumerationEngine:
     def __init__(self, compiled, rows):
         self.compiled = compiled
         self.rows = rows
+
+    @property
+    def shifts(self):
+        """The centring shift of each location family's columns, ``{node: (*own,)}``."""
+        return self.rows.shifts
+
+    @property
+    def n_observations(self):
+        """The rows' total weight."""
+        return float(self.rows.weights.sum())
+
+    def column_variances(self, name):
+        """Variance of each of a node's data columns over its present values, (columns,); None for no data."""
+        values = self.rows.factors[name].values
+        if values is None:
+            return None
+        return np.nanvar(values.reshape(self.rows.n_rows, -1), axis=0)
+
+    def seeded_statistics(self, rng):
+        """Expected statistics of the seeded starting posterior (``declarem.seeding``)."""
+        from ..seeding import LocalBlocks, seeded_statistics
+        return seeded_statistics(LocalBlocks([self]), rng)
+
+    def batches(self, batch_size, rng):
+        """The rows cut into batches for online EM: a seeded random partition, each batch its own engine.
+
+        Returns
+        -------
+        list of (float, callable)
+            Each batch's total weight and its ``expected_statistics(params, hard)``.
+        """
+        from ..online import DEFAULT_BATCH_SIZE
+        size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        order = rng.permutation(self.rows.n_rows)
+        batches = []
+        for first in range(0, self.rows.n_rows, size):
+            rows = self.rows.take(np.sort(order[first:first + size]))
+            batches.append((float(rows.weights.sum()), engine_for(self.compiled, rows).expected_statistics))
+        return batches
 
     def expected_statistics(self, params, hard=False):
         """Expected statistics at ``params`` and the objective there.

@@ -88,6 +88,13 @@ class ExpectedStatistics:
             self.sums[name] += other.sums[name]
             self.set_weights[name] += other.set_weights[name]
 
+    def blend(self, other, step, scale):
+        """These statistics moved towards ``scale`` times ``other`` by ``step`` (online EM), in place:
+        ``self = (1 - step) self + step scale other``. Only for statistics that add over rows."""
+        for name in self.sums:
+            self.sums[name] = (1.0 - step) * self.sums[name] + (step * scale) * other.sums[name]
+            self.set_weights[name] = (1.0 - step) * self.set_weights[name] + (step * scale) * other.set_weights[name]
+
     def finish(self, compiled):
         """A categorical factor's weight per set is its total expected count."""
         for name, factor in compiled.factors.items():

@@ -179,7 +179,7 @@ class Rows:
                     labels={name: labels[indices] for name, labels in self.labels.items()})
 
 
-def prepare_rows(compiled, node_data, memory_budget=None):
+def prepare_rows(compiled, node_data, memory_budget=None, shifts=None):
     """Compute each observed factor's statistics and each factor's parent indexing once.
 
     Parameters
@@ -190,6 +190,9 @@ def prepare_rows(compiled, node_data, memory_budget=None):
         Bytes the dense statistics T(X) may take. When they would take more, they are
         not stored: each E-step forms them chunk by chunk from the data (same result,
         more time). None: half of the memory available now.
+    shifts : dict of str to ndarray, optional
+        The centring shift of each location family's columns, when these rows are a
+        block of a larger data set (the whole set's shifts); by default these rows' own.
 
     Returns
     -------
@@ -230,7 +233,7 @@ def prepare_rows(compiled, node_data, memory_budget=None):
             if missing is not None:
                 missing = missing.reshape(node_data.n_rows, -1)
             with np.errstate(over="ignore", invalid="ignore"):
-                shift = factor.shift_for(values, weights)
+                shift = factor.shift_for(values, weights) if shifts is None else shifts.get(name)
                 centred = values - shift if shift is not None else values
                 if factor.layout == "dense" and stream:
                     statistics = None
