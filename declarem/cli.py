@@ -269,6 +269,9 @@ def _fit(args):
         if fit.n_missing:
             print(f"{fit.n_missing} missing values in {fit.n_missing_rows} rows, integrated out (none dropped)",
                   file=sys.stderr)
+        if fit.peak_memory is not None:
+            print(f"peak memory of a process running the E-steps: {fit.peak_memory / 2 ** 20:.0f} MiB",
+                  file=sys.stderr)
     if args.out:
         fit.save(args.out)
     elif args.json or not sys.stdout.isatty():

@@ -4,7 +4,9 @@ A dask DataFrame, or a mapping of column name to dask arrays chunked alike along
 rows, goes through the same EM loop as data in memory. Each partition is read and
 checked once and kept where it is (persisted) as prepared rows; each E-step runs per
 partition, on the current ``dask.distributed`` client or dask's default scheduler
-when there is none, and only the partitions' summed statistics travel. The
+when there is none, and only the partitions' summed statistics travel. Data larger
+than half the workers' memory (or ``memory_budget``) is streamed instead: every pass
+reads its partition again. The
 centring shifts are the whole data set's, and the start is drawn by the same passes
 over blocks of rows as in memory (``seeding``), so the fit equals the in-memory fit
 of the same rows to rounding.
@@ -84,7 +86,14 @@ def prepare(model, data, weights=None, memory_budget=None):
         raise OptionError("with dask data, give weights as the name of a column of the data (an array of "
                           f"weights cannot be matched to the partitions), found {type(weights).__name__}")
     parts = _partitions(dask, data)
+    # Data within the memory budget is read and checked once and kept where it is; data over it is
+    # streamed: every pass reads its partition again and forms T(X) chunk by chunk.
+    budget = _cluster_memory(dask) // 2 if memory_budget is None else memory_budget
+    with _cluster_failures():
+        stream = _row_count(data) * _bytes_per_row(model.compiled) > budget
     checked = [dask.delayed(_checked)(model, part, weights, index, len(parts)) for index, part in enumerate(parts)]
+    if not stream:
+        checked = list(dask.persist(*checked))
     sent = dask.delayed(model.compiled, traverse=False)
     summaries = _compute(dask, [dask.delayed(_summary)(sent, block) for block in checked])
     parents = sorted(set().union(*(s["parents"] for s in summaries)))
@@ -102,9 +111,6 @@ def prepare(model, data, weights=None, memory_budget=None):
         return compiled, engine_for(compiled, prepare_rows(compiled, grouped, memory_budget)), \
             n_missing, n_missing_rows
     shifts = _shifts(summaries)
-    held = sum(n_rows) * _bytes_per_row(compiled)
-    stream = held > (_cluster_memory(dask) // 2 if memory_budget is None else memory_budget)
-    # Streamed: every pass reads its partition again and forms T(X) chunk by chunk; else kept where they are.
     sent = dask.delayed(compiled, traverse=False)
     engines = [dask.delayed(_engine)(sent, block, parents, shifts, 0 if stream else None) for block in checked]
     if not stream:
@@ -112,6 +118,14 @@ def prepare(model, data, weights=None, memory_budget=None):
     engine = DaskEngine(compiled, engines, n_rows, shifts, [s["weight"] for s in summaries],
                         _variances(summaries), stream)
     return compiled, engine, n_missing, n_missing_rows
+
+
+def _row_count(data):
+    """The number of rows of dask data: from the arrays' shapes, or the DataFrame's length (Parquet files
+    say it in their metadata; CSV files are read for it)."""
+    if hasattr(data, "to_delayed") and hasattr(data, "columns"):
+        return int(len(data))
+    return int(next(iter(data[key] for key in data.keys())).shape[0])
 
 
 def _bytes_per_row(compiled):
@@ -254,14 +268,22 @@ def _columns(names, *arrays):
 
 def _compute(dask, tasks):
     """Compute ``tasks`` (a list), saying clearly when the cluster, not the data, failed."""
-    try:
+    with _cluster_failures():
         return list(dask.compute(*tasks))
+
+
+@contextlib.contextmanager
+def _cluster_failures():
+    """Turn a dead worker or a lost connection into a FitError that says so (no partial fit is returned)."""
+    try:
+        yield
     except DeclaremError:
         raise
     except (OSError, TimeoutError) as exc:
         raise FitError(f"the dask cluster failed during the fit ({type(exc).__name__}: {exc}); no partial "
                        "fit is returned: restart the cluster and fit again") from exc
     except Exception as exc:
+        # distributed's own exception types, matched by name: distributed is an optional extra.
         if type(exc).__name__ in ("KilledWorker", "CommClosedError", "FutureCancelledError"):
             raise FitError(f"a dask worker died during the fit ({type(exc).__name__}: {exc}); no partial fit "
                            "is returned: give the workers more memory or smaller partitions, and fit again") \
