@@ -616,6 +616,10 @@ def _checked_values(node, array, label, source):
         return categories, holes
     upper = dict(node.constants).get(node.family.upper_bound) if node.family.upper_bound else None
     flat = array.reshape(len(array), -1)
+    present = flat.reshape(-1) if holes is None else flat[~flat_holes]
+    if _support_violation(present, node.family.support, upper) is None:
+        return array, holes
+    # Some value is outside the support: find the first, column by column, to name it.
     for j in range(flat.shape[1]):
         present = ~np.isnan(flat[:, j])
         found = _support_violation(flat[present, j], node.family.support, upper)

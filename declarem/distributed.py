@@ -112,12 +112,28 @@ def prepare(model, data, weights=None, memory_budget=None):
             n_missing, n_missing_rows
     shifts = _shifts(summaries)
     sent = dask.delayed(compiled, traverse=False)
-    engines = [dask.delayed(_engine)(sent, block, parents, shifts, 0 if stream else None) for block in checked]
-    if not stream:
-        engines = list(dask.persist(*engines))
+    if stream:
+        # Each pass runs one task per partition that reads, checks and prepares it and does the pass's
+        # work, so that nothing of a partition outlives the task.
+        sources = _StreamSources(dask.delayed(model, traverse=False), parts, weights, parents)
+        engines = None
+    else:
+        sources = None
+        engines = list(dask.persist(*[dask.delayed(_engine)(sent, block, parents, shifts, None)
+                                      for block in checked]))
     engine = DaskEngine(compiled, engines, n_rows, shifts, [s["weight"] for s in summaries],
-                        _variances(summaries), stream)
+                        _variances(summaries), sources)
     return compiled, engine, n_missing, n_missing_rows
+
+
+class _StreamSources:
+    """Where a streamed fit reads each partition from, and how it checks it."""
+
+    def __init__(self, model, parts, weights, parents):
+        self.model = model
+        self.parts = parts
+        self.weights = weights
+        self.parents = parents
 
 
 def _row_count(data):
@@ -365,6 +381,13 @@ def _engine(compiled, block, parents, shifts, memory_budget):
     return engine_for(compiled, prepare_rows(compiled, _variant(checked, parents), memory_budget, shifts), lengths)
 
 
+def _streamed(function, compiled, model, part, weights, index, n_parts, parents, shifts, checked_finite, *arguments):
+    """A pass's work on a partition read, checked and prepared within this one task."""
+    checked, lengths, _ = _checked(model, part, weights, index, n_parts)
+    rows = prepare_rows(compiled, _variant(checked, parents), 0, shifts, checked_finite)
+    return function(engine_for(compiled, rows, lengths), *arguments)
+
+
 def _estep(engine, params, hard):
     stats, objective = engine.expected_statistics(params, hard=hard)
     return stats, objective, _peak_memory()
@@ -478,9 +501,9 @@ class DaskEngine:
     weights : list of float
         Total row weight per partition.
     variances : dict of str to ndarray
-    stream : bool
-        Whether the partitions are read again for every pass (data larger than the
-        workers' memory) rather than kept where they are.
+    sources : _StreamSources or None
+        For data larger than the workers' memory: where each pass reads the partitions
+        from again (``engines`` is then None); None when they are kept where they are.
 
     Attributes
     ----------
@@ -488,17 +511,33 @@ class DaskEngine:
         The largest peak resident memory, in bytes, that a process running the E-steps reported.
     """
 
-    def __init__(self, compiled, engines, n_rows, shifts, weights, variances, stream=False):
+    def __init__(self, compiled, engines, n_rows, shifts, weights, variances, sources=None):
         self.compiled = compiled
         self.engines = engines
         self.n_rows = n_rows
         self.shifts = shifts
         self.weights = weights
         self.n_observations = float(sum(weights))
-        self.stream = stream
+        self.sources = sources
         self.peak_memory = None
         self._variances = variances
-        self._states = [None] * len(engines)
+        self._states = [None] * len(n_rows)
+        # A streamed partition's statistics are checked for overflow on its first pass only.
+        self._checked_finite = False
+
+    def _tasks(self, function, arguments, partitions=None):
+        """``function(engine, *arguments[i])`` per partition i (all, or those listed), as dask tasks."""
+        dask = _dask()
+        chosen = range(len(self.n_rows)) if partitions is None else partitions
+        if self.sources is None:
+            return [dask.delayed(function)(self.engines[i], *arguments[i]) for i in chosen]
+        sources = self.sources
+        sent = dask.delayed(self.compiled, traverse=False)
+        tasks = [dask.delayed(_streamed)(function, sent, sources.model, sources.parts[i], sources.weights, i,
+                                         len(self.n_rows), sources.parents, self.shifts, self._checked_finite,
+                                         *arguments[i]) for i in chosen]
+        self._checked_finite = self._checked_finite or partitions is None
+        return tasks
 
     def batches(self, batch_size, rng):
         """Online EM's batches: the partitions, ``[(weight, expected_statistics(params, hard))]``."""
@@ -514,8 +553,7 @@ class DaskEngine:
         """Summed over all partitions, or over the indices in ``partitions``."""
         dask = _dask()
         shared = dask.delayed(params, traverse=False)
-        chosen = self.engines if partitions is None else [self.engines[i] for i in partitions]
-        parts = _compute(dask, [dask.delayed(_estep)(engine, shared, hard) for engine in chosen])
+        parts = _compute(dask, self._tasks(_estep, [(shared, hard)] * len(self.n_rows), partitions))
         stats, objective, _ = parts[0]
         for part_stats, part_objective, _ in parts[1:]:
             stats.add(part_stats)
@@ -528,30 +566,27 @@ class DaskEngine:
     def seeded_statistics(self, rng):
         """The seeded start: exactly the in-memory one when the partitions are kept; for streamed
         data, k-means on a uniform sample of about SEED_SAMPLE_ROWS rows, then one pass."""
-        if not self.stream:
-            self._states = [None] * len(self.engines)
+        if self.sources is None:
+            self._states = [None] * len(self.n_rows)
             return seeded_statistics(self, rng)
         dask = _dask()
         k = self.compiled.n_configurations
+        n_parts = len(self.n_rows)
         n_total = sum(self.n_rows)
-        recipes = [("ones",)] * len(self.engines) if k == 1 else None
+        recipes = [("ones",)] * n_parts if k == 1 else None
         if recipes is None and has_features(self.compiled) and k <= n_total:
             share = min(1.0, SEED_SAMPLE_ROWS / n_total)
             seed = int(rng.integers(2 ** 63))
-            parts = _compute(dask, [dask.delayed(_sample)(engine, share, seed, index)
-                                    for index, engine in enumerate(self.engines)])
+            parts = _compute(dask, self._tasks(_sample, [(share, seed, index) for index in range(n_parts)]))
             weights = np.concatenate([p[1] for p in parts])
             if len(weights) >= k:
-                recipe = kmeans_centres(np.concatenate([p[0] for p in parts]), weights, k, rng)
-                recipes = [recipe] * len(self.engines)
+                recipes = [kmeans_centres(np.concatenate([p[0] for p in parts]), weights, k, rng)] * n_parts
         if recipes is None:
             recipes = random_recipe(self.n_rows, k, rng)
-        agreements = _compute(dask, [dask.delayed(_seed_agreement)(engine, recipe)
-                                     for engine, recipe in zip(self.engines, recipes)]) \
+        agreements = _compute(dask, self._tasks(_seed_agreement, [(recipe,) for recipe in recipes])) \
             if self.compiled.model.latent else [{}]
         order = label_order(agreements) if agreements[0] else None
-        parts = _compute(dask, [dask.delayed(_seed_statistics)(engine, recipe, order)
-                                for engine, recipe in zip(self.engines, recipes)])
+        parts = _compute(dask, self._tasks(_seed_statistics, [(recipe, order) for recipe in recipes]))
         total = parts[0]
         for part in parts[1:]:
             total.add(part)

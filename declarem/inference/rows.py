@@ -43,10 +43,18 @@ class FactorRows:
     missing: object = None
 
     def statistics_of(self, factor, chunk):
-        """The statistics of a chunk of rows: stored ones, or formed now when the fit streams them."""
+        """The statistics of a chunk of rows: stored ones, or formed now when the fit streams them.
+
+        Formed ones are kept until another chunk is asked for: an E-step reads each chunk's
+        statistics twice (for the likelihood and for the sums).
+        """
         if self.statistics is not None:
             return self.statistics[chunk]
-        return _statistics(factor, self.values[chunk], None if self.missing is None else self.missing[chunk])
+        key = (chunk.start, chunk.stop)
+        if getattr(self, "_formed_key", None) != key:
+            self._formed = _statistics(factor, self.values[chunk], None if self.missing is None else self.missing[chunk])
+            self._formed_key = key
+        return self._formed
 
     def patterns(self, factor):
         """The factor's missing-value patterns over these rows (built on first use)."""
@@ -179,7 +187,7 @@ class Rows:
                     labels={name: labels[indices] for name, labels in self.labels.items()})
 
 
-def prepare_rows(compiled, node_data, memory_budget=None, shifts=None):
+def prepare_rows(compiled, node_data, memory_budget=None, shifts=None, checked_finite=False):
     """Compute each observed factor's statistics and each factor's parent indexing once.
 
     Parameters
@@ -193,6 +201,9 @@ def prepare_rows(compiled, node_data, memory_budget=None, shifts=None):
     shifts : dict of str to ndarray, optional
         The centring shift of each location family's columns, when these rows are a
         block of a larger data set (the whole set's shifts); by default these rows' own.
+    checked_finite : bool
+        Whether these very rows were prepared before and their statistics found finite
+        (a streamed partition read again): the check, a pass forming T(X), is skipped.
 
     Returns
     -------
@@ -237,7 +248,7 @@ def prepare_rows(compiled, node_data, memory_budget=None, shifts=None):
                 centred = values - shift if shift is not None else values
                 if factor.layout == "dense" and stream:
                     statistics = None
-                    for first in range(0, node_data.n_rows, BASE_CHUNK):
+                    for first in range(0, 0 if checked_finite else node_data.n_rows, BASE_CHUNK):
                         block = slice(first, first + BASE_CHUNK)
                         _check_finite(name, factor, centred[block], values[block], first,
                                       holes=None if missing is None else missing[block])
