@@ -10,7 +10,8 @@ Parquet files of a million rows each in DIR (about 3.2 GB; kept for later runs).
   ``distributed.LocalCluster`` of W = 2 single-threaded worker processes with a memory limit of 2 GiB each.
   The data are larger than the workers' memory budget, so the fit streams: every E-step reads each part
   again and forms T(X) chunk by chunk. Reported: the median time per iteration (iteration 1 dropped: it
-  includes the setup), the whole fit, and each worker's peak resident memory (``getrusage``).
+  includes the setup), the whole fit, and each worker's peak resident memory (Linux's VmHWM: getrusage's
+  maxrss would report this process's peak, inherited across the workers' exec).
 - **in memory**: the same fit of the first M = 5 million rows as numpy arrays in this process, BLAS at one
   thread (two threads stall here: see RESULTS.md). Reported: its median time per iteration, and the
   out-of-core fit's time per row over this one's, in wall time and per core (the out-of-core fit's wall
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import time
 
@@ -81,7 +81,8 @@ def timed(fit, *args, **kwargs):
 
 
 def worker_peaks(client):
-    return client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    from declarem.distributed import peak_memory
+    return client.run(peak_memory)
 
 
 def reach_time(history_times, history, target):

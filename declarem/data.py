@@ -563,7 +563,9 @@ def _stacked(columns, names, source):
         if len(array) != len(arrays[0]):
             raise DataError(f"{source}: column '{label}' has {len(array)} rows; column '{names[0]}' has "
                             f"{len(arrays[0])}")
-    return np.column_stack(arrays)
+    # Stacked as rows, then transposed in one blocked copy: several times faster than column_stack's
+    # strided writes for long columns.
+    return np.ascontiguousarray(np.array(arrays).T)
 
 
 def _listing(columns):

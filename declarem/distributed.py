@@ -390,17 +390,28 @@ def _streamed(function, compiled, model, part, weights, index, n_parts, parents,
 
 def _estep(engine, params, hard):
     stats, objective = engine.expected_statistics(params, hard=hard)
-    return stats, objective, _peak_memory()
+    return stats, objective, peak_memory()
 
 
-def _peak_memory():
-    """This process's peak resident memory in bytes (None where the platform does not say)."""
+def peak_memory():
+    """This process's peak resident memory in bytes; None where the platform does not say.
+
+    Linux's VmHWM, which starts afresh in a new program: getrusage's maxrss survives exec, so a
+    worker process started by a large parent would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:
         return None
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(kilobytes) * 1024 if sys.platform != "darwin" else int(kilobytes)
+    return int(kilobytes) * (1 if sys.platform == "darwin" else 1024)
 
 
 def _sample(engine, share, seed, index):
