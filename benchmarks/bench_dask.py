@@ -8,7 +8,9 @@ Parquet files of a million rows each in DIR (about 3.2 GB; kept for later runs).
 
 - **out of core**: ``model.fit(dd.read_parquet(DIR), init=..., max_iter=I, tol=0)`` on a
   ``distributed.LocalCluster`` of W = 2 single-threaded worker processes with a memory limit of 2 GiB each.
-  The data are larger than the workers' memory budget, so the fit streams: every E-step reads each part
+  The workers get ``declarem.distributed.WORKER_ENVIRON`` (glibc keeps large freed arrays for reuse;
+  --default-malloc leaves distributed's settings). The data are larger than the workers' memory budget, so
+  the fit streams: every E-step reads each part
   again and forms T(X) chunk by chunk. Reported: the median time per iteration (iteration 1 dropped: it
   includes the setup), the whole fit, and each worker's peak resident memory (Linux's VmHWM: getrusage's
   maxrss would report this process's peak, inherited across the workers' exec).
@@ -104,6 +106,8 @@ def main():
     parser.add_argument("--memory-limit", default="2GiB")
     parser.add_argument("--online-rows", type=int, default=1_000_000)
     parser.add_argument("--skip-online", action="store_true")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave the workers' glibc malloc settings as distributed sets them")
     args = parser.parse_args()
 
     import dask
@@ -137,7 +141,11 @@ def main():
 
     # Out of core: a local cluster of single-threaded workers.
     os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
+    from declarem.distributed import WORKER_ENVIRON
+    environ = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_ENVIRON.items()}
+    if args.default_malloc:
+        environ = {}
+    with dask.config.set(environ), LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
                       dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
         parts = dd.read_parquet(directory)
         total, steps, fit = timed(model.fit, parts, init=init, max_iter=args.iters, tol=0.0)
@@ -149,7 +157,6 @@ def main():
     ratio = (out_of_core / args.rows) / (in_memory / n_subset)
     print(f"  time per row, out of core / in memory: {ratio:.2f}x wall, {ratio * args.workers:.2f}x per core "
           "(target under 1.5x)")
-    del dask
 
     if not args.skip_online:
         subset = {"x": subset["x"][:args.online_rows]}
