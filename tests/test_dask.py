@@ -105,7 +105,7 @@ def test_fit_from_a_mapping_of_dask_arrays(threads):
 
 @pytest.mark.parametrize("name, options", [
     ("gmm", {"hard": True}),
-    ("gmm", {"restarts": 3, "max_iter": 60}),
+    ("gmm", {"restarts": 2, "max_iter": 30}),
     ("latent_class", {}),
     ("poisson_mixture", {"accelerate": "squarem"}),
     ("genetic_linkage", {}),

@@ -135,5 +135,5 @@ def test_online_em_over_dask_partitions(gmm):
     model, frame, batch = gmm
     shuffled = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
     with dask.config.set(scheduler="threads"):
-        fit = model.fit(dd.from_pandas(shuffled, npartitions=6), seed=0, method="online", max_iter=30, tol=0)
+        fit = model.fit(dd.from_pandas(shuffled, npartitions=6), seed=0, method="online", max_iter=15, tol=0)
     assert _relative(fit.loglik, batch.loglik) < 1e-5
