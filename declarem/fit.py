@@ -78,6 +78,12 @@ class Fit:
     def _engine(self, data, weights, lengths=None):
         """The E-step engine over ``data``, and the fitted parameters in its internal form."""
         from .data import missing_parents_as_latent, node_data, sequence_lengths
+        from .distributed import is_dask_data
+        if is_dask_data(data):
+            from .errors import OptionError
+            raise OptionError("posteriors and decoded paths are computed for data in memory: give a partition "
+                              "or a computed DataFrame (per partition: data.map_partitions(lambda part: "
+                              "pandas.DataFrame(fit.posterior(part)['z'])) for a latent node z)")
         from .inference import engine_for, prepare_rows
         checked = node_data(self.model, data, weights)
         lengths = sequence_lengths(self.model, data, lengths, checked.n_rows)

@@ -284,6 +284,18 @@ def test_what_dask_data_does_not_support_yet_is_refused_clearly(threads):
         chain.fit(dd.from_pandas(frame, npartitions=2), lengths=[len(frame)])
 
 
+def test_posteriors_of_dask_data_are_computed_per_partition(threads):
+    """fit.posterior takes data in memory; on dask data it says how to map it over the partitions, and that
+    recipe gives the in-memory posterior."""
+    model, frame = _catalog("gmm")
+    parts = dd.from_pandas(frame, npartitions=3)
+    fit = model.fit(parts, seed=0)
+    with pytest.raises(declarem.DeclaremError, match="map_partitions"):
+        fit.posterior(parts)
+    mapped = parts.map_partitions(lambda part: pd.DataFrame(fit.posterior(part)["z"])).compute()
+    np.testing.assert_allclose(mapped.to_numpy(), fit.posterior(frame)["z"], rtol=1e-12, atol=1e-15)
+
+
 def test_without_dask_the_message_names_the_extra(monkeypatch):
     model, frame = _catalog("gmm")
 
