@@ -127,7 +127,7 @@ def prepare(model, data, weights=None, memory_budget=None):
         engines = list(dask.persist(*[dask.delayed(_engine)(sent, block, parents, shifts, None)
                                       for block in checked]))
     engine = DaskEngine(compiled, engines, n_rows, shifts, [s["weight"] for s in summaries],
-                        _variances(summaries), sources)
+                        _variances(summaries), sources, labelled=bool(parents) or any(s["labelled"] for s in summaries))
     return compiled, engine, n_missing, n_missing_rows
 
 
@@ -357,7 +357,7 @@ def _summary(compiled, block):
     return {"n_rows": checked.n_rows, "parents": latent_parents(model, checked), "missing": list(checked.missing),
             "n_missing": checked.n_missing, "n_missing_rows": checked.n_missing_rows,
             "weight": float(checked.weights.sum()), "sequences": sequences, "shift_sums": shift_sums,
-            "moments": moments}
+            "moments": moments, "labelled": bool(checked.labels)}
 
 
 def _moments(flat):
@@ -522,6 +522,8 @@ class DaskEngine:
     sources : _StreamSources or None
         For data larger than the workers' memory: where each pass reads the partitions
         from again (``engines`` is then None); None when they are kept where they are.
+    labelled : bool
+        Whether some latent node is given as labels (a column, or a parent with missing values).
 
     Attributes
     ----------
@@ -529,7 +531,7 @@ class DaskEngine:
         The largest peak resident memory, in bytes, that a process running the E-steps reported.
     """
 
-    def __init__(self, compiled, engines, n_rows, shifts, weights, variances, sources=None):
+    def __init__(self, compiled, engines, n_rows, shifts, weights, variances, sources=None, labelled=False):
         self.compiled = compiled
         self.engines = engines
         self.n_rows = n_rows
@@ -537,6 +539,7 @@ class DaskEngine:
         self.weights = weights
         self.n_observations = float(sum(weights))
         self.sources = sources
+        self.labelled = labelled
         self.peak_memory = None
         self._variances = variances
         self._states = [None] * len(n_rows)
@@ -601,9 +604,8 @@ class DaskEngine:
                 recipes = [kmeans_centres(np.concatenate([p[0] for p in parts]), weights, k, rng)] * n_parts
         if recipes is None:
             recipes = random_recipe(self.n_rows, k, rng)
-        agreements = _compute(dask, self._tasks(_seed_agreement, [(recipe,) for recipe in recipes])) \
-            if self.compiled.model.latent else [{}]
-        order = label_order(agreements) if agreements[0] else None
+        order = label_order(_compute(dask, self._tasks(_seed_agreement, [(recipe,) for recipe in recipes]))) \
+            if self.labelled else None
         parts = _compute(dask, self._tasks(_seed_statistics, [(recipe, order) for recipe in recipes]))
         total = parts[0]
         for part in parts[1:]:
