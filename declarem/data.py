@@ -556,7 +556,8 @@ def _node_array(model, name, columns, source):
 
 def _stacked(columns, names, source):
     """The named one-dimensional columns of equal length side by side, of shape (n_rows, len(names))."""
-    arrays = [_numeric(columns[c], c, source) for c in names]
+    # No copy per column: the columns are copied once, side by side, below.
+    arrays = [_numeric(columns[c], c, source, copy=False) for c in names]
     for label, array in zip(names, arrays):
         if array.ndim != 1:
             raise DataError(f"{source}: column '{label}' has shape {array.shape}; expected one value per row")
@@ -574,11 +575,11 @@ def _listing(columns):
     return f"columns {shown}" if names else "no columns"
 
 
-def _numeric(array, label, source):
+def _numeric(array, label, source, copy=True):
     array = _as_array(array, label, source)
     kind = array.dtype.kind
     if kind in "biuf":
-        return array.astype(float)
+        return array.astype(float, copy=copy)
     if kind not in "OUS":
         # Complex numbers would lose their imaginary part, dates would become day counts.
         raise DataError(f"{source}: column '{label}' holds {array.dtype} values; expected real numbers")
