@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import io
 import platform
 import re
@@ -194,7 +195,6 @@ def main(argv=None):
         return gm, its
 
     # declarem: may not be importable (yet); the scikit-learn half still runs.
-    dm_fit = None
     try:
         import networkx as nx
 
@@ -215,8 +215,9 @@ def main(argv=None):
 
     except Exception as exc:  # noqa: BLE001 - report and carry on with scikit-learn only
         print(f"declarem: NOT AVAILABLE ({type(exc).__name__}: {exc}); timing scikit-learn only")
+        dm_fit = None
 
-    import scipy.linalg  # noqa: F401 - load every BLAS pool before setting thread counts
+    importlib.import_module("scipy.linalg")  # load every BLAS pool before setting thread counts
 
     print(f"thread pools: {configure_threads(args.numpy_threads, args.other_threads)}")
 

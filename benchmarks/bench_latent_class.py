@@ -57,6 +57,7 @@ load average is printed at the start and the end.
 
 from __future__ import annotations
 
+import importlib
 import argparse
 import gc
 import logging
@@ -443,7 +444,7 @@ def _limit_threads(threads):
         from threadpoolctl import ThreadpoolController, threadpool_limits
     except ImportError:  # pragma: no cover
         return "threadpoolctl not installed: thread pools left as they are"
-    import scipy.linalg  # noqa: F401 - load every BLAS pool before limiting
+    importlib.import_module("scipy.linalg")  # load every BLAS pool before limiting
 
     if threads > 0:
         _limit_threads.keep = threadpool_limits(limits=threads)  # stays in force for the process
