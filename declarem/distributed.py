@@ -119,8 +119,10 @@ def prepare(model, data, weights=None, memory_budget=None):
     sent = dask.delayed(compiled, traverse=False)
     if stream:
         # Each pass runs one task per partition that reads, checks and prepares it and does the pass's
-        # work, so that nothing of a partition outlives the task.
-        sources = _StreamSources(dask.delayed(model, traverse=False), parts, weights, parents)
+        # work, so that nothing of a partition outlives the task. The model and its compiled form are
+        # sent once and kept where the work runs, not sent again with every pass.
+        kept_model, kept_compiled = dask.persist(dask.delayed(model, traverse=False), sent)
+        sources = _StreamSources(kept_model, kept_compiled, parts, weights, parents)
         engines = None
     else:
         sources = None
@@ -134,8 +136,9 @@ def prepare(model, data, weights=None, memory_budget=None):
 class _StreamSources:
     """Where a streamed fit reads each partition from, and how it checks it."""
 
-    def __init__(self, model, parts, weights, parents):
+    def __init__(self, model, compiled, parts, weights, parents):
         self.model = model
+        self.compiled = compiled
         self.parts = parts
         self.weights = weights
         self.parents = parents
@@ -353,7 +356,9 @@ def _summary(compiled, block):
     for name, values in checked.values.items():
         found = compiled.factors[name].shift_sums(values, checked.weights)
         shift_sums[name] = None if found is None else found + (values.shape[1:],)
-        moments[name] = _moments(values.reshape(checked.n_rows, -1).astype(float))
+        if not model.nodes[name].is_discrete:
+            # The data's variance is asked of continuous nodes only (a collapsed component's warning).
+            moments[name] = _moments(values.reshape(checked.n_rows, -1))
     return {"n_rows": checked.n_rows, "parents": latent_parents(model, checked), "missing": list(checked.missing),
             "n_missing": checked.n_missing, "n_missing_rows": checked.n_missing_rows,
             "weight": float(checked.weights.sum()), "sequences": sequences, "shift_sums": shift_sums,
@@ -553,8 +558,7 @@ class DaskEngine:
         if self.sources is None:
             return [dask.delayed(function)(self.engines[i], *arguments[i]) for i in chosen]
         sources = self.sources
-        sent = dask.delayed(self.compiled, traverse=False)
-        tasks = [dask.delayed(_streamed)(function, sent, sources.model, sources.parts[i], sources.weights, i,
+        tasks = [dask.delayed(_streamed)(function, sources.compiled, sources.model, sources.parts[i], sources.weights, i,
                                          len(self.n_rows), sources.parents, self.shifts, self._checked_finite,
                                          *arguments[i]) for i in chosen]
         self._checked_finite = self._checked_finite or partitions is None

@@ -139,15 +139,8 @@ def partial_step(state, engine, params, hard, mstep):
     of the online fit that made the state did.
     """
     stats, _ = engine.expected_statistics(params, hard=hard)
-    running, n_steps = _blended(_copy(state.stats), stats, state.n_steps, state.step,
+    running, n_steps = _blended(state.stats.copy(), stats, state.n_steps, state.step,
                                 state.n_observations / engine.n_observations)
     new = mstep(engine.compiled, running, params, state.reg_covar)
     return new, OnlineState(stats=running, n_steps=n_steps, step=state.step, n_observations=state.n_observations,
                             shifts=state.shifts, reg_covar=state.reg_covar)
-
-
-def _copy(stats):
-    copied = object.__new__(type(stats))
-    copied.sums = {name: np.array(value, copy=True) for name, value in stats.sums.items()}
-    copied.set_weights = {name: np.array(value, copy=True) for name, value in stats.set_weights.items()}
-    return copied

@@ -128,17 +128,17 @@ def kmeans_centres(features, weights, k, rng):
 
 def has_features(compiled):
     """Whether the seeded start is k-means on features (one latent node with dense observed children)."""
+    return bool(_feature_nodes(compiled))
+
+
+def _feature_nodes(compiled):
+    """The observed nodes whose data are the k-means features: dense children of the single latent node
+    (and of nothing else); none when the model has several latent nodes."""
     if len(compiled.latent) != 1:
-        return False
-    latent = compiled.latent[0]
-    return any(factor.layout in ("dense", "rows") and not compiled.model.nodes[name].latent
-               and latent in factor.parents and all(compiled.model.nodes[p].latent for p in factor.parents)
-               for name, factor in compiled.factors.items())
-
-
-def block_features(engine):
-    """A block's features for k-means: (n_rows, columns), NaN where missing."""
-    return _features(engine)
+        return []
+    return [name for name, factor in compiled.factors.items()
+            if factor.layout in ("dense", "rows") and factor.parents
+            and all(compiled.model.nodes[p].latent for p in factor.parents)]
 
 
 def random_recipe(n_rows, k, rng):
@@ -161,13 +161,10 @@ def seeded_posterior(engine, recipe):
     if kind == "random":
         return _random_block(engine, {}, *recipe[1:])[0]["posterior"]
     _, centre, scale, centres = recipe
-    features = _features(engine)
+    features = block_features(engine)
     features = (np.where(np.isnan(features), centre, features) - centre) / scale
     distance = -2.0 * features @ centres.T + np.einsum("ij,ij->i", centres, centres)
-    k = len(centres)
-    posterior = np.full((n, k), INITIAL_SOFTENING / k)
-    posterior[np.arange(n), np.argmin(distance, axis=1)] += 1.0 - INITIAL_SOFTENING
-    return posterior
+    return _softened(np.argmin(distance, axis=1), len(centres))
 
 
 def label_agreement(engine, posterior):
@@ -194,24 +191,19 @@ def _summed(parts):
 
 # -- per-block steps: function(engine, state, *arguments) -> (state, result) ------------------------
 
-def _features(engine):
-    """The dense observed children of a single latent node, side by side: (n_rows, columns), or None."""
+def block_features(engine):
+    """A block's k-means features, side by side: (n_rows, columns), NaN where missing; None if the model has none."""
     if isinstance(engine, ArrayBlock):
         return engine.features
-    compiled, rows = engine.compiled, engine.rows
-    if len(compiled.latent) != 1:
+    names = _feature_nodes(engine.compiled)
+    if not names:
         return None
-    columns = []
-    for name, factor in compiled.factors.items():
-        view = rows.factors[name]
-        if factor.layout not in ("dense", "rows") or view.observed_offset is not None or not view.latent_axes:
-            continue
-        columns.append(view.values.reshape(rows.n_rows, -1))
-    return np.column_stack(columns) if columns else None
+    rows = engine.rows
+    return np.column_stack([rows.factors[name].values.reshape(rows.n_rows, -1) for name in names])
 
 
 def _feature_sums(engine, state):
-    features = _features(engine)
+    features = block_features(engine)
     if features is None:
         return state, None
     present = ~np.isnan(features)
@@ -220,7 +212,7 @@ def _feature_sums(engine, state):
 
 def _feature_squares(engine, state, centre):
     # Missing values sit at their column's mean: they pull no row towards any centre.
-    features = _features(engine)
+    features = block_features(engine)
     features = np.where(np.isnan(features), centre, features) - centre
     return {"features": features}, (features * features).sum(axis=0)
 
@@ -283,10 +275,14 @@ def _lloyd_sums(engine, state, centres):
 
 
 def _softened_posterior(engine, state, k):
-    n = engine.rows.n_rows
-    posterior = np.full((n, k), INITIAL_SOFTENING / k)
-    posterior[np.arange(n), state["labels"]] += 1.0 - INITIAL_SOFTENING
-    return {"posterior": posterior}, None
+    return {"posterior": _softened(state["labels"], k)}, None
+
+
+def _softened(labels, k):
+    """Responsibilities (n, k) putting most of each row's mass on its label, softened."""
+    posterior = np.full((len(labels), k), INITIAL_SOFTENING / k)
+    posterior[np.arange(len(labels)), labels] += 1.0 - INITIAL_SOFTENING
+    return posterior
 
 
 def _uniform_posterior(engine, state):
@@ -397,10 +393,7 @@ def _draw(blocks, rng, block_sums_of, block_draw, total):
 
 def _random_posterior(blocks, k, rng):
     """Random responsibilities, as ``rng.random((n_rows, k))`` over all rows at once, normalised."""
-    bit_state = rng.bit_generator.state
-    skips = np.concatenate([[0], np.cumsum(blocks.n_rows)[:-1]]) * k
-    blocks.run_each(_random_block, [(bit_state, int(skip), k) for skip in skips])
-    rng.bit_generator.advance(int(sum(blocks.n_rows)) * k)
+    blocks.run_each(_random_block, [recipe[1:] for recipe in random_recipe(blocks.n_rows, k, rng)])
 
 
 def _label_order(agreements):

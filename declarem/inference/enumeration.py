@@ -88,6 +88,13 @@ class ExpectedStatistics:
             self.sums[name] += other.sums[name]
             self.set_weights[name] += other.set_weights[name]
 
+    def copy(self):
+        """An independent copy (of statistics that add over rows)."""
+        copied = object.__new__(ExpectedStatistics)
+        copied.sums = {name: np.array(value, copy=True) for name, value in self.sums.items()}
+        copied.set_weights = {name: np.array(value, copy=True) for name, value in self.set_weights.items()}
+        return copied
+
     def blend(self, other, step, scale):
         """These statistics moved towards ``scale`` times ``other`` by ``step`` (online EM), in place:
         ``self = (1 - step) self + step scale other``. Only for statistics that add over rows."""
