@@ -176,7 +176,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
         if monitor.iteration(n_iter, objective + compiled.log_prior(params), progress, params):
             converged = True
             break
-    return EMRun(params, monitor.history, converged, n_iter)
+    return EMRun(params, monitor.history, converged, n_iter, None if hard else objective)
 
 
 def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
@@ -245,7 +245,7 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     if failures:
         warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
                       RuntimeWarning, stacklevel=3)
-    params, history, converged, n_iter = best
+    params, history, converged, n_iter, last_loglik = best
     if not converged and tol > 0 and n_iter == max_iter:
         warnings.warn(f"the fit stopped at max_iter={max_iter} before converging (relative change of the "
                       f"objective still above tol={tol:g}); raise max_iter, or start from this fit "
@@ -253,7 +253,9 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
     if _collapse_warning(compiled, engine, params):
         converged = False
     log_prior = compiled.log_prior(params)
-    if hard or log_prior != 0.0:
+    if last_loglik is not None:
+        loglik = last_loglik
+    elif hard or log_prior != 0.0:
         # Recomputed rather than taken as objective - log prior, which cancels catastrophically
         # when a strong prior dominates the objective.
         _, loglik = engine.expected_statistics(params, hard=False)

@@ -106,9 +106,12 @@ class EMRun(NamedTuple):
         The objective at the parameters after 0, 1, ..., n_iter iterations.
     converged : bool
     n_iter : int
+    loglik : float or None
+        The log-likelihood at ``params`` when the run's last E-step gave it (soft EM), else None.
     """
 
     params: dict
     history: list
     converged: bool
     n_iter: int
+    loglik: object = None
