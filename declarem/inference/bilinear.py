@@ -84,10 +84,29 @@ def bilinear_plan(compiled, rows, varying):
 
 def _pattern(major, minor, shape):
     """A CSR matrix with one stored entry per row of the data, and the order that fills it."""
-    order = np.lexsort((minor, major))
+    order = _lexicographic_order(major, minor, shape)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(major, minlength=shape[0]))])
     import scipy.sparse  # imported when first needed: it is slow to import
     return scipy.sparse.csr_matrix((np.zeros(len(major)), minor[order], indptr), shape=shape), order
+
+
+def _lexicographic_order(major, minor, shape):
+    """``np.lexsort((minor, major))``: by major, then minor, stably.
+
+    Indices below 2**16 are sorted as two stable passes of numpy's radix sort (least
+    significant key first), each skipped when its key is already in order (a CSR corpus's
+    rows are): several times faster than lexsort's comparison sort.
+    """
+    if max(shape) > 2 ** 16:
+        return np.lexsort((minor, major))
+    order = None
+    for key in (minor, major):
+        key = (key if order is None else key[order]).astype(np.uint16)
+        if np.all(key[1:] >= key[:-1]):
+            continue
+        step = np.argsort(key, kind="stable")
+        order = step if order is None else order[step]
+    return np.arange(len(major)) if order is None else order
 
 
 def bilinear_statistics(plan, tables, rows, stats):
