@@ -133,8 +133,14 @@ def _assert_close_in_sd(fitted, reference, sd, n_sd, what):
                                      f"(tolerance {n_sd} SD):\nfit {got.tolist()}\n{what} {ref.tolist()}")
 
 
-def _columns(name):
+@functools.lru_cache(maxsize=None)
+def _parsed_columns(name):
     return make_data.read_csv(MODELS_DIR / f"{name}.csv")
+
+
+def _columns(name):
+    """The bundled CSV's columns, parsed once per session (genfromtxt is slow); each call gets its own copies."""
+    return {column: values.copy() for column, values in _parsed_columns(name).items()}
 
 
 @functools.lru_cache(maxsize=None)
