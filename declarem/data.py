@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DataError, OptionError
+from .resources import array_bytes
 
 
 @dataclass
@@ -43,6 +44,10 @@ class NodeData:
     weights: np.ndarray
     missing: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
+
+    def __sizeof__(self):
+        # dask's scheduler reads it (see resources.array_bytes).
+        return object.__sizeof__(self) + array_bytes(self.values, self.weights, self.missing, self.labels)
 
     @property
     def n_missing(self):

@@ -5,8 +5,8 @@ rows, goes through the same EM loop as data in memory. Each partition is read an
 checked once and kept where it is (persisted) as prepared rows; each E-step runs per
 partition, on the current ``dask.distributed`` client or dask's default scheduler
 when there is none, and only the partitions' summed statistics travel. Data larger
-than half the workers' memory (or ``memory_budget``) is streamed instead: every pass
-reads its partition again. The
+than a quarter of the workers' memory (or ``memory_budget``) is streamed instead: every
+pass reads its partition again. The
 centring shifts are the whole data set's, and the start is drawn by the same passes
 over blocks of rows as in memory (``seeding``), so the fit equals the in-memory fit
 of the same rows to rounding.
@@ -92,8 +92,10 @@ def prepare(model, data, weights=None, memory_budget=None):
                           f"weights cannot be matched to the partitions), found {type(weights).__name__}")
     parts = _partitions(dask, data)
     # Data within the memory budget is read and checked once and kept where it is; data over it is
-    # streamed: every pass reads its partition again and forms T(X) chunk by chunk.
-    budget = _cluster_memory(dask) // 2 if memory_budget is None else memory_budget
+    # streamed: every pass reads its partition again and forms T(X) chunk by chunk. A quarter: a
+    # worker also holds its partitions' checked data while preparing them, and its own baseline,
+    # and dask starts moving kept data to disk at 60% of a worker's limit.
+    budget = _cluster_memory(dask) // 4 if memory_budget is None else memory_budget
     with _cluster_failures():
         stream = _row_count(data) * _bytes_per_row(model.compiled) > budget
     checked = [dask.delayed(_checked)(model, part, weights, index, len(parts)) for index, part in enumerate(parts)]

@@ -322,6 +322,27 @@ def test_model_compiled_model_and_fit_pickle():
     _assert_same_fit(fit, again, tol=0)
 
 
+def test_kept_partitions_tell_dask_their_size():
+    """dask's scheduler keeps a task beside the data it needs by their sizes: an engine or checked data
+    reporting a Python object's few bytes let it ship hundreds of megabytes between workers per pass."""
+    from dask.sizeof import sizeof
+
+    from declarem.data import node_data
+    from declarem.inference import engine_for, prepare_rows
+
+    for name, lengths in [("gmm", None), ("earthquakes_hmm2", "whole")]:
+        model, frame = _catalog(name)
+        checked = node_data(model, frame)
+        held = sum(values.nbytes for values in checked.values.values()) + checked.weights.nbytes
+        assert sizeof(checked) >= held
+        rows = prepare_rows(model.compiled, checked)
+        engine = engine_for(model.compiled, rows, None if lengths is None else [checked.n_rows])
+        statistics = rows.factors[model.observed[0]].statistics
+        assert statistics is not None
+        assert sizeof(engine) >= statistics.nbytes + rows.weights.nbytes
+        assert sizeof((checked, None, None)) >= held          # a partition's checked block, as kept
+
+
 def test_a_worker_with_a_cold_cache_and_no_sympy_evaluates_the_received_derivation(tmp_path):
     """A pickled compiled model carries its derivation: a process with an empty cache that cannot import
     sympy runs the same E-step."""

@@ -19,6 +19,7 @@ emissions and, from the forward and backward vectors, the posteriors and
 expected statistics, chunk by chunk so that each chunk is used while in cache.
 """
 
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -64,6 +65,11 @@ class ChainEngine(EnumerationEngine):
         # needed, so T(X) is not held twice.
         self.rows = rows.streamed(compiled)
         self._stepwise = None
+
+    def __sizeof__(self):
+        # Besides the rows in data order, their copies in block order.
+        grids = [grid.rows for grid in (self.blocked, self._stepwise) if grid is not None]
+        return super().__sizeof__() + sum(sys.getsizeof(rows) for rows in grids)
 
     # -- the pieces ---------------------------------------------------------------------------
     def _log_emissions(self, tables, rows, chunk):

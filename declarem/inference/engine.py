@@ -16,6 +16,8 @@ model's shape:
   Viterbi over sequences of rows, with enumeration within each step.
 """
 
+import sys
+
 import numpy as np
 
 from . import enumeration
@@ -35,6 +37,10 @@ class EnumerationEngine:
     def __init__(self, compiled, rows):
         self.compiled = compiled
         self.rows = rows
+
+    def __sizeof__(self):
+        # The prepared rows (the compiled model is shared, and small beside them).
+        return object.__sizeof__(self) + sys.getsizeof(self.rows)
 
     @property
     def shifts(self):

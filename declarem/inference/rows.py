@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import DataError
-from ..resources import available_memory, check_rows_size
+from ..resources import array_bytes, available_memory, check_rows_size
 from .enumeration import CHUNK_ROWS
 
 
@@ -122,6 +122,11 @@ class Rows:
     factors: dict
     base_total: float
     labels: dict = field(default_factory=dict)
+
+    def __sizeof__(self):
+        # Each factor's arrays, and those it keeps once formed (a chunk's statistics, plans' rows).
+        return object.__sizeof__(self) + array_bytes(self.weights, self.labels,
+                                                     *(vars(view) for view in self.factors.values()))
 
     def scatter(self, name, chunk, targets, n_targets):
         """A sparse (n_targets, chunk rows) matrix with a one at (targets[row], row); built once per chunk.
