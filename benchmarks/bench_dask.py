@@ -17,7 +17,8 @@ Parquet files of a million rows each in DIR (about 3.2 GB; kept for later runs).
 - **in memory**: the same fit of the first M = 5 million rows as numpy arrays in this process, BLAS at one
   thread (two threads stall here: see RESULTS.md). Reported: its median time per iteration, and the
   out-of-core fit's time per row over this one's, in wall time and per core (the out-of-core fit's wall
-  time times its W single-threaded workers; target under 1.5x).
+  time times its W single-threaded workers; target under 1.5x), and in CPU seconds (the workers'
+  against this process's), which other jobs on the machine do not inflate.
 - **online EM** (unless --skip-online): on the first O = 1 million rows in memory, from the same start, the
   time batch EM and online EM (``method="online"``, batches of 50,000 rows, step 0.6) each take to reach the
   batch optimum's log-likelihood within 1e-4 relative (the optimum: batch EM run to tol 1e-10).
