@@ -123,7 +123,9 @@ def test_readme_setup_commands_are_the_documented_ones():
     commands = setup_commands()
     assert len(commands) >= 2, commands
     assert commands[0] == "pip install -e . && declarem fit models/gmm.toml"
-    assert commands[1].endswith("&& python -m pytest")
+    assert commands[1].startswith("pip install -q -e '.[test]' && python -m pytest")
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == commands[1]            # CI runs exactly the README's test command
 
 
 def test_readme_fit_command(tmp_path):
