@@ -132,8 +132,9 @@ def bilinear_statistics(plan, tables, rows, stats):
     mixture = np.empty(rows.n_rows)
     for start in range(0, rows.n_rows, ROW_BLOCK):
         block = slice(start, min(start + ROW_BLOCK, rows.n_rows))
-        gathered = a_table[plan.row_index[block]]
-        gathered *= b_transposed[plan.column_index[block]]
+        # np.take gathers short rows several times faster than fancy indexing.
+        gathered = np.take(a_table, plan.row_index[block], axis=0)
+        gathered *= np.take(b_transposed, plan.column_index[block], axis=0)
         mixture[block] = gathered @ np.ones(gathered.shape[1])
     if not np.all(mixture > 0):
         return None
