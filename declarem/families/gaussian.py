@@ -208,6 +208,10 @@ class FillPlan:
         entries (g, s), their patterns (g,), where each pattern's run starts, the
         distinct patterns, and the flat (row, column) indices of each pattern's missing
         block in a (dim, dim) array, (p, s, s).
+    row_order, entry_order : ndarray of int, shape (m,) and (n_entries,)
+        Where each row (each entry) is among the groups' rows (entries, group by group,
+        coordinate-major) laid end to end: per-group results are put in row (entry) order
+        by one gather, several times faster than scattering each group's rows.
     """
 
     def __init__(self, patterns, x0, missing, positions):
@@ -237,6 +241,21 @@ class FillPlan:
             placed = distinct[used]
             block = (placed[:, :, None] * dim + placed[:, None, :])                 # (p, s, s)
             self.groups.append((size, members, entries, pattern, starts, used, block))
+        self.row_order = _inverse_order([group[1] for group in self.groups], m)
+        self.entry_order = _inverse_order([group[2].T.reshape(-1) for group in self.groups], self.n_entries)
+
+
+def _inverse_order(parts, n):
+    """Position of each of 0..n-1 in ``parts`` laid end to end (a permutation of them): (n,) int."""
+    order = np.empty(n, dtype=np.intp)
+    if parts:
+        order[np.concatenate(parts)] = np.arange(n)
+    return order
+
+
+def _in_order(parts, order):
+    """Per-group rows laid end to end, put in the order ``order`` gives (``FillPlan.row_order``)."""
+    return np.take(np.concatenate(parts), order, axis=0)
 
 
 def pattern_conditionals(precision, patterns):
@@ -326,30 +345,31 @@ def conditional_fill(plan, precision, shifted_mean, conditionals):
         for block in _single_threaded(segment, plan.dim * n_sets):
             np.matmul(plan.entry_x0[block, 1:], precision[:, :, coordinate].T, out=residual[block])
         residual[segment] -= shifted_mean[:, coordinate]
-    correction = np.empty((len(plan.x0), n_sets))
+    corrections = []
     fills = []
     for size, members, entries, pattern, *_ in plan.groups:
         covariance, half_logdet = conditionals[size]
         if len(members) * n_sets >= ENTRYWISE_LEAST:
             # Entry by entry over (rows, sets) arrays: s is small, and numpy is slow along short axes.
-            picked = [residual[entries[:, a]] for a in range(size)]                        # s x (g, n_sets)
+            # np.take: row gathers several times faster than fancy indexing.
+            picked = [np.take(residual, entries[:, a], axis=0) for a in range(size)]       # s x (g, n_sets)
             solved = []
             quadratic = np.zeros((len(members), n_sets))
             for a in range(size):
-                column = covariance[a, 0][pattern] * picked[0]
+                column = np.take(covariance[a, 0], pattern, axis=0) * picked[0]
                 for b in range(1, size):
-                    column += covariance[a, b][pattern] * picked[b]
+                    column += np.take(covariance[a, b], pattern, axis=0) * picked[b]
                 quadratic += picked[a] * column
                 solved.append(column)
             solved = np.array(solved)
         else:
             # Few rows (many missing coordinates are rare): a fixed number of calls beats s^2 of them.
-            picked = np.moveaxis(residual[entries], 1, 0)                                   # (s, g, n_sets)
-            solved = np.einsum("abgk,bgk->agk", covariance[:, :, pattern], picked)
+            picked = np.moveaxis(np.take(residual, entries, axis=0), 1, 0)                 # (s, g, n_sets)
+            solved = np.einsum("abgk,bgk->agk", np.take(covariance, pattern, axis=2), picked)
             quadratic = np.einsum("agk,agk->gk", picked, solved)
-        correction[members] = 0.5 * quadratic + half_logdet[pattern] + 0.5 * size * np.log(2.0 * np.pi)
+        corrections.append(0.5 * quadratic + np.take(half_logdet, pattern, axis=0) + 0.5 * size * np.log(2.0 * np.pi))
         fills.append(-solved)                                                              # (s, g, n_sets)
-    return correction, fills
+    return _in_order(corrections, plan.row_order), fills
 
 
 def _single_threaded(segment, width):
@@ -395,12 +415,12 @@ def conditional_moments(plan, weights, conditionals, fills):
     """
     dim = plan.dim
     n_sets = weights.shape[1]
-    weighted_fill = np.empty((plan.n_entries, n_sets))
+    weighted_fills = []
     # The missing blocks' f f^T + C, on and above the diagonal (coordinates ascend within a pattern).
     upper = np.zeros(n_sets * dim * dim)
     set_offset = np.arange(n_sets) * dim * dim
     for (size, members, entries, pattern, starts, used, block), fill in zip(plan.groups, fills):
-        member_weights = weights[members]                                                  # (g, n_sets)
+        member_weights = np.take(weights, members, axis=0)                                 # (g, n_sets)
         pattern_weights = np.add.reduceat(member_weights, starts, axis=0)                  # (p, n_sets)
         covariance = conditionals[size][0]
         weighted = fill * member_weights
@@ -410,15 +430,17 @@ def conditional_moments(plan, weights, conditionals, fills):
             for position, (a, b) in enumerate(zip(first_index, second_index)):
                 # Summed over each pattern's rows (a run), placed at the pattern's (c_a, c_b).
                 np.add.reduceat(weighted[a] * fill[b], starts, axis=0, out=summed[position])
-                summed[position] += pattern_weights * covariance[a, b][used]
+                summed[position] += pattern_weights * np.take(covariance[a, b], used, axis=0)
         else:
             outer = weighted[first_index] * fill[second_index]                             # (pairs, g, n_sets)
             summed = np.add.reduceat(outer, starts, axis=1)
-            summed += pattern_weights * covariance[first_index[:, None], second_index[:, None], used]
-        weighted_fill[entries.T] = weighted
+            pairs = covariance.reshape((size * size,) + covariance.shape[2:])
+            summed += pattern_weights * np.take(np.take(pairs, first_index * size + second_index, axis=0), used, axis=1)
+        weighted_fills.append(weighted.reshape(-1, n_sets))
         places = block[:, first_index, second_index].T                                      # (pairs, p)
         upper += np.bincount((places[:, :, None] + set_offset).reshape(-1), weights=summed.reshape(-1),
                              minlength=upper.size)
+    weighted_fill = _in_order(weighted_fills, plan.entry_order)                               # (n_entries, n_sets)
     upper = upper.reshape(n_sets, dim, dim)
     second = upper + np.swapaxes(upper, 1, 2)
     second[:, np.arange(dim), np.arange(dim)] -= upper[:, np.arange(dim), np.arange(dim)]
