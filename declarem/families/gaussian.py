@@ -435,7 +435,8 @@ def conditional_moments(plan, weights, conditionals, fills):
             outer = weighted[first_index] * fill[second_index]                             # (pairs, g, n_sets)
             summed = np.add.reduceat(outer, starts, axis=1)
             pairs = covariance.reshape((size * size,) + covariance.shape[2:])
-            summed += pattern_weights * np.take(np.take(pairs, first_index * size + second_index, axis=0), used, axis=1)
+            # The chunk's patterns first: they are few of the size's patterns.
+            summed += pattern_weights * np.take(np.take(pairs, used, axis=1), first_index * size + second_index, axis=0)
         weighted_fills.append(weighted.reshape(-1, n_sets))
         places = block[:, first_index, second_index].T                                      # (pairs, p)
         upper += np.bincount((places[:, :, None] + set_offset).reshape(-1), weights=summed.reshape(-1),
