@@ -54,6 +54,8 @@ def test_gamma_prior_on_a_poisson_rate_is_the_closed_form_map():
     np.testing.assert_allclose(fit.params["z"]["probs"], probs, rtol=1e-12)
     log_prior = np.sum((a - 1) * np.log(rate) - b * rate)
     assert fit.log_prior == pytest.approx(log_prior, rel=1e-12)
+    loglik = logsumexp(np.log(probs) + stats.poisson.logpmf(x[:, None], rate), axis=1).sum()
+    assert fit.loglik == pytest.approx(loglik, rel=1e-12)       # at the final parameters, not the ones before
     assert fit.history[-1] == pytest.approx(fit.loglik + fit.log_prior, rel=1e-12)
     long = model.fit({"x": x}, seed=0)
     assert np.all(np.diff(long.history) >= -1e-10 * np.abs(long.history[1:]))
