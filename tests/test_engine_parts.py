@@ -29,3 +29,39 @@ def test_normal_statistics_are_x_and_its_upper_products(n_rows):
     rows, cols = np.triu_indices(5)
     expected = np.concatenate([x, x[:, rows] * x[:, cols]], axis=1)
     assert np.array_equal(gaussian.statistics(x), expected)
+
+
+def _gmm_with_holes(n_rows, k, share_missing, seed):
+    import networkx as nx
+
+    import declarem
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=k)
+    graph.add_node("x", family="normal", dim=4, covariance="full")
+    graph.add_edge("z", "x")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, 4)) + 3.0 * rng.integers(0, k, n_rows)[:, None]
+    x[rng.random(x.shape) < share_missing] = np.nan
+    return declarem.Model(graph), x
+
+
+def test_rows_with_jointly_missing_coordinates_take_larger_chunks_and_the_same_statistics():
+    from declarem.data import node_data
+    from declarem.inference import enumeration
+    from declarem.inference.rows import CONDITIONAL_CHUNK_CELLS, chunk_rows_for, prepare_rows
+
+    model, x = _gmm_with_holes(40_000, 3, 0.15, seed=13)
+    compiled = model.compiled
+    rows = prepare_rows(compiled, node_data(model, {"x": x}))
+    assert rows.chunk_rows == 4 * enumeration.CHUNK_ROWS
+    complete = prepare_rows(compiled, node_data(model, {"x": np.nan_to_num(x)}))
+    assert complete.chunk_rows == enumeration.CHUNK_ROWS
+    wide, _ = _gmm_with_holes(10, 32, 0.15, seed=13)
+    assert chunk_rows_for(wide.compiled, rows.factors) == max(enumeration.CHUNK_ROWS, CONDITIONAL_CHUNK_CELLS // 32) == 16384
+    fit = model.fit({"x": x}, max_iter=2, seed=0)
+    params = compiled.to_internal(fit.params, rows.shifts)
+    stats, loglik = enumeration.expected_statistics(compiled, rows, params)
+    small_stats, small_loglik = enumeration.expected_statistics(compiled, rows, params, chunk_rows=3000)
+    assert loglik == pytest.approx(small_loglik, rel=1e-12)
+    for name in stats.sums:
+        np.testing.assert_allclose(stats.sums[name], small_stats.sums[name], rtol=1e-11)

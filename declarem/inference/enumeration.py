@@ -109,7 +109,7 @@ class ExpectedStatistics:
                 self.set_weights[name] = self.sums[name].sum(axis=1)
 
 
-def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROWS):
+def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
     """One E-step: expected statistics at ``params`` and the objective there.
 
     Parameters
@@ -120,7 +120,8 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
         Internal parameters, ``{node: {param: (n_sets, *own)}}``.
     hard : bool
         Classification EM: the posterior puts all mass on each row's best configuration.
-    chunk_rows : int
+    chunk_rows : int, optional
+        Rows per chunk; by default the rows' own (``Rows.chunk_rows``).
 
     Returns
     -------
@@ -134,6 +135,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
     objective = rows.base_total
     varying = varying_factors(compiled, rows)
     probability_space = not hard and categorical_only(compiled, varying)
+    chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         weights = rows.weights[chunk]
@@ -161,7 +163,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=CHUNK_ROW
     return stats, objective
 
 
-def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=CHUNK_ROWS):
+def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None):
     """The E-step by the bilinear plan (see ``bilinear.py``), or (None, None) when a row underflows."""
     tables = _natural_tables(compiled, params)
     stats = ExpectedStatistics(compiled)
@@ -169,6 +171,7 @@ def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=CHUNK_
     row_loglik = bilinear_statistics(plan, tables, rows, stats)
     if row_loglik is None:
         return None, None
+    chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
@@ -178,7 +181,7 @@ def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=CHUNK_
     return stats, rows.base_total + float(np.dot(rows.weights, row_loglik))
 
 
-def most_probable(compiled, rows, params, chunk_rows=CHUNK_ROWS):
+def most_probable(compiled, rows, params, chunk_rows=None):
     """Each row's most probable joint configuration of the latent nodes, read off per node.
 
     Returns
@@ -188,6 +191,7 @@ def most_probable(compiled, rows, params, chunk_rows=CHUNK_ROWS):
     tables = _natural_tables(compiled, params)
     varying = varying_factors(compiled, rows)
     best = np.empty(rows.n_rows, dtype=np.intp)
+    chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         joint = _joint(compiled, rows, tables, chunk, varying)
@@ -242,8 +246,8 @@ def _fixed_statistics(compiled, rows, varying, tables):
 def _weighted_by_rows(compiled, rows, names, tables):
     """Statistics of the named factors with each row's weight spread evenly over the configurations."""
     stats = ExpectedStatistics(compiled)
-    for start in range(0, rows.n_rows, CHUNK_ROWS):
-        chunk = slice(start, min(start + CHUNK_ROWS, rows.n_rows))
+    for start in range(0, rows.n_rows, rows.chunk_rows):
+        chunk = slice(start, min(start + rows.chunk_rows, rows.n_rows))
         weighted = np.repeat(rows.weights[chunk][:, None] / compiled.n_configurations,
                              compiled.n_configurations, axis=1)
         _accumulate(compiled, rows, weighted, chunk, stats, names, tables)
@@ -311,7 +315,7 @@ def apply_labels(compiled, rows, shaped, chunk, probabilities):
         shaped[disagree] = 0.0 if probabilities else -np.inf
 
 
-def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
+def statistics_from_posterior(compiled, rows, posterior, chunk_rows=None):
     """Expected statistics for a given posterior over latent configurations (initialisation).
 
     Parameters
@@ -320,6 +324,7 @@ def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
         Rows sum to one.
     """
     stats = ExpectedStatistics(compiled)
+    chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         weighted = posterior[chunk] * rows.weights[chunk][:, None]
@@ -328,7 +333,7 @@ def statistics_from_posterior(compiled, rows, posterior, chunk_rows=CHUNK_ROWS):
     return stats
 
 
-def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
+def posterior_marginals(compiled, rows, params, chunk_rows=None):
     """Posterior marginal of every latent node, and each row's log-likelihood.
 
     Returns
@@ -341,6 +346,7 @@ def posterior_marginals(compiled, rows, params, chunk_rows=CHUNK_ROWS):
     marginals = {name: np.empty((rows.n_rows, k)) for name, k in zip(compiled.latent, compiled.latent_sizes)}
     row_loglik = np.empty(rows.n_rows)
     varying = varying_factors(compiled, rows)
+    chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     for start in range(0, rows.n_rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
         joint = _joint(compiled, rows, tables, chunk, varying)

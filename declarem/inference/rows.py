@@ -115,6 +115,8 @@ class Rows:
     labels : dict of str to ndarray of int
         Partial labels of latent nodes, (n_rows,) each: the value, or MISSING_CATEGORY
         (-1) where the node is latent.
+    chunk_rows : int
+        Rows the E-step takes at a time (``chunk_rows_for``).
     """
 
     n_rows: int
@@ -122,6 +124,7 @@ class Rows:
     factors: dict
     base_total: float
     labels: dict = field(default_factory=dict)
+    chunk_rows: int = CHUNK_ROWS
 
     def __sizeof__(self):
         # Each factor's arrays, and those it keeps once formed (a chunk's statistics, plans' rows).
@@ -168,7 +171,7 @@ class Rows:
                    if compiled.factors[name].layout == "dense" and view.values is not None else view
                    for name, view in self.factors.items()}
         return Rows(n_rows=self.n_rows, weights=self.weights, factors=factors, base_total=self.base_total,
-                    labels=self.labels)
+                    labels=self.labels, chunk_rows=self.chunk_rows)
 
     def take(self, indices):
         """These rows in another order, with repeats (a chain's block grid): a new Rows.
@@ -189,7 +192,8 @@ class Rows:
                                  values=pick(view.values), missing=pick(view.missing))
                    for name, view in self.factors.items()}
         return Rows(n_rows=len(indices), weights=self.weights[indices], factors=factors, base_total=0.0,
-                    labels={name: labels[indices] for name, labels in self.labels.items()})
+                    labels={name: labels[indices] for name, labels in self.labels.items()},
+                    chunk_rows=self.chunk_rows)
 
 
 def prepare_rows(compiled, node_data, memory_budget=None, shifts=None, checked_finite=False):
@@ -273,10 +277,25 @@ def prepare_rows(compiled, node_data, memory_budget=None, shifts=None, checked_f
                                    latent_set_index=latent_set_index, shift=shift, values=centred,
                                    missing=missing)
     return Rows(n_rows=node_data.n_rows, weights=weights, factors=factors, base_total=base_total,
-                labels=dict(node_data.labels))
+                labels=dict(node_data.labels), chunk_rows=chunk_rows_for(compiled, factors))
 
 
 BASE_CHUNK = 65536
+
+# Cells (rows x latent configurations) of a chunk of rows whose missing coordinates are integrated
+# out jointly: their work per chunk is many small numpy calls per group of rows, which larger chunks
+# amortise (a GMM with 16 components and 10% of cells missing: 12% less time per iteration).
+CONDITIONAL_CHUNK_CELLS = 1 << 19
+
+
+def chunk_rows_for(compiled, factors):
+    """Rows per E-step chunk: ``CHUNK_ROWS``, or up to four times as many when some factor integrates
+    missing coordinates out jointly (as many as keep a chunk within ``CONDITIONAL_CHUNK_CELLS``)."""
+    conditional = any(view.missing is not None and compiled.factors[name].missing_rule == "conditional"
+                      for name, view in factors.items())
+    if not conditional:
+        return CHUNK_ROWS
+    return int(min(4 * CHUNK_ROWS, max(CHUNK_ROWS, CONDITIONAL_CHUNK_CELLS // compiled.n_configurations)))
 
 
 def _statistics(factor, values, holes):
