@@ -57,7 +57,7 @@ def test_rows_with_jointly_missing_coordinates_take_larger_chunks_and_the_same_s
     complete = prepare_rows(compiled, node_data(model, {"x": np.nan_to_num(x)}))
     assert complete.chunk_rows == enumeration.CHUNK_ROWS
     wide, _ = _gmm_with_holes(10, 32, 0.15, seed=13)
-    assert chunk_rows_for(wide.compiled, rows.factors) == max(enumeration.CHUNK_ROWS, CONDITIONAL_CHUNK_CELLS // 32) == 16384
+    assert chunk_rows_for(wide.compiled, {"x": rows.factors["x"].missing}) == max(enumeration.CHUNK_ROWS, CONDITIONAL_CHUNK_CELLS // 32) == 16384
     fit = model.fit({"x": x}, max_iter=2, seed=0)
     params = compiled.to_internal(fit.params, rows.shifts)
     stats, loglik = enumeration.expected_statistics(compiled, rows, params)

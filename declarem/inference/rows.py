@@ -218,7 +218,8 @@ def prepare_rows(compiled, node_data, memory_budget=None, shifts=None, checked_f
     -------
     Rows
     """
-    check_rows_size(compiled, node_data.n_rows, CHUNK_ROWS)
+    chunk_rows = chunk_rows_for(compiled, node_data.missing)
+    check_rows_size(compiled, node_data.n_rows, chunk_rows)
     budget = available_memory() // 2 if memory_budget is None else memory_budget
     dense_bytes = sum(8 * node_data.n_rows * factor.width for name, factor in compiled.factors.items()
                       if factor.layout == "dense" and name in node_data.values)
@@ -277,7 +278,7 @@ def prepare_rows(compiled, node_data, memory_budget=None, shifts=None, checked_f
                                    latent_set_index=latent_set_index, shift=shift, values=centred,
                                    missing=missing)
     return Rows(n_rows=node_data.n_rows, weights=weights, factors=factors, base_total=base_total,
-                labels=dict(node_data.labels), chunk_rows=chunk_rows_for(compiled, factors))
+                labels=dict(node_data.labels), chunk_rows=chunk_rows)
 
 
 BASE_CHUNK = 65536
@@ -288,11 +289,12 @@ BASE_CHUNK = 65536
 CONDITIONAL_CHUNK_CELLS = 1 << 19
 
 
-def chunk_rows_for(compiled, factors):
+def chunk_rows_for(compiled, missing):
     """Rows per E-step chunk: ``CHUNK_ROWS``, or up to four times as many when some factor integrates
-    missing coordinates out jointly (as many as keep a chunk within ``CONDITIONAL_CHUNK_CELLS``)."""
-    conditional = any(view.missing is not None and compiled.factors[name].missing_rule == "conditional"
-                      for name, view in factors.items())
+    missing coordinates out jointly (as many as keep a chunk within ``CONDITIONAL_CHUNK_CELLS``).
+
+    ``missing`` maps the observed nodes with missing values to where they are (``NodeData.missing``)."""
+    conditional = any(compiled.factors[name].missing_rule == "conditional" for name in missing)
     if not conditional:
         return CHUNK_ROWS
     return int(min(4 * CHUNK_ROWS, max(CHUNK_ROWS, CONDITIONAL_CHUNK_CELLS // compiled.n_configurations)))
