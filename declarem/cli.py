@@ -88,6 +88,9 @@ def _parser():
     fit.add_argument("--accelerate", choices=["squarem", "none"],
                      help="squarem extrapolates the EM map; none is plain EM (default: the spec's [fit] "
                           "accelerate, else plain EM)")
+    fit.add_argument("--threads", type=int, help="threads the E-step runs its chunks of rows on, each with one "
+                     "BLAS thread (default: $DECLAREM_THREADS, else the cores this process may use); the result "
+                     "does not depend on it")
     progress = fit.add_mutually_exclusive_group()
     progress.add_argument("--quiet", action="store_true", help="no progress on standard error")
     progress.add_argument("--verbose", action="store_true", help="a progress line per iteration, also on a "
@@ -258,7 +261,7 @@ def _fit(args):
             warnings.simplefilter("ignore", ConvergenceWarning)
             fit = fit_model(model, columns, weights=weights, init=init, max_iter=args.max_iter, tol=args.tol,
                             seed=args.seed, restarts=args.restarts, reg_covar=args.reg_covar, hard=args.hard,
-                            progress=progress, source=source, accelerate=args.accelerate)
+                            progress=progress, source=source, accelerate=args.accelerate, threads=args.threads)
     finally:
         if progress is not None:
             progress.close()

@@ -16,6 +16,7 @@ parameters repeated; the user sees (K1, ..., Km, *own), tied ones as (*own).
 """
 
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -505,13 +506,14 @@ class GaussianFactor(Factor):
         """Corrections and conditional means of a plan's rows; kept for the plan last asked.
 
         The E-step asks for the same chunk's rows twice (densities, then statistics): the
-        second time costs nothing.
+        second time costs nothing. One plan is kept per thread, as each of the E-step's
+        threads works through its own chunks.
         """
-        if context.get("filled_plan") is not plan:
+        slot = ("filled", threading.get_ident())
+        if slot not in context or context[slot][0] is not plan:
             precision, shifted, conditionals = self._conditionals(params, patterns, context)
-            context["filled_plan"] = plan
-            context["filled"] = self.parts.conditional_fill(plan, precision, shifted, conditionals)
-        return context["filled"]
+            context[slot] = (plan, self.parts.conditional_fill(plan, precision, shifted, conditionals))
+        return context[slot][1]
 
     def conditional_sums(self, params, plan, patterns, weights, context):
         """What integrating out the missing coordinates adds to the weighted sums of T(x0).

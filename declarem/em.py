@@ -3,6 +3,7 @@
 Numpy only: every update the loop applies comes from the compiled model.
 """
 
+import contextlib
 import math
 import os
 import warnings
@@ -18,6 +19,7 @@ from .monitor import ConvergenceMonitor, EMRun
 from .params import check_init, seed_sequence
 from .squarem import run_squarem
 from .tables import FIT_DEFAULTS
+from .threads import fit_threads, resolve_threads
 
 ACCELERATORS = (None, "squarem")
 METHODS = ("batch", "online")
@@ -95,7 +97,7 @@ def _collapse_warning(compiled, engine, params):
             warnings.warn(f"node '{name}': the variance of {factor.describe_set(tiny[0])} collapsed to "
                           f"{spread[tiny[0]]:.3g} (the data's variance is {scale:.3g}); the likelihood is "
                           "unbounded there, so the fit is not converged. Use reg_covar > 0 or fewer components",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning, stacklevel=5)
     return collapsed
 
 
@@ -181,7 +183,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
 
 def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
               reg_covar=None, hard=False, progress=None, source="data", accelerate=None, memory_budget=None,
-              lengths=None, method="batch", batch_size=None, step=None):
+              lengths=None, method="batch", batch_size=None, step=None, threads=None):
     """Fit a model by EM; see ``Model.fit``. Options left None take the spec's [fit] value, else the default."""
     given = {"max_iter": max_iter, "tol": tol, "restarts": restarts, "reg_covar": reg_covar,
              "accelerate": accelerate}
@@ -208,11 +210,25 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
         if lengths is not None:
             raise OptionError("lengths do not apply to dask data: give the spec a [data] sequence column, each "
                               "sequence within one partition")
+        if threads is not None:
+            raise OptionError("threads apply to data in memory; with dask data, the workers' threads (dask's "
+                              "nthreads) run the E-steps: leave out threads")
         compiled, engine, n_missing, n_missing_rows = distributed.prepare(
             model, data, model.data_info.get("weights") if weights is None else weights, memory_budget)
+        parallelism = contextlib.nullcontext()
     else:
+        threads = resolve_threads(threads)
         compiled, engine, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
                                                                  memory_budget)
+        parallelism = fit_threads(threads, engine.parallel_chunks and method == "batch")
+    with parallelism:
+        return _fit_prepared(model, compiled, engine, init, max_iter, tol, seeds, restarts, reg_covar, hard,
+                             progress, accelerate, method, batch_size, step, n_missing, n_missing_rows)
+
+
+def _fit_prepared(model, compiled, engine, init, max_iter, tol, seeds, restarts, reg_covar, hard, progress,
+                  accelerate, method, batch_size, step, n_missing, n_missing_rows):
+    """The fit's restarts and EM runs on a prepared engine, and the Fit of the best."""
     if method == "online":
         online.refuse_unsupported(compiled)
     given = check_init(compiled, init)
@@ -244,12 +260,12 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
         progress.chosen(best_index, best.history[-1])
     if failures:
         warnings.warn(f"{len(failures)} of {restarts} restarts failed and were skipped: {failures[0]}",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
     params, history, converged, n_iter, last_loglik = best
     if not converged and tol > 0 and n_iter == max_iter:
         warnings.warn(f"the fit stopped at max_iter={max_iter} before converging (relative change of the "
                       f"objective still above tol={tol:g}); raise max_iter, or start from this fit "
-                      "(init=fit)", ConvergenceWarning, stacklevel=3)
+                      "(init=fit)", ConvergenceWarning, stacklevel=4)
     if _collapse_warning(compiled, engine, params):
         converged = False
     log_prior = compiled.log_prior(params)

@@ -608,7 +608,7 @@ class Model:
 
     def fit(self, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
             reg_covar=None, hard=False, progress=None, accelerate=None, memory_budget=None, lengths=None,
-            method="batch", batch_size=None, step=None):
+            method="batch", batch_size=None, step=None, threads=None):
         """Fit the model by EM.
 
         Parameters
@@ -664,6 +664,11 @@ class Model:
         step : float, optional
             Online EM's step-size decay exponent, in (0.5, 1] (default 0.6): the t-th
             batch's statistics (t = 1, 2, ...) enter with weight ``(t + 1) ** -step``.
+        threads : int, optional
+            Threads the E-step runs its chunks of rows on, each with one BLAS thread
+            (``declarem.threads``); default ``$DECLAREM_THREADS``, else the cores this process
+            may use. The result does not depend on it. Without threadpoolctl installed
+            (``declarem[threads]``), chunks run in turn.
 
         Data may also be a dask DataFrame or a mapping of dask arrays (``declarem.distributed``):
         each E-step then runs per partition, where the partition lives.
@@ -677,7 +682,7 @@ class Model:
             return fit_model(self, data, weights=weights, init=init, max_iter=max_iter, tol=tol, seed=seed,
                              restarts=restarts, reg_covar=reg_covar, hard=hard, progress=progress,
                              accelerate=accelerate, memory_budget=memory_budget, lengths=lengths, method=method,
-                             batch_size=batch_size, step=step)
+                             batch_size=batch_size, step=step, threads=threads)
 
     def derive(self):
         """The derivation of every factor: expected statistics and M-step, as text and LaTeX."""

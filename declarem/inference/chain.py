@@ -66,6 +66,9 @@ class ChainEngine(EnumerationEngine):
         self.rows = rows.streamed(compiled)
         self._stepwise = None
 
+    #: Forward-backward runs over all sequences at once, step by step.
+    parallel_chunks = False
+
     def __sizeof__(self):
         # Besides the rows in data order, their copies in block order.
         grids = [grid.rows for grid in (self.blocked, self._stepwise) if grid is not None]

@@ -43,6 +43,11 @@ class EnumerationEngine:
         return object.__sizeof__(self) + sys.getsizeof(self.rows)
 
     @property
+    def parallel_chunks(self):
+        """Whether the E-step takes its rows in several chunks a pool of threads can share (``threads``)."""
+        return self.rows.n_rows > self.rows.chunk_rows
+
+    @property
     def shifts(self):
         """The centring shift of each location family's columns, ``{node: (*own,)}``."""
         return self.rows.shifts
@@ -112,6 +117,9 @@ class BilinearEngine(EnumerationEngine):
     def __init__(self, compiled, rows, plan):
         super().__init__(compiled, rows)
         self.plan = plan
+
+    #: Its expected counts are two sparse products over all rows at once.
+    parallel_chunks = False
 
     def expected_statistics(self, params, hard=False):
         if not hard:

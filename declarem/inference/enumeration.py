@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import FitError
+from ..threads import map_in_order
 from .bilinear import bilinear_statistics
 
 CHUNK_ROWS = 8192
@@ -131,13 +132,17 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
         or with ``hard`` the complete-data log-likelihood at the chosen configurations.
     """
     tables = _natural_tables(compiled, params)
-    stats = ExpectedStatistics(compiled)
-    objective = rows.base_total
     varying = varying_factors(compiled, rows)
     probability_space = not hard and categorical_only(compiled, varying)
     chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
-    for start in range(0, rows.n_rows, chunk_rows):
+    # Per-row weights ("rows" layout) are one (n_sets, n_rows) array that every chunk adds
+    # its columns to: those chunks share it and run in turn.
+    shared = next((ExpectedStatistics(compiled) for factor in compiled.factors.values()
+                   if factor.layout == "rows"), None)
+
+    def chunk_statistics(start):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+        stats = ExpectedStatistics(compiled) if shared is None else shared
         weights = rows.weights[chunk]
         constant = _constant_loglik(compiled, rows, tables, varying, chunk)
         joint = None
@@ -154,10 +159,21 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
                 joint, row_loglik = _normalise(joint, start)
         row_loglik = row_loglik + constant
         _check_rows(row_loglik, start)
-        objective += float(np.dot(weights, row_loglik))
         if not rows.unit_weights:
             joint *= weights[:, None]
         _accumulate(compiled, rows, joint, chunk, stats, varying, tables)
+        return stats, float(np.dot(weights, row_loglik))
+
+    # Each chunk's statistics are summed alone and added in chunk order (threads or not), so
+    # the result does not depend on the thread count.
+    starts = range(0, rows.n_rows, chunk_rows)
+    stats = ExpectedStatistics(compiled) if shared is None else shared
+    objective = rows.base_total
+    for chunk_stats, chunk_objective in (map(chunk_statistics, starts) if shared is not None
+                                         else map_in_order(chunk_statistics, starts)):
+        if chunk_stats is not stats:
+            stats.add(chunk_stats)
+        objective += chunk_objective
     stats.add(_fixed_statistics(compiled, rows, varying, tables))
     stats.finish(compiled)
     return stats, objective

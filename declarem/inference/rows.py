@@ -1,5 +1,6 @@
 """Per-fit row data in the form the E-step consumes: statistics computed once."""
 
+import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -50,16 +51,20 @@ class FactorRows:
         """
         if self.statistics is not None:
             return self.statistics[chunk]
+        # One kept chunk per thread: the E-step's threads each work through their own chunks.
+        formed = vars(self).setdefault("_formed", {})
         key = (chunk.start, chunk.stop)
-        if getattr(self, "_formed_key", None) != key:
-            self._formed = _statistics(factor, self.values[chunk], None if self.missing is None else self.missing[chunk])
-            self._formed_key = key
-        return self._formed
+        thread = threading.get_ident()
+        if thread not in formed or formed[thread][0] != key:
+            formed[thread] = (key, _statistics(factor, self.values[chunk],
+                                               None if self.missing is None else self.missing[chunk]))
+        return formed[thread][1]
 
     def patterns(self, factor):
         """The factor's missing-value patterns over these rows (built on first use)."""
-        if not hasattr(self, "_patterns"):
-            self._patterns = factor.missing_patterns(self.missing)
+        if "_patterns" not in vars(self):
+            # Built outside any lock; the first thread's stays, so every plan refers to one object.
+            vars(self).setdefault("_patterns", factor.missing_patterns(self.missing))
         return self._patterns
 
     def fill_plan(self, factor, chunk):
@@ -73,18 +78,17 @@ class FactorRows:
         plan : object or None
             None when no row of the chunk is partly missing.
         """
-        if not hasattr(self, "_plans"):
-            self._plans = {}
+        plans = vars(self).setdefault("_plans", {})
         key = (chunk.start, chunk.stop)
-        if key not in self._plans:
+        if key not in plans:
             holes = self.missing[chunk]
             partial = np.flatnonzero(holes.any(axis=1) & ~holes.all(axis=1))
             plan = None
             if len(partial):
                 x0 = np.where(holes[partial], 0.0, self.values[chunk][partial])
                 plan = factor.missing_plan(x0, holes[partial], chunk.start + partial, self.patterns(factor))
-            self._plans[key] = (partial, plan)
-        return self._plans[key]
+            plans[key] = (partial, plan)
+        return plans[key]
 
     def incomplete_in(self, chunk):
         """Positions, within the chunk, of the rows with some value of this node missing: (m,) int."""
@@ -137,18 +141,17 @@ class Rows:
         Multiplying it by a chunk's (rows, m) posterior sums the rows onto their targets, in
         O(rows x m).
         """
-        if not hasattr(self, "_scatter"):
-            self._scatter = {}
+        scatters = vars(self).setdefault("_scatter", {})
         key = (name, chunk.start, chunk.stop)
-        if key not in self._scatter:
+        if key not in scatters:
             n = chunk.stop - chunk.start
             # A negative target (a missing category) takes no part.
             present = targets[chunk] >= 0
             import scipy.sparse  # imported when first needed: it is slow to import
-            self._scatter[key] = scipy.sparse.csr_matrix(
+            scatters[key] = scipy.sparse.csr_matrix(
                 (np.ones(int(present.sum())), (targets[chunk][present], np.flatnonzero(present))),
                 shape=(n_targets, n))
-        return self._scatter[key]
+        return scatters[key]
 
     @property
     def unit_weights(self):

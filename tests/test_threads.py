@@ -1,0 +1,132 @@
+"""The E-step's pool of threads: the same fit on any number of threads, BLAS on one thread within a fit."""
+
+import threading
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import declarem
+from declarem import threads
+from declarem.errors import OptionError
+from declarem.inference import enumeration
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def _gmm(n_rows, k=3, dim=4, share_missing=0.0, seed=21):
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=k)
+    graph.add_node("x", family="normal", dim=dim, covariance="full")
+    graph.add_edge("z", "x")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, dim)) + 3.0 * rng.integers(0, k, n_rows)[:, None]
+    if share_missing:
+        x[rng.random(x.shape) < share_missing] = np.nan
+    return declarem.Model(graph), {"x": x}
+
+
+def _latent_class(n_rows, seed=22):
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=3)
+    rng = np.random.default_rng(seed)
+    data = {}
+    classes = rng.integers(0, 3, n_rows)
+    for item in range(6):
+        name = f"item{item}"
+        graph.add_node(name, family="categorical", k=10)
+        graph.add_edge("z", name)
+        data[name] = np.where(rng.random(n_rows) < 0.6, (classes * 3 + item) % 10, rng.integers(0, 10, n_rows))
+    return declarem.Model(graph), data
+
+
+def _same_fit(first, second):
+    assert first.loglik == second.loglik
+    assert first.history == second.history
+    for node, values in first.params.items():
+        for name, value in values.items():
+            assert np.array_equal(value, second.params[node][name]), (node, name)
+
+
+@pytest.mark.parametrize("case, options", [
+    ("gmm", {}),
+    ("gmm with holes", {}),
+    ("gmm", {"hard": True}),
+    ("gmm", {"accelerate": "squarem"}),
+    ("gmm", {"memory_budget": 0}),          # statistics formed per chunk, in each thread
+    ("latent class", {}),
+], ids=["gmm", "gmm-holes", "gmm-hard", "gmm-squarem", "gmm-streamed", "latent-class"])
+def test_a_fit_is_the_same_on_one_thread_and_on_several(case, options, monkeypatch):
+    model, data = {"gmm": lambda: _gmm(30_000), "gmm with holes": lambda: _gmm(40_000, share_missing=0.15),
+                   "latent class": lambda: _latent_class(30_000)}[case]()
+    names = []
+    accumulate = enumeration._accumulate
+
+    def recording(*arguments, **keywords):
+        names.append(threading.current_thread().name)
+        return accumulate(*arguments, **keywords)
+
+    monkeypatch.setattr(enumeration, "_accumulate", recording)
+    one = model.fit(data, max_iter=4, tol=0, seed=3, threads=1, **options)
+    assert not any(name.startswith("declarem-estep") for name in names)
+    names.clear()
+    several = model.fit(data, max_iter=4, tol=0, seed=3, threads=3, **options)
+    assert any(name.startswith("declarem-estep") for name in names), "the chunks did not run on the pool"
+    _same_fit(one, several)
+
+
+def test_blas_runs_one_thread_during_a_fit_and_is_restored_after():
+    model, data = _gmm(20_000)
+    seen = []
+
+    def progress(iteration, objective, change):
+        seen.append({info["internal_api"]: info["num_threads"] for info in threadpoolctl.threadpool_info()
+                     if info["user_api"] == "blas"})
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+        model.fit(data, max_iter=2, tol=0, progress=progress, threads=2)
+        after = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    assert seen and all(set(counts.values()) == {1} for counts in seen)
+    assert after == before and set(before) == {2}
+
+
+def test_without_threadpoolctl_chunks_run_in_turn_with_the_same_result(monkeypatch):
+    model, data = _gmm(30_000)
+    expected = model.fit(data, max_iter=3, tol=0, threads=2)
+    monkeypatch.setattr(threads, "_one_blas_thread", lambda: None)
+    names = []
+    accumulate = enumeration._accumulate
+    monkeypatch.setattr(enumeration, "_accumulate",
+                        lambda *a, **k: names.append(threading.current_thread().name) or accumulate(*a, **k))
+    _same_fit(model.fit(data, max_iter=3, tol=0, threads=2), expected)
+    assert names and set(names) == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_threads_must_be_a_positive_integer(value):
+    model, data = _gmm(100)
+    with pytest.raises(OptionError, match="threads must be a positive integer"):
+        model.fit(data, max_iter=1, threads=value)
+
+
+def test_the_environment_sets_the_default(monkeypatch):
+    monkeypatch.setenv("DECLAREM_THREADS", "3")
+    assert threads.resolve_threads(None) == 3
+    assert threads.resolve_threads(1) == 1
+    monkeypatch.setenv("DECLAREM_THREADS", "many")
+    with pytest.raises(OptionError, match="DECLAREM_THREADS must be a positive integer, found 'many'"):
+        threads.resolve_threads(None)
+    monkeypatch.delenv("DECLAREM_THREADS")
+    assert threads.resolve_threads(None) == threads.usable_cores() >= 1
+
+
+def test_the_command_line_refuses_zero_threads(tmp_path, capsys):
+    from declarem.cli import main
+    spec = tmp_path / "gmm.toml"
+    spec.write_text('[nodes.z]\nfamily = "categorical"\nlatent = true\nk = 2\n\n'
+                    '[nodes.x]\nfamily = "normal"\nparents = ["z"]\n')
+    data = tmp_path / "x.csv"
+    data.write_text("x\n" + "\n".join(str(v) for v in np.random.default_rng(0).normal(size=50)) + "\n")
+    assert main(["fit", str(spec), "--data", str(data), "--threads", "0", "--quiet"]) == 2
+    assert "threads must be a positive integer (or None for the usable cores), found 0" in capsys.readouterr().err
