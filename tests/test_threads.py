@@ -48,17 +48,8 @@ def _same_fit(first, second):
             assert np.array_equal(value, second.params[node][name]), (node, name)
 
 
-@pytest.mark.parametrize("case, options", [
-    ("gmm", {}),
-    ("gmm with holes", {}),
-    ("gmm", {"hard": True}),
-    ("gmm", {"accelerate": "squarem"}),
-    ("gmm", {"memory_budget": 0}),          # statistics formed per chunk, in each thread
-    ("latent class", {}),
-], ids=["gmm", "gmm-holes", "gmm-hard", "gmm-squarem", "gmm-streamed", "latent-class"])
-def test_a_fit_is_the_same_on_one_thread_and_on_several(case, options, monkeypatch):
-    model, data = {"gmm": lambda: _gmm(30_000), "gmm with holes": lambda: _gmm(40_000, share_missing=0.15),
-                   "latent class": lambda: _latent_class(30_000)}[case]()
+def _recorded_threads(monkeypatch):
+    """The names of the threads that accumulate chunks' statistics, as they do."""
     names = []
     accumulate = enumeration._accumulate
 
@@ -67,12 +58,52 @@ def test_a_fit_is_the_same_on_one_thread_and_on_several(case, options, monkeypat
         return accumulate(*arguments, **keywords)
 
     monkeypatch.setattr(enumeration, "_accumulate", recording)
+    return names
+
+
+@pytest.mark.parametrize("case, options", [
+    ("gmm", {}),
+    ("gmm with holes", {}),
+    ("gmm", {"hard": True}),
+    ("gmm", {"accelerate": "squarem"}),
+    ("gmm", {"memory_budget": 0}),          # statistics formed per chunk, in each thread
+], ids=["gmm", "gmm-holes", "gmm-hard", "gmm-squarem", "gmm-streamed"])
+def test_a_fit_is_the_same_on_one_thread_and_on_several(case, options, monkeypatch):
+    # dim 8, k 8: 8192 rows x 44 statistics x 8 sets per chunk, enough work for the pool.
+    model, data = {"gmm": lambda: _gmm(30_000, k=8, dim=8),
+                   "gmm with holes": lambda: _gmm(40_000, share_missing=0.15)}[case]()
+    names = _recorded_threads(monkeypatch)
     one = model.fit(data, max_iter=4, tol=0, seed=3, threads=1, **options)
     assert not any(name.startswith("declarem-estep") for name in names)
     names.clear()
     several = model.fit(data, max_iter=4, tol=0, seed=3, threads=3, **options)
     assert any(name.startswith("declarem-estep") for name in names), "the chunks did not run on the pool"
     _same_fit(one, several)
+
+
+def test_chunks_of_short_numpy_calls_run_in_turn(monkeypatch):
+    # A latent class model's chunks are categorical gathers (the lock held most of the time), a
+    # dimension-2 normal's products are small: threads would only take turns.
+    for model, data in (_latent_class(30_000), _gmm(30_000, dim=2)):
+        names = _recorded_threads(monkeypatch)
+        model.fit(data, max_iter=2, tol=0, threads=2)
+        assert names and set(names) == {threading.current_thread().name}
+
+
+def test_categorical_chunks_on_a_pool_give_the_same_statistics():
+    from declarem.data import node_data
+    from declarem.inference.rows import prepare_rows
+    model, data = _latent_class(30_000)
+    fit = model.fit(data, max_iter=2, tol=0, threads=1)
+    rows = prepare_rows(model.compiled, node_data(model, data))
+    params = model.compiled.to_internal(fit.params, rows.shifts)
+    for hard in (False, True):
+        alone = enumeration.expected_statistics(model.compiled, rows, params, hard=hard)
+        with threads.fit_threads(2, chunked=True):
+            pooled = enumeration.expected_statistics(model.compiled, rows, params, hard=hard)
+        assert alone[1] == pooled[1]
+        for name in alone[0].sums:
+            assert np.array_equal(alone[0].sums[name], pooled[0].sums[name])
 
 
 def test_blas_runs_one_thread_during_a_fit_and_is_restored_after():
@@ -92,13 +123,10 @@ def test_blas_runs_one_thread_during_a_fit_and_is_restored_after():
 
 
 def test_without_threadpoolctl_chunks_run_in_turn_with_the_same_result(monkeypatch):
-    model, data = _gmm(30_000)
+    model, data = _gmm(30_000, k=8, dim=8)
     expected = model.fit(data, max_iter=3, tol=0, threads=2)
     monkeypatch.setattr(threads, "_one_blas_thread", lambda: None)
-    names = []
-    accumulate = enumeration._accumulate
-    monkeypatch.setattr(enumeration, "_accumulate",
-                        lambda *a, **k: names.append(threading.current_thread().name) or accumulate(*a, **k))
+    names = _recorded_threads(monkeypatch)
     _same_fit(model.fit(data, max_iter=3, tol=0, threads=2), expected)
     assert names and set(names) == {threading.current_thread().name}
 
