@@ -483,6 +483,10 @@ class GaussianFactor(Factor):
                 context[key] = self.parts.pattern_conditionals(precision, patterns)
         return context["precision"] + (context[key],)
 
+    def prepare_missing(self, params, patterns, context):
+        """Work out, before the E-step's chunks, what all its partly missing rows share (per pattern)."""
+        self._conditionals(params, patterns, context)
+
     def missing_patterns(self, holes):
         """The distinct missing-coordinate patterns of a data set's rows (built once per data set)."""
         return self.parts.missing_patterns(holes)

@@ -10,6 +10,8 @@ equation.
 
 import numpy as np
 
+from ..threads import map_in_order
+
 
 def upper_indices(dim):
     """Row and column indices of the upper triangle, row by row, of a (dim, dim) matrix."""
@@ -270,15 +272,17 @@ def pattern_conditionals(precision, patterns):
     dict of int to (ndarray (s, s, n_patterns, n_sets), ndarray (n_patterns, n_sets))
         Per size s: C (entry by entry), and 1/2 log det C.
     """
-    out = {}
-    for size, coordinates in patterns.coordinates.items():
+    def of_size(size):
+        coordinates = patterns.coordinates[size]
         block = np.empty((size, size) + (len(coordinates), precision.shape[0]))
         for a in range(size):
             for b in range(size):
                 block[a, b] = precision[:, coordinates[:, a], coordinates[:, b]].T
         covariance, logdet = _spd_inverse(block)
-        out[size] = (covariance, -0.5 * logdet)
-    return out
+        return covariance, -0.5 * logdet
+
+    sizes = list(patterns.coordinates)
+    return dict(zip(sizes, map_in_order(of_size, sizes)))      # sizes on the fit's threads, if it has some
 
 
 def _spd_inverse(block):

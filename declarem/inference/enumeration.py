@@ -133,6 +133,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
     """
     tables = _natural_tables(compiled, params)
     varying = varying_factors(compiled, rows)
+    _prepare_missing(compiled, rows, tables, varying)
     probability_space = not hard and categorical_only(compiled, varying)
     chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     # Per-row weights ("rows" layout) are one (n_sets, n_rows) array that every chunk adds
@@ -177,6 +178,14 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
     stats.add(_fixed_statistics(compiled, rows, varying, tables))
     stats.finish(compiled)
     return stats, objective
+
+
+def _prepare_missing(compiled, rows, tables, varying):
+    """What the E-step's partly missing rows share, worked out once before its chunks (on its threads)."""
+    for name in varying:
+        factor, view = compiled.factors[name], rows.factors[name]
+        if view.missing is not None and factor.missing_rule == "conditional":
+            factor.prepare_missing(tables[name].params, view.patterns(factor), tables[name].scratch)
 
 
 def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None):
@@ -700,7 +709,10 @@ def _add_conditional_sums(factor, view, marginal, sets, positions, chunk, stats,
         remaining[positions[empty]] = 0.0
     partial, plan = view.fill_plan(factor, chunk)
     if table is not None and plan is not None:
-        weights = _per_set(marginal[partial], sets[partial], factor.n_sets)
+        if view.observed_offset is None and view.identity_sets:
+            weights = np.take(marginal, partial, axis=0)           # already one column per set, in order
+        else:
+            weights = _per_set(marginal[partial], sets[partial], factor.n_sets)
         stats.sums[name] += factor.conditional_sums(table.params, plan, view.patterns(factor), weights,
                                                     table.scratch)
     return remaining
