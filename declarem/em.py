@@ -15,7 +15,7 @@ from . import distributed, online
 from .errors import ConvergenceWarning, DataError, FitError, InitError, OptionError
 from .fit import Fit
 from .inference import engine_for, prepare_rows
-from .monitor import ConvergenceMonitor, EMRun
+from .monitor import FALL_TOLERANCE, ConvergenceMonitor, EMRun
 from .params import check_init, seed_sequence
 from .squarem import run_squarem
 from .tables import FIT_DEFAULTS
@@ -157,7 +157,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
     EMRun
     """
     compiled = engine.compiled
-    monitor = ConvergenceMonitor(tol)
+    monitor = ConvergenceMonitor(tol, fall_tolerance=getattr(engine, "fall_tolerance", FALL_TOLERANCE))
     if accelerate == "squarem":
         def estep(current):
             stats, objective = engine.expected_statistics(current, hard=hard)
@@ -183,7 +183,7 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
 
 def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, seed=0, restarts=None,
               reg_covar=None, hard=False, progress=None, source="data", accelerate=None, memory_budget=None,
-              lengths=None, method="batch", batch_size=None, step=None, threads=None):
+              lengths=None, method="batch", batch_size=None, step=None, threads=None, dtype=None):
     """Fit a model by EM; see ``Model.fit``. Options left None take the spec's [fit] value, else the default."""
     given = {"max_iter": max_iter, "tol": tol, "restarts": restarts, "reg_covar": reg_covar,
              "accelerate": accelerate}
@@ -213,13 +213,15 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
         if threads is not None:
             raise OptionError("threads apply to data in memory; with dask data, the workers' threads (dask's "
                               "nthreads) run the E-steps: leave out threads")
+        if dtype is not None:
+            raise OptionError("dtype applies to data in memory; with dask data, leave out dtype")
         compiled, engine, n_missing, n_missing_rows = distributed.prepare(
             model, data, model.data_info.get("weights") if weights is None else weights, memory_budget)
         parallelism = contextlib.nullcontext()
     else:
         threads = resolve_threads(threads)
         compiled, engine, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
-                                                                 memory_budget)
+                                                                 memory_budget, _check_dtype(dtype))
         parallelism = fit_threads(threads, engine.parallel_chunks and method == "batch")
     with parallelism:
         return _fit_prepared(model, compiled, engine, init, max_iter, tol, seeds, restarts, reg_covar, hard,
@@ -286,7 +288,21 @@ def _fit_prepared(model, compiled, engine, init, max_iter, tol, seeds, restarts,
     return fit
 
 
-def _prepared(model, data, weights, source, lengths, memory_budget):
+def _check_dtype(dtype):
+    """The dtype of the dense statistics: float64 (None) or float32."""
+    if dtype is None:
+        return np.dtype(np.float64)
+    try:
+        chosen = np.dtype(dtype)
+    except TypeError:
+        chosen = None
+    # (numpy compares None equal to float64.)
+    if chosen is None or chosen.name not in ("float32", "float64"):
+        raise OptionError(f"dtype must be 'float64' or 'float32', found {dtype!r}")
+    return chosen
+
+
+def _prepared(model, data, weights, source, lengths, memory_budget, dtype=np.float64):
     """The engine over data in memory, with the counts of missing cells and rows: see ``distributed.prepare``."""
     if isinstance(data, (str, os.PathLike)):
         source = os.fspath(data)
@@ -302,5 +318,5 @@ def _prepared(model, data, weights, source, lengths, memory_budget):
     fitted_model, prepared = missing_parents_as_latent(model, checked)
     compiled = fitted_model.compiled
     prepared = group_identical_rows(fitted_model, prepared)
-    engine = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget), lengths)
+    engine = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget, dtype=dtype), lengths)
     return compiled, engine, checked.n_missing, checked.n_missing_rows

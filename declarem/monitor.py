@@ -34,11 +34,15 @@ class ConvergenceMonitor:
     falls : bool
         Whether a fall of the objective is a sign of trouble (not for online EM, whose
         steps are noisy by design).
+    fall_tolerance : float
+        A relative fall up to this is rounding (larger for an objective summed from
+        float32 products, ``EnumerationEngine.fall_tolerance``).
     """
 
-    def __init__(self, tol, falls=True):
+    def __init__(self, tol, falls=True, fall_tolerance=FALL_TOLERANCE):
         self.tol = tol
         self.falls = falls
+        self.fall_tolerance = fall_tolerance
         self.history = []
         self._previous = None
         self._steps = []
@@ -57,7 +61,7 @@ class ConvergenceMonitor:
         if previous is None:
             return math.nan
         change = objective - previous
-        if self.falls and change < -FALL_TOLERANCE * max(abs(previous), 1.0):
+        if self.falls and change < -self.fall_tolerance * max(abs(previous), 1.0):
             warnings.warn(f"EM objective fell from {previous!r} to {objective!r} at iteration "
                           f"{len(self.history) - 1}: a bug or numerical inaccuracy (with reg_covar > 0 "
                           "small falls can occur)", RuntimeWarning, stacklevel=3)

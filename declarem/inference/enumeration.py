@@ -649,7 +649,9 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
                                              None if tables is None else tables[name])
         if view.observed_offset is None:
             # A contiguous (sets, rows) operand: OpenBLAS is several times slower on the transposed view.
-            sums[set_index] += np.ascontiguousarray(marginal.T) @ view.statistics_of(factor, chunk)
+            # In the statistics' dtype; the sums over chunks stay float64.
+            statistics = view.statistics_of(factor, chunk)
+            sums[set_index] += np.ascontiguousarray(marginal.T, dtype=statistics.dtype) @ statistics
             row_weights = _column_sums(marginal)
             set_weights[set_index] += row_weights if set_weights.ndim == 1 else row_weights[:, None]
         else:
@@ -731,12 +733,16 @@ NARROW_BLOCK = 1 << 17
 
 
 def _narrow_product(tall, narrow):
-    """``tall @ narrow`` for tall (n, s) and narrow (s, m); in row blocks when s * m is small."""
+    """``tall @ narrow`` for tall (n, s) and narrow (s, m), in float64; in row blocks when s * m is small.
+
+    float32 statistics are multiplied in float32 (half the time) and the product widened.
+    """
+    narrow = narrow.astype(tall.dtype, copy=False)
     width = tall.shape[1] * narrow.shape[1]
     if width > 256 or len(tall) * width <= NARROW_BLOCK:
-        return tall @ narrow
-    out = np.empty((len(tall), narrow.shape[1]))
+        return (tall @ narrow).astype(np.float64, copy=False)
+    out = np.empty((len(tall), narrow.shape[1]), dtype=tall.dtype)
     step = max(1, NARROW_BLOCK // width)
     for first in range(0, len(tall), step):
         np.matmul(tall[first:first + step], narrow, out=out[first:first + step])
-    return out
+    return out.astype(np.float64, copy=False)
