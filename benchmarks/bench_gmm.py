@@ -1,6 +1,7 @@
 """Time EM iterations of a Gaussian mixture: declarem against scikit-learn's GaussianMixture, side by side.
 
     python benchmarks/bench_gmm.py [--cov full|diag] [--small] [--repeats R] [--iters I] [--numpy-threads T]
+                                   [--dtype float64|float32]
 
 Default case: N = 200,000 rows, D = 16, K = 16, full covariance.  --small: N = 1,000,000, D = 2, K = 3.
 Both libraries get the same seeded data and the same initialisation (weights, means, covariances; scikit-learn
@@ -150,6 +151,8 @@ def main(argv=None):
     ap.add_argument("--d", type=int, default=None)
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--no-gemm", action="store_true", help="skip the GEMM peak measurement")
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                    help="declarem's dtype of the stored statistics (fit(dtype=...))")
     ap.add_argument("--numpy-threads", type=int, default=1,
                     help="threads of numpy's BLAS (default 1; 0: leave as is, i.e. one per core)")
     ap.add_argument("--other-threads", type=int, default=1,
@@ -172,7 +175,7 @@ def main(argv=None):
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}")
     print(f"machine: {platform.machine()} {_cpu_model()}, cpus={_ncpu()}; declarem checkout: {_git_head()}")
-    print(f"case: N={n:,} D={d} K={k} covariance={cov} reg_covar={reg} tol=0; "
+    print(f"case: N={n:,} D={d} K={k} covariance={cov} reg_covar={reg} tol=0; declarem dtype={args.dtype}; "
           f"repeats={args.repeats}, fits with max_iter={iters}")
     print(f"load average at start: {_loadavg()}")
 
@@ -209,7 +212,7 @@ def main(argv=None):
 
         def dm_fit(data, max_iter):
             stamps = []
-            fit = model.fit({"x": data}, init=init, max_iter=max_iter, tol=0, reg_covar=reg,
+            fit = model.fit({"x": data}, init=init, max_iter=max_iter, tol=0, reg_covar=reg, dtype=args.dtype,
                             progress=lambda *_: stamps.append(time.perf_counter()))
             return fit, list(np.diff(stamps))  # iterations 2..max_iter
 
