@@ -91,10 +91,12 @@ class EnumerationEngine:
 
     def column_variances(self, name):
         """Variance of each of a node's data columns over its present values, (columns,); None for no data."""
-        values = self.rows.factors[name].values
-        if values is None:
+        view = self.rows.factors[name]
+        if view.values is None:
             return None
-        return np.nanvar(values.reshape(self.rows.n_rows, -1), axis=0)
+        values = view.values.reshape(self.rows.n_rows, -1)
+        # np.var is several times faster than np.nanvar; it serves when nothing is missing.
+        return np.var(values, axis=0) if view.missing is None else np.nanvar(values, axis=0)
 
     def seeded_statistics(self, rng):
         """Expected statistics of the seeded starting posterior (``declarem.seeding``)."""
