@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
 
 from .errors import ConvergenceWarning as DeclaremConvergenceWarning
 from .model import Model
+from .threads import usable_cores
 from .spec import load_model
 
 __all__ = ["DeclaremEstimator"]
@@ -85,6 +86,10 @@ class DeclaremEstimator(DensityMixin, BaseEstimator):
     warm_start : bool
         Start from the previous fit's parameters (one initialisation) when the
         declaration is unchanged since that fit.
+    n_jobs : int or None
+        Threads the E-step runs on (declarem's ``threads``): None takes declarem's
+        default (``DECLAREM_THREADS``, else every usable core, as GaussianMixture's BLAS
+        does), -1 every usable core; the fit does not depend on it.
 
     Attributes
     ----------
@@ -113,7 +118,7 @@ class DeclaremEstimator(DensityMixin, BaseEstimator):
 
     def __init__(self, model=None, *, n_components=None, target=None, columns=None, covariance_type=None,
                  n_init=1, max_iter=1000, tol=1e-8, reg_covar=1e-6, random_state=None, verbose=0,
-                 warm_start=False):
+                 warm_start=False, n_jobs=None):
         self.model = model
         self.n_components = n_components
         self.target = target
@@ -126,6 +131,7 @@ class DeclaremEstimator(DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.n_jobs = n_jobs
 
     # -- scikit-learn protocol --------------------------------------------------------------
 
@@ -173,7 +179,8 @@ class DeclaremEstimator(DensityMixin, BaseEstimator):
             warnings.simplefilter("ignore", DeclaremConvergenceWarning)
             fit = model.fit(_as_data(X, names), weights=weights, init=init, max_iter=self.max_iter, tol=self.tol,
                             seed=_seed(self.random_state), restarts=restarts, reg_covar=self.reg_covar,
-                            progress=self._progress if self.verbose >= 2 else None, lengths=lengths)
+                            progress=self._progress if self.verbose >= 2 else None, lengths=lengths,
+                            threads=self._threads())
         self.model_ = model
         self.fit_ = fit
         self.params_ = fit.params
@@ -335,6 +342,14 @@ class DeclaremEstimator(DensityMixin, BaseEstimator):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _threads(self):
+        """declarem's ``threads`` for ``n_jobs``."""
+        if self.n_jobs is None:
+            return None
+        if self.n_jobs == -1:
+            return usable_cores()
+        return int(self.n_jobs)
+
     def _check_options(self):
         for name, low in (("n_init", 1), ("max_iter", 0), ("verbose", 0)):
             value = getattr(self, name)
@@ -345,6 +360,10 @@ class DeclaremEstimator(DensityMixin, BaseEstimator):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                     or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, found {value!r}")
+        jobs = self.n_jobs
+        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral)
+                                 or not (jobs >= 1 or jobs == -1)):
+            raise ValueError(f"n_jobs must be a positive integer, -1 (every core) or None, found {jobs!r}")
         k = self.n_components
         if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
             raise ValueError(f"n_components must be an integer >= 1 or None, found {k!r}")

@@ -19,6 +19,7 @@ installs it too): without it, chunks run in turn and BLAS keeps its own threads.
 
 import contextlib
 import contextvars
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,9 +51,9 @@ def resolve_threads(threads):
         if not configured.isdigit() or int(configured) < 1:
             raise OptionError(f"DECLAREM_THREADS must be a positive integer, found {configured!r}")
         return int(configured)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise OptionError(f"threads must be a positive integer (or None for the usable cores), found {threads!r}")
-    return threads
+    return int(threads)
 
 
 def _one_blas_thread():

@@ -379,3 +379,20 @@ def test_verbose_prints_progress(capsys):
     assert lines[-1].startswith("declarem: converged after ") and len(lines) >= 3
     DeclaremEstimator(n_components=3, random_state=0).fit(X)
     assert capsys.readouterr().out == ""
+
+
+def test_n_jobs_sets_the_threads_and_not_the_fit(monkeypatch):
+    import declarem.em
+    X = np.random.default_rng(5).normal(size=(20_000, 8)) + 4.0 * np.arange(20_000)[:, None] % 3
+    seen = []
+    fit_threads = declarem.em.fit_threads
+    monkeypatch.setattr(declarem.em, "fit_threads", lambda threads, chunked: seen.append(threads) or
+                        fit_threads(threads, chunked))
+    fits = [DeclaremEstimator(n_components=3, covariance_type="full", max_iter=3, tol=0.0, random_state=0,
+                              n_jobs=jobs).fit(X) for jobs in (1, 2, -1)]
+    assert seen == [1, 2, declarem.threads.usable_cores()]
+    for other in fits[1:]:
+        np.testing.assert_array_equal(other.params_["x"]["cov"], fits[0].params_["x"]["cov"])
+    for jobs in (0, -2, 1.5, "2"):
+        with pytest.raises(ValueError, match="n_jobs must be a positive integer, -1"):
+            DeclaremEstimator(n_components=3, n_jobs=jobs).fit(X)
