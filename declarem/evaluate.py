@@ -148,7 +148,9 @@ def real_array(result, values):
     if np.iscomplexobj(result):
         result = result.real
     if values:
-        result = np.broadcast_to(result, np.broadcast_shapes(*(np.shape(v) for v in values)))
+        shape = np.broadcast_shapes(*(np.shape(v) for v in values))
+        if np.shape(result) != shape:            # (broadcast_to costs more than the small arrays it is called on)
+            result = np.broadcast_to(result, shape)
     return np.array(result, dtype=float)
 
 
