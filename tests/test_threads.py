@@ -158,3 +158,11 @@ def test_the_command_line_refuses_zero_threads(tmp_path, capsys):
     data.write_text("x\n" + "\n".join(str(v) for v in np.random.default_rng(0).normal(size=50)) + "\n")
     assert main(["fit", str(spec), "--data", str(data), "--threads", "0", "--quiet"]) == 2
     assert "threads must be a positive integer (or None for the usable cores), found 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [{"threads": 2}, {"dtype": "float32"}])
+def test_dask_data_refuses_threads_and_dtype(option):
+    dask_array = pytest.importorskip("dask.array")
+    model, _ = _gmm(10, dim=1)
+    with pytest.raises(OptionError, match="with dask data, .*leave out"):
+        model.fit({"x": dask_array.from_array(np.arange(10.0), chunks=5)}, **option)
