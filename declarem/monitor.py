@@ -11,6 +11,9 @@ from .params import flatten_params
 #: A fall of the objective larger than this (relative) is reported as a warning.
 FALL_TOLERANCE = 1e-10
 
+#: SQUAREM cycles whose slowest EM rate estimates the distance left.
+RATE_CYCLES = 5
+
 #: A relative parameter step this small is rounding, not movement.
 ROUNDING_STEP = 64 * np.finfo(float).eps
 
@@ -25,7 +28,8 @@ class ConvergenceMonitor:
     distance to the fixed point (the last step times r / (1 - r), with r the
     ratio of the last two steps, Aitken's estimate for a linear rate) below
     sqrt(tol), the precision in the parameters that a relative tolerance of tol
-    in a locally quadratic objective corresponds to.
+    in a locally quadratic objective corresponds to. Under SQUAREM the estimate
+    comes from each cycle's plain EM steps (``em_steps``), not from its jumps.
 
     Parameters
     ----------
@@ -46,17 +50,23 @@ class ConvergenceMonitor:
         self.history = []
         self._previous = None
         self._steps = []
+        self._cycles = []
 
-    def record(self, objective, params=None):
-        """Add the objective (and parameters) after an iteration; return the objective's change."""
+    def record(self, objective, params=None, em_steps=None):
+        """Add the objective (and parameters) after an iteration; return the objective's change.
+
+        ``em_steps``: the parameter vectors of two plain EM steps taken in the iteration
+        (theta0, theta1, theta2), whose steps estimate the remaining distance instead of
+        the step between recorded parameters (SQUAREM's jumps are not EM's linear steps).
+        """
         previous = self.history[-1] if self.history else None
         self.history.append(float(objective))
+        if em_steps is not None:
+            self._cycles.append(tuple(relative_step(before, after) for before, after in zip(em_steps, em_steps[1:])))
         if params is not None:
             vector = flatten_params(params)[0]
-            if self._previous is not None and self._previous.shape == vector.shape:
-                scale = np.maximum(np.abs(vector), 1.0)
-                with np.errstate(invalid="ignore"):
-                    self._steps.append(float(np.max(np.abs(vector - self._previous) / scale, initial=0.0)))
+            if em_steps is None and self._previous is not None and self._previous.shape == vector.shape:
+                self._steps.append(relative_step(self._previous, vector))
             self._previous = vector
         if previous is None:
             return math.nan
@@ -67,9 +77,9 @@ class ConvergenceMonitor:
                           "small falls can occur)", RuntimeWarning, stacklevel=3)
         return change
 
-    def iteration(self, n_iter, objective, progress, params=None):
+    def iteration(self, n_iter, objective, progress, params=None, em_steps=None):
         """Record the state after iteration ``n_iter``, report progress; return whether converged."""
-        change = self.record(objective, params)
+        change = self.record(objective, params, em_steps)
         if progress is not None:
             progress(n_iter, objective, change)
         return self.converged
@@ -77,6 +87,8 @@ class ConvergenceMonitor:
     @property
     def remaining_distance(self):
         """Estimated distance of the parameters from the fixed point (relative, max norm); inf if unknown."""
+        if self._cycles:
+            return self._distance_from_cycles()
         if not self._steps:
             return math.inf
         last = self._steps[-1]
@@ -89,6 +101,20 @@ class ConvergenceMonitor:
         rate = last / self._steps[-2]
         return last * rate / (1.0 - rate) if rate < 1.0 else math.inf
 
+    def _distance_from_cycles(self):
+        """The distance left after SQUAREM cycles, from their plain EM steps.
+
+        After each extrapolation EM's fast-decaying directions move first, so one cycle's
+        two steps can shrink quickly while the slow direction has far to go: the rate
+        taken is the slowest of the last ``RATE_CYCLES`` cycles'.
+        """
+        first, second = self._cycles[-1]
+        if second <= ROUNDING_STEP:
+            return 0.0
+        rates = [b / a if a > 0 else math.inf for a, b in self._cycles[-RATE_CYCLES:]]
+        rate = max(rates)
+        return second * rate / (1.0 - rate) if rate < 1.0 else math.inf
+
     @property
     def converged(self):
         if len(self.history) < 2:
@@ -96,7 +122,13 @@ class ConvergenceMonitor:
         change = self.history[-1] - self.history[-2]
         if not abs(change) < self.tol * abs(self.history[-1]):
             return False
-        return not self._steps or self.remaining_distance < math.sqrt(self.tol)
+        return not (self._steps or self._cycles) or self.remaining_distance < math.sqrt(self.tol)
+
+
+def relative_step(before, after):
+    """The largest change between two parameter vectors, relative to each value (at least 1)."""
+    with np.errstate(invalid="ignore"):
+        return float(np.max(np.abs(after - before) / np.maximum(np.abs(after), 1.0), initial=0.0))
 
 
 class EMRun(NamedTuple):

@@ -82,7 +82,9 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
                         break
             step = (step - 1.0) / 2.0
         params, stats, objective = accepted
-        if monitor.iteration(n_iter, objective, progress, params):
+        # The distance left is estimated from the cycle's two plain EM steps: the jumps between
+        # accepted points vary in length from cycle to cycle, and their ratio says nothing of it.
+        if monitor.iteration(n_iter, objective, progress, params, em_steps=(start, one, two)):
             converged = True
             break
     return EMRun(params, monitor.history, converged, n_iter)

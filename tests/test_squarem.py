@@ -81,3 +81,30 @@ def test_unknown_accelerator_is_refused():
     model = declarem.load_model(ROOT / "models" / "hasselblad.toml")
     with pytest.raises(declarem.DeclaremError, match="accelerate"):
         model.fit(read_csv(ROOT / "models" / "hasselblad.csv"), accelerate="aitken")
+
+
+def test_the_catalog_negbin_mixture_is_reported_converged_only_at_its_maximum():
+    # The maximum found by direct maximisation (tests/test_gem_reference.py, models/randhie_mdvis_SOURCE.md).
+    # Estimating the distance left from SQUAREM's jumps had it stop 3e-5 short in the proportions.
+    model = declarem.load_model(ROOT / "models" / "negbin_mixture.toml")
+    fit = model.fit(ROOT / "models" / "randhie_mdvis.csv", seed=0)
+    assert fit.converged
+    order = np.argsort(fit.params["z"]["probs"])[::-1]
+    np.testing.assert_allclose(fit.params["z"]["probs"][order], [0.830798, 0.169202], atol=2e-6)
+    np.testing.assert_allclose(fit.params["count"]["r"][order], [0.941147, 0.387298], atol=2e-6)
+    np.testing.assert_allclose(fit.params["count"]["p"][order], [0.718958, 0.929209], atol=2e-6)
+
+
+def test_one_quick_cycle_does_not_make_a_slow_squarem_run_converged():
+    from declarem.monitor import ConvergenceMonitor
+    monitor = ConvergenceMonitor(tol=1e-12)
+    point = np.zeros(1)
+    # Two cycles whose EM steps shrink at 0.99, then one whose steps shrink at 0.1 (fast directions first).
+    for count, (first, second) in enumerate([(1e-5, 0.99e-5), (1e-6, 0.99e-6), (1e-6, 1e-7)]):
+        steps = (point, point + first, point + first + second)
+        converged = monitor.iteration(count + 1, -100.0 + 1e-13 * count, None, {"x": {"v": steps[2]}},
+                                      em_steps=steps)
+    # The last cycle alone says 1e-7 * 0.1 / 0.9, about 1e-8, under sqrt(tol) = 1e-6; the slowest rate says
+    # 1e-7 * 0.99 / 0.01 = 9.9e-6, over it.
+    assert monitor.remaining_distance == pytest.approx(1e-7 * 0.99 / 0.01, rel=1e-6)
+    assert not converged
