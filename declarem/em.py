@@ -10,7 +10,8 @@ import warnings
 
 import numpy as np
 
-from .data import group_identical_rows, missing_parents_as_latent, node_data, read_model_data, sequence_lengths
+from .data import (group_identical_rows, group_repeated_counts, missing_parents_as_latent, node_data, read_model_data,
+                   sequence_lengths)
 from . import distributed, online
 from .errors import ConvergenceWarning, DataError, FitError, InitError, OptionError
 from .fit import Fit
@@ -101,10 +102,11 @@ def _collapse_warning(compiled, engine, params):
     return collapsed
 
 
-def initial_params(engine, rng, given, reg_covar):
+def initial_params(engine, rng, given, reg_covar, seeding=None):
     """Starting parameters: an M-step from a seeded posterior (``seeding``), then the user's ``init`` on top.
 
-    When ``init`` gives every parameter, it is the start and nothing is drawn.
+    When ``init`` gives every parameter, it is the start and nothing is drawn. ``seeding``: an
+    engine over the same rows ungrouped, whose seeded posterior the start is drawn from.
     """
     compiled = engine.compiled
     shifts = engine.shifts
@@ -113,7 +115,7 @@ def initial_params(engine, rng, given, reg_covar):
     pairs, free_names = compiled.required()
     if all(p in given.get(node, {}) for node, p in pairs) and set(free_names) <= set(free):
         return compiled.to_internal({**given, **free}, shifts)
-    params = mstep(compiled, engine.seeded_statistics(rng), None, reg_covar)
+    params = mstep(compiled, (seeding or engine).seeded_statistics(rng), None, reg_covar)
     for node, values in given.items():
         factor = compiled.factors[node]
         external = factor.to_external(params[node], shifts.get(node))
@@ -217,20 +219,21 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
             raise OptionError("dtype applies to data in memory; with dask data, leave out dtype")
         compiled, engine, n_missing, n_missing_rows = distributed.prepare(
             model, data, model.data_info.get("weights") if weights is None else weights, memory_budget)
+        seeding = None
         parallelism = contextlib.nullcontext()
     else:
         threads = resolve_threads(threads)
-        compiled, engine, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
-                                                                 memory_budget, _check_dtype(dtype))
+        compiled, engine, seeding, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
+                                                                          memory_budget, _check_dtype(dtype))
         parallelism = fit_threads(threads, engine.parallel_chunks and method == "batch")
     with parallelism:
-        return _fit_prepared(model, compiled, engine, init, max_iter, tol, seeds, restarts, reg_covar, hard,
-                             progress, accelerate, method, batch_size, step, n_missing, n_missing_rows)
+        return _fit_prepared(model, compiled, engine, seeding, init, max_iter, tol, seeds, restarts, reg_covar,
+                             hard, progress, accelerate, method, batch_size, step, n_missing, n_missing_rows)
 
 
-def _fit_prepared(model, compiled, engine, init, max_iter, tol, seeds, restarts, reg_covar, hard, progress,
+def _fit_prepared(model, compiled, engine, seeding, init, max_iter, tol, seeds, restarts, reg_covar, hard, progress,
                   accelerate, method, batch_size, step, n_missing, n_missing_rows):
-    """The fit's restarts and EM runs on a prepared engine, and the Fit of the best."""
+    """The fit's restarts and EM runs on a prepared engine (seeded on ``seeding`` if given), and the best's Fit."""
     if method == "online":
         online.refuse_unsupported(compiled)
     given = check_init(compiled, init)
@@ -243,7 +246,7 @@ def _fit_prepared(model, compiled, engine, init, max_iter, tol, seeds, restarts,
             progress.restart(index, restarts)
         rng = np.random.default_rng(child)
         try:
-            start = initial_params(engine, rng, given, reg_covar)
+            start = initial_params(engine, rng, given, reg_covar, seeding)
             if method == "online":
                 result, state = online.run_online(engine, start, max_iter, tol, hard, reg_covar, progress, step,
                                                   batch_size, rng, mstep)
@@ -317,6 +320,12 @@ def _prepared(model, data, weights, source, lengths, memory_budget, dtype=np.flo
                         "leave out weights")
     fitted_model, prepared = missing_parents_as_latent(model, checked)
     compiled = fitted_model.compiled
-    prepared = group_identical_rows(fitted_model, prepared)
-    engine = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget, dtype=dtype), lengths)
-    return compiled, engine, checked.n_missing, checked.n_missing_rows
+    grouped = group_identical_rows(fitted_model, prepared)
+    seeding = None
+    if grouped is prepared:
+        grouped = group_repeated_counts(fitted_model, prepared)
+        if grouped is not prepared:
+            # Seeded on the rows as given: the start is the one the rows ungrouped take (and dask's).
+            seeding = engine_for(compiled, prepare_rows(compiled, prepared, memory_budget, dtype=dtype))
+    engine = engine_for(compiled, prepare_rows(compiled, grouped, memory_budget, dtype=dtype), lengths)
+    return compiled, engine, seeding, checked.n_missing, checked.n_missing_rows
