@@ -115,7 +115,7 @@ def initial_params(engine, rng, given, reg_covar, seeding=None):
     pairs, free_names = compiled.required()
     if all(p in given.get(node, {}) for node, p in pairs) and set(free_names) <= set(free):
         return compiled.to_internal({**given, **free}, shifts)
-    params = mstep(compiled, (seeding or engine).seeded_statistics(rng), None, reg_covar)
+    params = mstep(compiled, (engine if seeding is None else seeding).seeded_statistics(rng), None, reg_covar)
     for node, values in given.items():
         factor = compiled.factors[node]
         external = factor.to_external(params[node], shifts.get(node))
