@@ -474,13 +474,12 @@ class GaussianFactor(Factor):
     def _conditionals(self, params, patterns, context):
         """Precision, P mu and the patterns' conditional covariances at ``params``: once per E-step."""
         key = ("conditionals", id(patterns))
-        # The E-step's threads wait for the first to need them rather than each work them out.
-        with context.setdefault("lock", threading.Lock()):
-            if key not in context:
-                if "precision" not in context:
-                    context["precision"] = self.parts.precision_and_shift(params["mean"], params["cov"])
-                precision, _ = context["precision"]
-                context[key] = self.parts.pattern_conditionals(precision, patterns)
+        # Worked out before the E-step's chunks (``prepare_missing``), so its threads only read them.
+        if key not in context:
+            if "precision" not in context:
+                context["precision"] = self.parts.precision_and_shift(params["mean"], params["cov"])
+            precision, _ = context["precision"]
+            context[key] = self.parts.pattern_conditionals(precision, patterns)
         return context["precision"] + (context[key],)
 
     def prepare_missing(self, params, patterns, context):

@@ -82,15 +82,10 @@ def fit_threads(threads, chunked):
         yield
         return
     with limits, contextlib.ExitStack() as stack:
-        token = None
         if threads > 1 and chunked:
             pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="declarem-estep"))
-            token = _POOL.set(pool)
-        try:
-            yield
-        finally:
-            if token is not None:
-                _POOL.reset(token)
+            stack.callback(_POOL.reset, _POOL.set(pool))
+        yield
 
 
 def map_in_order(function, items):

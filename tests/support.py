@@ -1,5 +1,5 @@
 """Helpers shared by the tests: the command line run in this process, a Python file loaded as a module,
-covariance parameters as full matrices.
+covariance parameters as full matrices, a seeded Gaussian mixture and its data.
 
 A fresh interpreter per command costs the import of declarem (with sympy and scipy) every time;
 most tests run ``declarem.cli.main`` here instead, with standard output, standard error and
@@ -125,3 +125,22 @@ def forward_backward(start, transition, emission, lengths):
         loglik += np.log(scale).sum()
         first += length
     return np.vstack(gammas), xi, loglik
+
+
+def gaussian_mixture(n_rows, k, dim, covariance="full", share_missing=0.0, seed=0):
+    """A model z -> x (k components, normal of dimension ``dim``) and seeded data: {"x": (n_rows, dim)}.
+
+    The components' means are 3 apart along the diagonal; a ``share_missing`` of the cells is NaN.
+    """
+    import networkx as nx
+
+    import declarem
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=k)
+    graph.add_node("x", family="normal", dim=dim, covariance=covariance)
+    graph.add_edge("z", "x")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, dim)) + 3.0 * rng.integers(0, k, n_rows)[:, None]
+    if share_missing:
+        x[rng.random(x.shape) < share_missing] = np.nan
+    return declarem.Model(graph), {"x": x}

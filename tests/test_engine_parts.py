@@ -5,6 +5,7 @@ import pytest
 
 from declarem.families import gaussian
 from declarem.inference.bilinear import _lexicographic_order
+from support import gaussian_mixture
 
 
 @pytest.mark.parametrize("sorted_by", [None, "major", "both"])
@@ -32,17 +33,8 @@ def test_normal_statistics_are_x_and_its_upper_products(n_rows):
 
 
 def _gmm_with_holes(n_rows, k, share_missing, seed):
-    import networkx as nx
-
-    import declarem
-    graph = nx.DiGraph()
-    graph.add_node("z", family="categorical", latent=True, k=k)
-    graph.add_node("x", family="normal", dim=4, covariance="full")
-    graph.add_edge("z", "x")
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n_rows, 4)) + 3.0 * rng.integers(0, k, n_rows)[:, None]
-    x[rng.random(x.shape) < share_missing] = np.nan
-    return declarem.Model(graph), x
+    model, data = gaussian_mixture(n_rows, k, 4, share_missing=share_missing, seed=seed)
+    return model, data["x"]
 
 
 def test_rows_with_jointly_missing_coordinates_take_larger_chunks_and_the_same_statistics():

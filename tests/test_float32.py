@@ -1,6 +1,5 @@
 """float32 sufficient statistics: the same fit as float64 to float32's accuracy, in half the memory."""
 
-import networkx as nx
 import numpy as np
 import pytest
 
@@ -8,16 +7,11 @@ import declarem
 from declarem.data import node_data
 from declarem.errors import DataError, OptionError
 from declarem.inference.rows import prepare_rows
+from support import gaussian_mixture
 
 
 def _gmm(n_rows=30_000, dim=8, k=4, covariance="full", seed=31):
-    graph = nx.DiGraph()
-    graph.add_node("z", family="categorical", latent=True, k=k)
-    graph.add_node("x", family="normal", dim=dim, covariance=covariance)
-    graph.add_edge("z", "x")
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n_rows, dim)) + 3.0 * rng.integers(0, k, n_rows)[:, None]
-    return declarem.Model(graph), {"x": x}
+    return gaussian_mixture(n_rows, k, dim, covariance=covariance, seed=seed)
 
 
 @pytest.mark.parametrize("covariance, missing", [("full", 0.0), ("diag", 0.0), ("full", 0.1)])

@@ -31,6 +31,9 @@ def test_grouped_counts_give_the_fit_of_the_rows_one_by_one(share_missing, monke
     grouped = group_repeated_counts(model, checked)
     assert grouped.n_rows < 60 and grouped.weights.sum() == checked.n_rows
     assert ("count" in grouped.missing) == bool(share_missing)
+    # The fit runs on the grouped rows and draws its start from the rows as given.
+    _, engine, seeding, *_ = declarem.em._prepared(model, data, None, "data", None, None)
+    assert engine.rows.n_rows == grouped.n_rows and seeding.rows.n_rows == checked.n_rows
     together = model.fit(data, seed=2, tol=1e-10)
     monkeypatch.setattr(declarem.em, "group_repeated_counts", lambda model, checked: checked)
     apart = model.fit(data, seed=2, tol=1e-10)

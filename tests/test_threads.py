@@ -10,20 +10,13 @@ import declarem
 from declarem import threads
 from declarem.errors import OptionError
 from declarem.inference import enumeration
+from support import gaussian_mixture
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 
 def _gmm(n_rows, k=3, dim=4, share_missing=0.0, seed=21):
-    graph = nx.DiGraph()
-    graph.add_node("z", family="categorical", latent=True, k=k)
-    graph.add_node("x", family="normal", dim=dim, covariance="full")
-    graph.add_edge("z", "x")
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n_rows, dim)) + 3.0 * rng.integers(0, k, n_rows)[:, None]
-    if share_missing:
-        x[rng.random(x.shape) < share_missing] = np.nan
-    return declarem.Model(graph), {"x": x}
+    return gaussian_mixture(n_rows, k, dim, share_missing=share_missing, seed=seed)
 
 
 def _latent_class(n_rows, seed=22):

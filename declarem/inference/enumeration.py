@@ -133,7 +133,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
     """
     tables = _natural_tables(compiled, params)
     varying = varying_factors(compiled, rows)
-    _prepare_missing(compiled, rows, tables, varying)
+    _prepare_missing(compiled, rows, tables)
     probability_space = not hard and categorical_only(compiled, varying)
     chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     # Per-row weights ("rows" layout) are one (n_sets, n_rows) array that every chunk adds
@@ -180,9 +180,9 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
     return stats, objective
 
 
-def _prepare_missing(compiled, rows, tables, varying):
+def _prepare_missing(compiled, rows, tables):
     """What the E-step's partly missing rows share, worked out once before its chunks (on its threads)."""
-    for name in varying:
+    for name in compiled.factors:
         factor, view = compiled.factors[name], rows.factors[name]
         if view.missing is not None and factor.missing_rule == "conditional":
             factor.prepare_missing(tables[name].params, view.patterns(factor), tables[name].scratch)
