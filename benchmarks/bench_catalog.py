@@ -1,0 +1,57 @@
+"""The whole fit of every bundled catalog model, from ``fit()`` call to result, after import with a warm cache.
+
+    python benchmarks/bench_catalog.py [--repeats 3]
+
+Each spec in models/ with a [data] path is loaded and compiled (the derivation cache warm), fitted once to
+warm up, then fitted ``--repeats`` times as ``declarem fit SPEC --seed 0`` fits it (the spec's [fit] options);
+the table gives the median wall time and the iterations, slowest first. Issue #13 asks for each under 0.5 s.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model, loadavg, ncpu  # noqa: E402
+
+import declarem  # noqa: E402
+
+MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(f"machine: {ncpu()} CPUs ({cpu_model()}); load average before: {loadavg()}")
+    rows = []
+    for name in sorted(os.listdir(MODELS)):
+        if not name.endswith(".toml"):
+            continue
+        model = declarem.load_model(os.path.join(MODELS, name))
+        if not model.data_info.get("path"):
+            continue
+        data = os.path.join(MODELS, model.data_info["path"])
+        model.compiled
+        times = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for repeat in range(args.repeats + 1):
+                began = time.perf_counter()
+                fit = model.fit(data, seed=0)
+                if repeat:
+                    times.append(time.perf_counter() - began)
+        rows.append((statistics.median(times), name, fit.n_iter, fit.converged))
+    print("| model | whole fit (median) | iterations | converged |")
+    print("|---|---|---|---|")
+    for seconds, name, n_iter, converged in sorted(rows, reverse=True):
+        print(f"| {name} | {seconds:.3f} s | {n_iter} | {'yes' if converged else 'no'} |")
+    print(f"load average after: {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
