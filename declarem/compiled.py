@@ -800,18 +800,17 @@ class GeneralFactor(RowsFactor):
         with np.errstate(all="ignore"):
             means = [weights @ np.broadcast_to(f(values), values.shape) / totals for f in kernels.functions]
 
-        def terms(functions, u, sets):
-            """Each function's per-value term, (m, n_values, n_functions)."""
-            arguments = [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[sets, None] for m in means]
-            return np.stack([np.broadcast_to(f(*arguments), (len(sets), len(values))) for f in functions], axis=-1)
+        def arguments(u, sets):
+            return [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[sets, None] for m in means]
 
         if kernels.numeric:
+            derivatives = kernels.derivatives
             problem = NewtonProblem(
                 [kernels.domains[name] for name in kernels.numeric],
-                lambda u, sets: weighted_sum(weights[sets], terms([kernels.profile], u, sets))[:, 0],
-                lambda u, sets: weighted_sum(weights[sets], terms(kernels.gradient, u, sets)),
-                lambda u, sets: np.stack([weighted_sum(weights[sets], terms(row, u, sets))
-                                          for row in kernels.hessian], axis=1))
+                lambda u, sets: weighted_sum(weights[sets], kernels.profile(*arguments(u, sets))),
+                # The values on the last axis: each sum runs over contiguous memory, in numpy's pairwise order.
+                lambda u, sets: derivatives.split(weighted_sum(weights[sets][:, None, :],
+                                                               derivatives(*arguments(u, sets), axis=1), axis=-1)))
             solved = problem.solve(np.column_stack([new[name][used] for name in kernels.numeric]))
             for i, name in enumerate(kernels.numeric):
                 new[name][used] = solved[:, i]
@@ -982,8 +981,8 @@ class RegressionFactor(RowsFactor):
             density = kernels.log_density(x, beta @ design.T, *(o[sets] for o in others))
             return weighted_sum(weights[sets], density)
 
-        problem = NewtonProblem(["real"] * start.shape[1], objective, lambda b, s: derivatives(b, s)[0],
-                                lambda b, s: derivatives(b, s)[1])
+        problem = NewtonProblem(["real"] * start.shape[1], objective,
+                                lambda b, s: (objective(b, s), *derivatives(b, s)))
         return problem.solve(start)
 
 

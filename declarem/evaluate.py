@@ -116,24 +116,49 @@ def compile_tree(argument_names, tree):
     return CompiledTree(argument_names, tree)
 
 
-class CompiledTree:
-    """A tree compiled to numpy closures; pickles as its tree and recompiles (no sympy) when loaded.
+def compile_trees(argument_names, trees):
+    """One numpy callable evaluating several trees of the same arguments, each shared part once.
+
+    A Newton step's gradient and Hessian entries repeat most of their subexpressions;
+    evaluated together, each distinct one is computed once.
+
+    Returns
+    -------
+    callable
+        ``f(*values) -> list of ndarray of float``, one per tree, each as ``compile_tree``
+        would return it.
+    """
+    return CompiledTrees(argument_names, trees)
+
+
+class CompiledTrees:
+    """Trees compiled to one program; pickles as its trees and recompiles (no sympy) when loaded.
 
     A worker process receiving a compiled model so evaluates the very expressions the
     sending process derived, whatever its own derivation cache holds.
     """
 
-    def __init__(self, argument_names, tree):
+    def __init__(self, argument_names, trees):
         self.argument_names = list(argument_names)
-        self.tree = tree
-        positions = {name: i for i, name in enumerate(self.argument_names)}
-        try:
-            self._evaluate = _closure(tree, positions, 0)
-        except RecursionError:
-            raise TreeError("nested too deeply") from None
+        self.trees = list(trees)
+        self._program = Program(self.argument_names, self.trees)
 
     def __call__(self, *values):
-        return real_array(self._evaluate(values), values)
+        return [real_array(result, values) for result in self._program.run(values)]
+
+    def __reduce__(self):
+        return CompiledTrees, (self.argument_names, self.trees)
+
+
+class CompiledTree(CompiledTrees):
+    """One tree compiled to a program (see ``CompiledTrees``)."""
+
+    def __init__(self, argument_names, tree):
+        super().__init__(argument_names, [tree])
+        self.tree = tree
+
+    def __call__(self, *values):
+        return real_array(self._program.run(values)[0], values)
 
     def __reduce__(self):
         return CompiledTree, (self.argument_names, self.tree)
@@ -154,45 +179,164 @@ def real_array(result, values):
     return np.array(result, dtype=float)
 
 
-def _closure(tree, positions, depth):
-    if depth > MAX_DEPTH:
-        raise TreeError("nested too deeply")
-    if not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
-        raise TreeError("bad expression")
-    head, *rest = tree
-    if head in ("Symbol", "Integer", "Rational", "Float", "Constant"):
-        return _leaf(head, rest, positions)
-    children = [_closure(child, positions, depth + 1) for child in rest]
-    if not children:
-        raise TreeError(f"{head} without arguments")
-    if head == "Add":
-        return lambda v: reduce(lambda a, b: a + b, (c(v) for c in children))
-    if head == "Mul":
-        return _product(rest, children)
-    if head == "Pow":
-        return _power(rest, children)
-    if head == "Piecewise":
-        if not all(isinstance(r, list) and r and r[0] == "ExprCondPair" for r in rest):
+class Program:
+    """Trees as a list of steps over numbered values, each distinct subexpression one step.
+
+    The values are the arguments, then the constants, then each step's result in
+    order. Subexpressions are identified by their head and the nodes of their
+    parts (hash-consing), so equal subtrees anywhere in any of the trees share one
+    step. Every step applies the same numpy operation, to the same operands in the
+    same order, as a walk of each tree would: the results are the same to the bit.
+    """
+
+    def __init__(self, argument_names, trees):
+        self._positions = {name: i for i, name in enumerate(argument_names)}
+        # Nodes in order of creation (operands before their uses): ("constant", value) or (function, operands).
+        self._nodes = [None] * len(argument_names)
+        self._known = {}
+        try:
+            outputs = [self._compile(tree, 0) for tree in trees]
+        except RecursionError:
+            raise TreeError("nested too deeply") from None
+        nodes = self._nodes[len(argument_names):]
+        constants = [i for i, node in enumerate(nodes, len(argument_names)) if node[0] == "constant"]
+        steps = [i for i, node in enumerate(nodes, len(argument_names)) if node[0] != "constant"]
+        place = {i: i for i in range(len(argument_names))}
+        for node in constants + steps:
+            place[node] = len(place)
+        self.constants = tuple(self._nodes[i][1] for i in constants)
+        self.steps = [(self._nodes[i][0], tuple(place[j] for j in self._nodes[i][1])) for i in steps]
+        self.outputs = [place[i] for i in outputs]
+        del self._nodes, self._known
+
+    def run(self, values):
+        """Each tree's value at the arguments ``values`` (a sequence, in order)."""
+        held = list(values)
+        held.extend(self.constants)
+        for function, operands in self.steps:
+            held.append(function(*[held[i] for i in operands]))
+        return [held[i] for i in self.outputs]
+
+    def _node(self, key, node):
+        """The node identified by ``key``, added as ``node`` when it is new."""
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = len(self._nodes)
+            self._nodes.append(node)
+        return found
+
+    def _compile(self, tree, depth):
+        """The node of ``tree``'s value."""
+        if depth > MAX_DEPTH:
+            raise TreeError("nested too deeply")
+        if not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
+            raise TreeError("bad expression")
+        head, *rest = tree
+        if head == "Symbol":
+            if len(rest) != 2 or not isinstance(rest[0], str) or rest[0] not in self._positions:
+                raise TreeError(f"symbol {rest[:1]!r} is not an argument")
+            return self._positions[rest[0]]
+        if head in ("Integer", "Rational", "Float", "Constant"):
+            value = _number(head, rest)
+            return self._node(("constant", type(value).__name__, repr(value)), ("constant", value))
+        if not rest:
+            raise TreeError(f"{head} without arguments")
+        function, operands = self._operation(head, rest, depth)
+        return self._node((function, operands), (function, operands))
+
+    def _operation(self, head, rest, depth):
+        """The function and operand nodes of one compound node."""
+        if head == "Mul" and rest[0] == ["Integer", "-1"] and len(rest) > 1:
+            return _negated_product, self._parts(rest[1:], depth)
+        if head == "Pow":
+            if len(rest) != 2:
+                raise TreeError("Pow needs a base and an exponent")
+            special = POWERS.get(_exponent_key(rest[1]))
+            if special is not None:
+                return special, self._parts(rest[:1], depth)
+        if head == "Piecewise" and not all(isinstance(r, list) and r and r[0] == "ExprCondPair" for r in rest):
             raise TreeError("Piecewise of something other than pairs")
-        return lambda v: _select(*(c(v) for c in children))
-    if head == "ExprCondPair":
-        if len(children) != 2:
+        if head == "ExprCondPair" and len(rest) != 2:
             raise TreeError("ExprCondPair needs a value and a condition")
-        return lambda v: (children[0](v), children[1](v))
-    function = FUNCTIONS.get(head)
-    if function is None:
-        raise TreeError(f"unknown expression class {head!r}")
-    return lambda v: function(*(c(v) for c in children))
+        if head == "polygamma" and len(rest) == 2 and isinstance(rest[0], list) and rest[0][:1] == ["Integer"]:
+            order = _number("Integer", rest[0][1:])
+            if isinstance(order, int) and 0 <= order <= MAX_POLYGAMMA_ORDER:
+                return _polygamma_of_order(order), self._parts(rest[1:], depth)
+        function = OPERATIONS.get(head) or FUNCTIONS.get(head)
+        if function is None:
+            raise TreeError(f"unknown expression class {head!r}")
+        return function, self._parts(rest, depth)
+
+    def _parts(self, trees, depth):
+        return tuple(self._compile(tree, depth + 1) for tree in trees)
 
 
-def _leaf(head, rest, positions):
-    if head == "Symbol":
-        if len(rest) != 2 or not isinstance(rest[0], str) or rest[0] not in positions:
-            raise TreeError(f"symbol {rest[:1]!r} is not an argument")
-        position = positions[rest[0]]
-        return lambda v: v[position]
-    value = _number(head, rest)
-    return lambda v: value
+def _sum(*terms):
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _product(*factors):
+    total = factors[0]
+    for factor in factors[1:]:
+        total = total * factor
+    return total
+
+
+def _negated_product(*factors):
+    """A product with a leading -1, as negation (as numpy code would write it)."""
+    return -_product(*factors)
+
+
+def _power(base, exponent):
+    return base ** exponent
+
+
+def _expression_condition_pair(value, condition):
+    return value, condition
+
+
+def _exponent_key(tree):
+    return tuple(tree) if isinstance(tree, list) and all(isinstance(t, str) for t in tree) else None
+
+
+def _reciprocal(base):
+    return 1 / base
+
+
+def _reciprocal_sqrt(base):
+    return 1 / np.sqrt(base)
+
+
+#: Exponents 1/2, -1/2 and -1 as sqrt and reciprocals, as numpy code would write them.
+POWERS = {("Rational", "1", "2"): np.sqrt, ("Rational", "-1", "2"): _reciprocal_sqrt,
+          ("Integer", "-1"): _reciprocal}
+OPERATIONS = {"Add": _sum, "Mul": _product, "Pow": _power, "Piecewise": _select,
+              "ExprCondPair": _expression_condition_pair}
+#: polygamma(n, x) with a literal order up to this is scipy's own formula for that n, without its per-call dispatch.
+MAX_POLYGAMMA_ORDER = 20
+
+
+def _polygamma_of_order(order):
+    """polygamma(order, x) as scipy.special.polygamma evaluates it, to the bit."""
+    if order == 0:
+        return POLYGAMMA_ORDERS.setdefault(0, _special("psi"))
+    if order not in POLYGAMMA_ORDERS:
+        zeta, gamma, factor = _special("zeta"), _special("gamma"), []
+
+        def evaluate(x):
+            if not factor:
+                # scipy: (-1.0)**(n+1) * gamma(n+1.0) * zeta(n+1, x), multiplied left to right.
+                factor.append((-1.0) ** (order + 1) * gamma(order + 1.0))
+            return factor[0] * zeta(order + 1, x)
+        POLYGAMMA_ORDERS[order] = evaluate
+    return POLYGAMMA_ORDERS[order]
+
+
+#: One function per order, so that equal subexpressions of different trees share one step.
+POLYGAMMA_ORDERS = {}
 
 
 def _number(head, rest):
@@ -218,27 +362,6 @@ def _integer(text):
         raise TreeError("bad integer")
     return int(text)
 
-
-def _product(rest, children):
-    """A product, with a leading -1 as negation (as numpy code would write it)."""
-    if rest[0] == ["Integer", "-1"] and len(children) > 1:
-        others = children[1:]
-        return lambda v: -reduce(lambda a, b: a * b, (c(v) for c in others))
-    return lambda v: reduce(lambda a, b: a * b, (c(v) for c in children))
-
-
-def _power(rest, children):
-    """A power; exponents 1/2, -1/2 and -1 as sqrt and reciprocals, as numpy code would write them."""
-    if len(children) != 2:
-        raise TreeError("Pow needs a base and an exponent")
-    base, exponent = children
-    if rest[1] == ["Rational", "1", "2"]:
-        return lambda v: np.sqrt(base(v))
-    if rest[1] == ["Rational", "-1", "2"]:
-        return lambda v: 1 / np.sqrt(base(v))
-    if rest[1] == ["Integer", "-1"]:
-        return lambda v: 1 / base(v)
-    return lambda v: base(v) ** exponent(v)
 
 
 def with_safe_logs(tree):

@@ -89,10 +89,12 @@ class FreeBlock:
             return [u[:, i] for i in range(u.shape[1])] + counts
 
         # The coordinates are unconstrained already (simplex groups in additive log-ratios): all "real".
-        problem = NewtonProblem(["real"] * len(start), lambda u, _: objective(*arguments(u)),
-                                lambda u, _: np.column_stack([g(*arguments(u)) for g in gradient]),
-                                lambda u, _: np.stack([np.column_stack([h(*arguments(u)) for h in row])
-                                                       for row in hessian], axis=1))
+        def derivatives(u, _):
+            values = arguments(u)
+            return (objective(*values), np.column_stack([g(*values) for g in gradient]),
+                    np.stack([np.column_stack([h(*values) for h in row]) for row in hessian], axis=1))
+
+        problem = NewtonProblem(["real"] * len(start), lambda u, _: objective(*arguments(u)), derivatives)
         u = problem.solve(start[None, :])
         return {n: float(f(*u[0])) for n, f in to_params.items()}
 

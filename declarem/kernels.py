@@ -19,7 +19,7 @@ import numpy as np
 
 from .diskcache import cached_json
 from .errors import FamilyError, NotExponentialFamily
-from .evaluate import TreeError, compile_tree, with_safe_logs
+from .evaluate import TreeError, compile_tree, compile_trees, with_safe_logs
 from .families.builtin import PRIOR_TABLE
 from .numeric import FROM_DOMAIN, NewtonProblem
 
@@ -40,6 +40,32 @@ def _strings(value, where):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TreeError(f"{where}: expected a list of names")
     return value
+
+
+class NewtonDerivatives:
+    """An objective, its gradient and its Hessian as one program (they share most subexpressions).
+
+    Parameters
+    ----------
+    argument_names : sequence of str
+    profile : tree
+        The objective.
+    gradient : list of trees, length n
+    hessian : list of n lists of n trees
+    """
+
+    def __init__(self, argument_names, profile, gradient, hessian):
+        self.n_vars = len(gradient)
+        self._trees = compile_trees(argument_names, [profile, *gradient, *(h for row in hessian for h in row)])
+
+    def __call__(self, *values, axis=-1):
+        """The objective and its derivatives stacked on ``axis`` (by default last: (..., 1 + n + n * n))."""
+        return np.stack(self._trees(*values), axis=axis)
+
+    def split(self, stacked):
+        """The objective (...), gradient (..., n) and Hessian (..., n, n) of a stacked (..., 1 + n + n * n)."""
+        n = self.n_vars
+        return stacked[..., 0], stacked[..., 1:1 + n], stacked[..., 1 + n:].reshape(stacked.shape[:-1] + (n, n))
 
 
 class NumericSolver:
@@ -63,11 +89,12 @@ class NumericSolver:
         means = _strings(plan["means"], "means") + weight
         unconstrained = _strings(plan["unconstrained"], "unconstrained")
         arguments = unconstrained + means
-        self._objective = compile_tree(arguments, plan["profile"]) if self.numeric else None
-        self._gradient = [compile_tree(arguments, g) for g in plan["gradient"]]
-        self._hessian = [[compile_tree(arguments, h) for h in row] for row in plan["hessian"]]
-        if len(self._gradient) != len(self.numeric) or any(len(row) != len(self.numeric) for row in self._hessian):
+        if len(plan["gradient"]) != len(self.numeric) or len(plan["hessian"]) != len(self.numeric) or \
+                any(len(row) != len(self.numeric) for row in plan["hessian"]):
             raise TreeError("gradient or Hessian does not match the numeric parameters")
+        self._objective = compile_tree(arguments, plan["profile"]) if self.numeric else None
+        self._derivatives = NewtonDerivatives(arguments, plan["profile"], plan["gradient"], plan["hessian"]) \
+            if self.numeric else None
         self._closed = {name: compile_tree(means + self.numeric, tree) for name, tree in plan["closed"].items()}
         if any(self.domains.get(name) not in FROM_DOMAIN for name in self.numeric):
             raise TreeError("a numeric parameter without a domain")
@@ -110,9 +137,7 @@ class NumericSolver:
             problem = NewtonProblem(
                 [self.domains[name] for name in self.numeric],
                 lambda u, sets: self._objective(*arguments(u, sets)),
-                lambda u, sets: np.column_stack([g(*arguments(u, sets)) for g in self._gradient]),
-                lambda u, sets: np.stack([np.column_stack([h(*arguments(u, sets)) for h in row])
-                                          for row in self._hessian], axis=1))
+                lambda u, sets: self._derivatives.split(self._derivatives(*arguments(u, sets))))
             solved = problem.solve(np.column_stack([np.broadcast_to(np.asarray(start[name], dtype=float),
                                                                     (len(means),)) for name in self.numeric]))
             found.update({name: solved[:, i] for i, name in enumerate(self.numeric)})
@@ -229,13 +254,13 @@ def compile_general_plan(plan):
                     "log_density": compile_tree([x] + params, plan["log_density"]),
                     "functions": [compile_tree([x], f) for f in plan["functions"]],
                     "closed": {name: compile_tree(means + numeric, tree) for name, tree in plan["closed"].items()},
-                    "profile": compile_tree(profile_arguments, plan["profile"]),
-                    "gradient": [compile_tree(profile_arguments, g) for g in plan["gradient"]],
-                    "hessian": [[compile_tree(profile_arguments, h) for h in row] for row in plan["hessian"]]}
-        if len(compiled["functions"]) != len(means) or len(compiled["gradient"]) != len(numeric) or \
-                any(len(row) != len(numeric) for row in compiled["hessian"]) or \
+                    "profile": compile_tree(profile_arguments, plan["profile"])}
+        if len(compiled["functions"]) != len(means) or len(plan["gradient"]) != len(numeric) or \
+                len(plan["hessian"]) != len(numeric) or any(len(row) != len(numeric) for row in plan["hessian"]) or \
                 set(compiled["closed"]) | set(numeric) != set(params):
             raise TreeError("bad kernel plan: its parts do not match")
+        compiled["derivatives"] = NewtonDerivatives(profile_arguments, plan["profile"], plan["gradient"],
+                                                    plan["hessian"])
         return compiled
     except (KeyError, TypeError, AttributeError) as exc:
         raise TreeError(f"bad kernel plan: {exc}") from None
@@ -452,8 +477,10 @@ class GeneralKernels(_Kernels):
         Closed-form parameters, of (*means, *numeric).
     log_density : callable
         ``log p(x | *params)``.
-    profile, gradient, hessian
-        The per-row Newton objective and its derivatives, of (x, *unconstrained, *means).
+    profile : callable
+        The per-row Newton objective, of (x, *unconstrained, *means).
+    derivatives : NewtonDerivatives
+        The same objective with its gradient and Hessian, stacked on a last axis.
     """
 
     def __init__(self, family, constants):

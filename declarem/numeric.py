@@ -22,24 +22,25 @@ FROM_DOMAIN = {
 MAX_STEP = 4.0
 
 
-def maximize_rows(objective, gradient, hessian, start, max_iter=100, tol=1e-12):
+def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
     """Maximise many independent smooth objectives at once by damped Newton steps.
 
     Each row is its own problem in a few unconstrained variables. A Newton step
     is taken where the Hessian is negative definite, a gradient step otherwise,
     no longer than ``MAX_STEP`` in any variable, and each step is halved until
     the objective does not fall, so every row ends at least as high as it
-    started (EM stays monotone).
+    started (EM stays monotone). A full step's trial point is evaluated with its
+    derivatives, which the next iteration uses when the step is taken: one
+    evaluation per iteration unless a step is halved.
 
     Parameters
     ----------
     objective : callable
         ``objective(u, rows)`` with ``u`` of shape (m, n_vars), the values of
         the rows whose indices are ``rows`` (shape (m,)), returns (m,).
-    gradient : callable
-        ``gradient(u, rows)`` returns (m, n_vars).
-    hessian : callable
-        ``hessian(u, rows)`` returns (m, n_vars, n_vars).
+    derivatives : callable
+        ``derivatives(u, rows)`` returns the objective (m,), its gradient
+        (m, n_vars) and Hessian (m, n_vars, n_vars).
     start : ndarray of shape (n_rows, n_vars)
     max_iter : int
     tol : float
@@ -52,27 +53,38 @@ def maximize_rows(objective, gradient, hessian, start, max_iter=100, tol=1e-12):
     """
     u = np.array(start, dtype=float, copy=True)
     n_rows = u.shape[0]
-    value = objective(u, np.arange(n_rows))
+    value, gradient, hessian = (np.array(a, dtype=float) for a in derivatives(u, np.arange(n_rows)))
     active = np.isfinite(value)
+    current_derivatives = np.ones(n_rows, dtype=bool)      # gradient and hessian are at u
     converged = np.zeros(n_rows, dtype=bool)
     for _ in range(max_iter):
         if not active.any():
             break
+        stale = np.flatnonzero(active & ~current_derivatives)
+        if len(stale):
+            _, gradient[stale], hessian[stale] = derivatives(u[stale], stale)
+            current_derivatives[stale] = True
         rows = np.flatnonzero(active)
-        g = gradient(u[rows], rows)
-        h = hessian(u[rows], rows)
-        step = _ascent_direction(g, h)
+        g = gradient[rows]
+        step = _ascent_direction(g, hessian[rows])
         longest = np.max(np.abs(step), axis=1, initial=0.0)
         step *= np.minimum(1.0, MAX_STEP / np.where(longest > 0, longest, 1.0))[:, None]
         current = value[rows]
         scale = np.ones(len(rows))
         accepted = np.zeros(len(rows), dtype=bool)
-        for _ in range(60):
+        for halving in range(60):
             trial = u[rows] + scale[:, None] * step
-            trial_value = objective(trial, rows)
+            if halving == 0:
+                trial_value, trial_gradient, trial_hessian = derivatives(trial, rows)
+            else:
+                trial_value = objective(trial, rows)
             ok = np.isfinite(trial_value) & (trial_value >= current - 1e-13 * np.abs(current)) & ~accepted
             u[rows[ok]] = trial[ok]
             value[rows[ok]] = trial_value[ok]
+            if halving == 0:
+                gradient[rows[ok]], hessian[rows[ok]] = trial_gradient[ok], trial_hessian[ok]
+            else:
+                current_derivatives[rows[ok]] = False
             accepted |= ok
             if accepted.all():
                 break
@@ -124,13 +136,15 @@ class NewtonProblem:
     objective : callable
         ``objective(u, sets)`` with ``u`` of shape (m, n_vars) for the parameter
         sets ``sets`` (shape (m,)), returns (m,).
-    gradient, hessian : callable
-        Same arguments; return (m, n_vars) and (m, n_vars, n_vars).
+    derivatives : callable
+        Same arguments; returns the objective (m,), its gradient (m, n_vars) and
+        its Hessian (m, n_vars, n_vars), computed together (they share most of
+        their work).
     """
 
-    def __init__(self, domains, objective, gradient, hessian):
+    def __init__(self, domains, objective, derivatives):
         self.domains = list(domains)
-        self.objective, self.gradient, self.hessian = objective, gradient, hessian
+        self.objective, self.derivatives = objective, derivatives
 
     def unconstrained(self, values):
         """Parameters (n_sets, n_vars) in their domains as unconstrained variables; non-finite ones at 0."""
@@ -142,8 +156,7 @@ class NewtonProblem:
 
     def solve(self, start):
         """The maximising parameters (n_sets, n_vars), from ``start`` (parameters in their domains)."""
-        u, _ = maximize_rows(self._quiet(self.objective), self._quiet(self.gradient), self._quiet(self.hessian),
-                             self.unconstrained(start))
+        u, _ = maximize_rows(self._quiet(self.objective), self._quiet(self.derivatives), self.unconstrained(start))
         return np.column_stack([TO_DOMAIN[d](u[:, i]) for i, d in enumerate(self.domains)]) \
             if self.domains else u
 
@@ -156,19 +169,23 @@ class NewtonProblem:
         return call
 
 
-def weighted_sum(weights, terms):
-    """sum_r w_r t_r over the last axis, where rows without weight add nothing (not 0 * inf).
+def weighted_sum(weights, terms, axis=1):
+    """sum_r w_r t_r over the rows, where rows without weight add nothing (not 0 * inf).
 
     Parameters
     ----------
     weights : ndarray of shape (m, n_rows)
-    terms : ndarray broadcastable to (m, n_rows, ...) with the rows on axis 1
+        Or any shape that broadcasts against ``terms`` with the rows on ``axis``.
+    terms : ndarray broadcastable to (m, n_rows, ...) with the rows on ``axis``
+    axis : int
+        The rows' axis of ``terms``; with the default 1, ``weights`` (m, n_rows) is
+        extended over the trailing axes.
 
     Returns
     -------
-    ndarray of shape (m, ...)
+    ndarray: ``terms``' shape without ``axis``
     """
     terms = np.asarray(terms)
-    shaped = weights.reshape(weights.shape + (1,) * (terms.ndim - 2))
+    shaped = weights.reshape(weights.shape + (1,) * (terms.ndim - 2)) if axis == 1 else weights
     with np.errstate(invalid="ignore"):
-        return np.where(shaped > 0, shaped * terms, 0.0).sum(axis=1)
+        return np.where(shaped > 0, shaped * terms, 0.0).sum(axis=axis)
