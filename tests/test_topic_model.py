@@ -286,6 +286,41 @@ def test_csv_triples_give_the_same_fit_as_the_npz(model, data, matrix, tmp_path)
                                        err_msg=f"{label} {node}")
 
 
+def test_dense_and_sparse_forms_of_the_e_step_agree_with_repeated_cells(model, data, matrix, monkeypatch):
+    """The E-step forms M = pi theta whole when the table is small against the data (the bundled corpus), else
+    per row with sparse products; both equal the hand-coded step, also when a (doc, word) cell comes as
+    several rows whose counts add."""
+    from declarem.inference import bilinear
+    split = np.random.default_rng(8).random(len(data["doc"])) < 0.3        # these cells come twice, halved
+    repeated = {"doc": np.concatenate([data["doc"], data["doc"][split]]),
+                "word": np.concatenate([data["word"], data["word"][split]]),
+                "count": np.concatenate([np.where(split, data["count"] / 2, data["count"]),
+                                         data["count"][split] / 2])}
+    init = _init(matrix, seed=9)
+    expected, history = ref.run(data, init, 3, alpha=1.1, beta=1.01)
+    assert matrix.shape[0] * matrix.shape[1] <= bilinear.DENSE_CELLS_PER_ROW * len(data["doc"])
+    fits = {}
+    for form, cells_per_row in (("dense", bilinear.DENSE_CELLS_PER_ROW), ("sparse", 0)):
+        monkeypatch.setattr(bilinear, "DENSE_CELLS_PER_ROW", cells_per_row)
+        for label, rows in (("cells", data), ("repeated", repeated)):
+            fit = model.fit(rows, weights="count", init=init, max_iter=3, tol=0)
+            _assert_params_equal(fit.params, expected)
+            np.testing.assert_allclose(fit.history, history, rtol=1e-12)
+            fits[form, label] = fit
+    np.testing.assert_allclose(fits["dense", "repeated"].history, fits["sparse", "repeated"].history, rtol=1e-14)
+
+
+def test_a_document_of_probability_zero_is_named(model, data, matrix):
+    init = _init(matrix)
+    init["doc"]["probs"] = init["doc"]["probs"].copy()
+    init["doc"]["probs"][3] = 0.0
+    init["doc"]["probs"] /= init["doc"]["probs"].sum()
+    first_row = int(np.flatnonzero(data["doc"] == 3)[0])
+    from declarem.errors import FitError
+    with pytest.raises(FitError, match=f"row {first_row} has zero probability"):
+        model.fit(data, weights="count", init=init, max_iter=2, tol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # (f) the E-step costs O(non-zeros x topics): no documents x vocabulary array
 # ---------------------------------------------------------------------------------------------

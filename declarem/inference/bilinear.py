@@ -8,6 +8,11 @@ then never need the per-row posterior:
     N_A = A * (S B^T),   N_B^T = B^T * (S^T A),   S = sparse(a, x, w / M[a, x]),
 two sparse products over the non-zero cells (the topic model's documents and
 words). Only M is formed per row.
+
+When the table M is not much larger than the data (a corpus where a fair share
+of the (document, word) cells occur), M is formed whole by one product, S is a
+dense table, and the two products with it are dense: a few large BLAS calls
+instead of per-row gathers and sparse products.
 """
 
 from dataclasses import dataclass
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 ROW_BLOCK = 8192
+#: The dense form is taken when the table M has at most this many cells per row of data.
+DENSE_CELLS_PER_ROW = 4
 
 
 @dataclass
@@ -37,16 +44,22 @@ class BilinearPlan:
     transposed, transposed_order
         The same for the transpose (rows sorted by (x, a)), so both products run
         on row-compressed matrices.
+    cells : ndarray of shape (n_rows,) or None
+        For the dense form, each row's cell a * categories + x of M (else None).
+    repeated_cells : bool
+        Whether two rows share a cell (their ratios then add in S).
     """
 
     latent: str
     child: str
     row_index: np.ndarray
     column_index: np.ndarray
-    pattern: object
-    order: np.ndarray
-    transposed: object
-    transposed_order: np.ndarray
+    pattern: object = None
+    order: np.ndarray = None
+    transposed: object = None
+    transposed_order: np.ndarray = None
+    cells: np.ndarray = None
+    repeated_cells: bool = False
 
 
 def bilinear_plan(compiled, rows, varying):
@@ -75,10 +88,16 @@ def bilinear_plan(compiled, rows, varying):
             else np.zeros(rows.n_rows, dtype=np.intp)
         column_index = np.asarray(child_view.statistics, dtype=np.intp)
         shape = (latent_factor.n_sets, child_factor.k)
-        pattern, order = _pattern(row_index, column_index, shape)
-        transposed, transposed_order = _pattern(column_index, row_index, shape[::-1])
-        rows._bilinear_pattern = BilinearPlan(latent, child, row_index, column_index, pattern, order,
-                                              transposed, transposed_order)
+        if shape[0] * shape[1] <= DENSE_CELLS_PER_ROW * rows.n_rows:
+            cells = row_index * shape[1] + column_index
+            repeated = bool(np.any(np.bincount(cells, minlength=shape[0] * shape[1]) > 1))
+            rows._bilinear_pattern = BilinearPlan(latent, child, row_index, column_index, cells=cells,
+                                                  repeated_cells=repeated)
+        else:
+            pattern, order = _pattern(row_index, column_index, shape)
+            transposed, transposed_order = _pattern(column_index, row_index, shape[::-1])
+            rows._bilinear_pattern = BilinearPlan(latent, child, row_index, column_index, pattern, order,
+                                                  transposed, transposed_order)
     return rows._bilinear_pattern
 
 
@@ -129,6 +148,8 @@ def bilinear_statistics(plan, tables, rows, stats):
     """
     a_table = tables[plan.latent].probabilities
     b_transposed = tables[plan.child].transposed_probabilities
+    if plan.cells is not None:
+        return _dense_statistics(plan, a_table, b_transposed, rows, stats)
     mixture = np.empty(rows.n_rows)
     for start in range(0, rows.n_rows, ROW_BLOCK):
         block = slice(start, min(start + ROW_BLOCK, rows.n_rows))
@@ -143,4 +164,22 @@ def bilinear_statistics(plan, tables, rows, stats):
     plan.transposed.data = ratio[plan.transposed_order]
     stats.sums[plan.latent] += a_table * (plan.pattern @ b_transposed)
     stats.sums[plan.child] += (b_transposed * (plan.transposed @ a_table)).T
+    return np.log(mixture)
+
+
+def _dense_statistics(plan, a_table, b_transposed, rows, stats):
+    """``bilinear_statistics`` with M and S as dense (sets, categories) tables."""
+    table = a_table @ b_transposed.T
+    mixture = np.take(table, plan.cells)
+    if not np.all(mixture > 0):
+        return None
+    ratio = rows.weights / mixture
+    if plan.repeated_cells:
+        scaled = np.bincount(plan.cells, weights=ratio, minlength=table.size)
+    else:
+        scaled = np.zeros(table.size)
+        scaled[plan.cells] = ratio
+    scaled = scaled.reshape(table.shape)
+    stats.sums[plan.latent] += a_table * (scaled @ b_transposed)
+    stats.sums[plan.child] += (b_transposed * (scaled.T @ a_table)).T
     return np.log(mixture)

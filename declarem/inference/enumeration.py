@@ -196,14 +196,47 @@ def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None):
     row_loglik = bilinear_statistics(plan, tables, rows, stats)
     if row_loglik is None:
         return None, None
-    chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
-    for start in range(0, rows.n_rows, chunk_rows):
-        chunk = slice(start, min(start + chunk_rows, rows.n_rows))
-        row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
-    _check_rows(row_loglik, 0)
-    stats.add(_fixed_statistics(compiled, rows, varying, tables))
+    fixed = _fixed_statistics(compiled, rows, varying, tables)
+    constant = _constant_total(compiled, rows, tables, varying, fixed)
+    if constant is None:
+        # Some row has probability 0 under a factor outside the posterior: find and name it.
+        chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
+        for start in range(0, rows.n_rows, chunk_rows):
+            chunk = slice(start, min(start + chunk_rows, rows.n_rows))
+            row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
+        _check_rows(row_loglik, 0)
+        constant = 0.0
+    stats.add(fixed)
     stats.finish(compiled)
-    return stats, rows.base_total + float(np.dot(rows.weights, row_loglik))
+    return stats, rows.base_total + float(np.dot(rows.weights, row_loglik)) + constant
+
+
+def _constant_total(compiled, rows, tables, varying, fixed):
+    """The rows' weighted log-density under the factors with no latent node in scope; None if some row's is -inf.
+
+    An observed categorical factor's is its expected counts (fixed, ``fixed``) times its log
+    probabilities, summed: no per-row work. Other factors are summed row by row.
+    """
+    total = 0.0
+    for name in compiled.factors:
+        if name in varying:
+            continue
+        factor, view = compiled.factors[name], rows.factors[name]
+        if factor.layout == "index" and view.missing is None:
+            counts, log_probs = fixed.sums[name], tables[name].eta
+            if np.any((counts > 0) & ~np.isfinite(log_probs)):
+                return None
+            with np.errstate(invalid="ignore"):         # 0 * log 0: categories no row takes
+                total += float(np.sum(np.where(counts > 0, counts * log_probs, 0.0)))
+            continue
+        for start in range(0, rows.n_rows, rows.chunk_rows):
+            chunk = slice(start, min(start + rows.chunk_rows, rows.n_rows))
+            n = chunk.stop - chunk.start
+            part = _contribution(compiled, rows, tables, name, chunk, n).reshape(n)
+            if not np.all(np.isfinite(part)):
+                return None
+            total += float(np.dot(rows.weights[chunk], part))
+    return total
 
 
 def most_probable(compiled, rows, params, chunk_rows=None):
