@@ -17,6 +17,7 @@ parameters repeated; the user sees (K1, ..., Km, *own), tied ones as (*own).
 
 import math
 import threading
+import weakref
 import warnings
 from dataclasses import dataclass
 
@@ -785,6 +786,22 @@ class GeneralFactor(RowsFactor):
             density = self.kernels.log_density(x[:, None], *values)
         return np.broadcast_to(density, (len(data), sets.shape[-1])).copy()
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_distinct", None)     # a weak reference, and only a cache
+        return state
+
+    def _distinct_values(self, data):
+        """The rows' distinct values and each row's index among them: rows with equal values are one
+        term with their summed weight (counts repeat a lot). Kept for the rows of the last call (the
+        same data at every M-step of a fit), by a weak reference that does not keep the data alive."""
+        cached = getattr(self, "_distinct", None)
+        if cached is not None and cached[0]() is data:
+            return cached[1], cached[2]
+        values, inverse = np.unique(data[:, 0], return_inverse=True)
+        self._distinct = (weakref.ref(data), values, inverse)
+        return values, inverse
+
     def mstep(self, sums, set_weights, old, reg_covar):
         """New parameters from each row's posterior weight on each set (``RowWeights``)."""
         kernels = self.kernels
@@ -793,8 +810,7 @@ class GeneralFactor(RowsFactor):
         new = {name: np.array(start[name], dtype=float).reshape(self.n_sets) for name in self.param_names}
         if sums.weights is None or not len(used):
             return self._keep_empty_sets(new, old, set_weights)
-        # Rows with equal values are one term with their summed weight (counts repeat a lot).
-        values, inverse = np.unique(sums.data[:, 0], return_inverse=True)
+        values, inverse = self._distinct_values(sums.data)
         weights = np.stack([np.bincount(inverse, weights=sums.weights[s], minlength=len(values)) for s in used])
         totals = weights.sum(axis=1)
         with np.errstate(all="ignore"):

@@ -69,6 +69,16 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
         step = _ascent_direction(g, hessian[rows])
         longest = np.max(np.abs(step), axis=1, initial=0.0)
         step *= np.minimum(1.0, MAX_STEP / np.where(longest > 0, longest, 1.0))[:, None]
+        # A step already below the tolerance changes the objective by its square (~1e-24 relative):
+        # taken without evaluating the objective there, and the row is done.
+        settled = np.max(np.abs(step), axis=1) <= tol * (1.0 + np.max(np.abs(u[rows]), axis=1))
+        if settled.any():
+            u[rows[settled]] += step[settled]
+            converged[rows[settled]] = True
+            active[rows[settled]] = False
+            rows, g, step = rows[~settled], g[~settled], step[~settled]
+            if not len(rows):
+                break
         current = value[rows]
         scale = np.ones(len(rows))
         accepted = np.zeros(len(rows), dtype=bool)
@@ -100,6 +110,11 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
 def _ascent_direction(gradient, hessian):
     """Newton direction where -H is positive definite, else the gradient."""
     n_rows = gradient.shape[0]
+    if gradient.shape[1] == 1:
+        # One variable: -H is positive definite where H < 0, and the Newton step is -g / H.
+        curvature = hessian[:, 0, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(curvature < 0, gradient / -curvature, gradient)
     direction = gradient.copy()
     try:
         chol = np.linalg.cholesky(-hessian)
