@@ -94,3 +94,25 @@ def test_rows_without_weight_add_nothing():
     assert weighted_sum(weights, terms).tolist() == [7.0]
     stacked = np.stack([terms, 2 * terms], axis=-1)
     assert weighted_sum(weights, stacked).tolist() == [[7.0, 14.0]]
+
+
+def test_one_evaluation_per_newton_step_and_none_for_a_step_below_the_tolerance():
+    """Each iteration evaluates the objective and its derivatives once, at its trial point; a row whose step is
+    already below the tolerance takes it without another evaluation (on a quadratic, Newton lands in one step)."""
+    calls = {"objective": 0, "derivatives": 0}
+    centre = np.array([1.5, -0.25])
+
+    def objective(u, s):
+        calls["objective"] += 1
+        return -((u - centre[s, None]) ** 2).sum(axis=1)
+
+    def derivatives(u, s):
+        calls["derivatives"] += 1
+        return (-((u - centre[s, None]) ** 2).sum(axis=1), -2 * (u - centre[s, None]),
+                np.full((len(s), 1, 1), -2.0))
+
+    problem = NewtonProblem(["real"], objective, derivatives)
+    found = problem.solve(np.array([[0.0], [3.0]]))
+    np.testing.assert_allclose(found[:, 0], centre, rtol=1e-15)
+    # At the start, at the first step's trial point; the second step is zero: no evaluation.
+    assert calls == {"objective": 0, "derivatives": 2}
