@@ -307,16 +307,22 @@ def _spd_inverse(block):
     for a in range(size):
         inverse[a, a] = 1.0
     logdet = np.zeros(block.shape[2:])
+    product = np.empty(block.shape[1:])
     for i in range(size):
+        # At step i the reduced rows are zero left of column i, and the inverse's rows zero right of
+        # column i: only the columns that can change are worked on (about half the work).
+        later, done = slice(i + 1, size), slice(0, i + 1)
         pivot = reduced[i, i].copy()
         logdet += np.log(pivot)
-        reduced[i] /= pivot
-        inverse[i] /= pivot
+        reduced[i, later] /= pivot
+        inverse[i, done] /= pivot
         for j in range(size):
             if j != i:
-                factor = reduced[j, i].copy()
-                reduced[j] -= factor * reduced[i]
-                inverse[j] -= factor * inverse[i]
+                factor = reduced[j, i]
+                np.multiply(factor, reduced[i, later], out=product[:size - i - 1])
+                reduced[j, later] -= product[:size - i - 1]
+                np.multiply(factor, inverse[i, done], out=product[:i + 1])
+                inverse[j, done] -= product[:i + 1]
     return inverse, logdet
 
 
