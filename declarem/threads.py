@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import numbers
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import OptionError
@@ -82,10 +83,27 @@ def fit_threads(threads, chunked):
         yield
         return
     with limits, contextlib.ExitStack() as stack:
+        _count_limited_fit(+1)
+        stack.callback(_count_limited_fit, -1)
         if threads > 1 and chunked:
             pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="declarem-estep"))
             stack.callback(_POOL.reset, _POOL.set(pool))
         yield
+
+
+#: Fits running now with BLAS held to one thread (threadpoolctl's limit holds for the whole process).
+_limited_fits = [0]
+_limited_lock = threading.Lock()
+
+
+def _count_limited_fit(change):
+    with _limited_lock:
+        _limited_fits[0] += change
+
+
+def blas_single_threaded():
+    """Whether BLAS runs one thread now (a fit holds it there), so no product needs splitting to stay on one."""
+    return _limited_fits[0] > 0
 
 
 def map_in_order(function, items):
@@ -102,4 +120,4 @@ def map_in_order(function, items):
     return pool.map(function, items)
 
 
-__all__ = ["fit_threads", "map_in_order", "resolve_threads", "usable_cores"]
+__all__ = ["blas_single_threaded", "fit_threads", "map_in_order", "resolve_threads", "usable_cores"]

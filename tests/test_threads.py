@@ -106,13 +106,17 @@ def test_blas_runs_one_thread_during_a_fit_and_is_restored_after():
     def progress(iteration, objective, change):
         seen.append({info["internal_api"]: info["num_threads"] for info in threadpoolctl.threadpool_info()
                      if info["user_api"] == "blas"})
+        known.append(threads.blas_single_threaded())
 
+    known = []
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
         before = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
         model.fit(data, max_iter=2, tol=0, progress=progress, threads=2)
         after = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
     assert seen and all(set(counts.values()) == {1} for counts in seen)
     assert after == before and set(before) == {2}
+    # The missing-value products are split to stay on one BLAS thread only where the fit does not hold it there.
+    assert known == [True, True] and not threads.blas_single_threaded()
 
 
 def test_without_threadpoolctl_chunks_run_in_turn_with_the_same_result(monkeypatch):

@@ -10,7 +10,7 @@ equation.
 
 import numpy as np
 
-from ..threads import map_in_order
+from ..threads import blas_single_threaded, map_in_order
 
 
 def upper_indices(dim):
@@ -386,8 +386,11 @@ def _single_threaded(segment, width):
     """The segment's rows in blocks whose products with a (width)-sized operand OpenBLAS runs on one thread.
 
     Larger ones it spreads over threads, which for these small products is several times
-    slower, and stalls beside other busy processes.
+    slower, and stalls beside other busy processes. One block when the fit holds BLAS to
+    one thread already.
     """
+    if blas_single_threaded():
+        return [segment]
     step = max(1, SINGLE_THREAD_PRODUCT // width)
     return [slice(first, min(first + step, segment.stop)) for first in range(segment.start, segment.stop, step)]
 
