@@ -236,6 +236,12 @@ class Factor:
         return params
 
 
+def _with_shape(array, shape):
+    """``array`` broadcast to ``shape`` (read-only), or itself when it has that shape (np.broadcast_to
+    costs more than the small arrays of a factor's parameters)."""
+    return array if array.shape == shape else np.broadcast_to(array, shape)
+
+
 class ScalarFactor(Factor):
     """A scalar family on one or more independent columns, from its derived solution."""
 
@@ -286,7 +292,7 @@ class ScalarFactor(Factor):
 
     def _columns(self, params):
         """Parameters as (n_sets, dim) arrays, tied ones broadcast."""
-        return [np.broadcast_to(params[name].reshape(self.n_sets, -1), (self.n_sets, self.dim))
+        return [_with_shape(params[name].reshape(self.n_sets, -1), (self.n_sets, self.dim))
                 for name in self.param_names]
 
     def statistics(self, values):
@@ -374,14 +380,14 @@ class ScalarFactor(Factor):
             The previous internal parameters (start of any numeric search).
         reg_covar : float
         """
-        set_weights = np.broadcast_to(set_weights.reshape(self.n_sets, -1), (self.n_sets, self.dim))
+        set_weights = _with_shape(set_weights.reshape(self.n_sets, -1), (self.n_sets, self.dim))
         with np.errstate(invalid="ignore", divide="ignore"):
             means = sums.reshape(self.n_sets, self.dim, self.statistic_count) / set_weights[:, :, None]
         flat = means.reshape(-1, self.statistic_count)
         if old is None:
             start = {n: np.full(len(flat), DEFAULT_START[s.domain]) for n, s in self.params.items()}
         else:
-            start = {n: np.broadcast_to(old[n].reshape(self.n_sets, -1), (self.n_sets, self.dim)).ravel()
+            start = {n: _with_shape(old[n].reshape(self.n_sets, -1), (self.n_sets, self.dim)).ravel()
                      for n in self.param_names}
         # Only (set, column) pairs with weight have mean statistics; the others keep their values below
         # (their placeholder means need not be attainable, and a numeric solve would find no optimum).

@@ -523,7 +523,7 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
         statistics = view.statistics_of(factor, chunk)
         correction = _missing_correction(factor, view, tables[name], chunk, positions) if len(positions) else None
         if view.observed_offset is None:
-            flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
+            flat = None         # every row's sets are set_index: broadcast only if a boundary needs it
             with np.errstate(invalid="ignore"):
                 per_set = _narrow_product(statistics, eta.T)
                 per_set -= log_partition
@@ -537,6 +537,8 @@ def _contribution(compiled, rows, tables, name, chunk, n, probabilities=False):
             if correction is not None:
                 contribution[positions] += np.take_along_axis(correction, flat[positions], axis=1)
         if boundary is not None:
+            if flat is None:
+                flat = np.broadcast_to(set_index.reshape(-1), (n, set_index.size))
             at_boundary = boundary[flat]
             if at_boundary.any():
                 row, column = np.nonzero(at_boundary)
@@ -662,7 +664,9 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
             sums[set_index] += counts.T
             continue
         if view.observed_offset is None:
-            sets = np.broadcast_to(set_index, (n, n_latent))
+            # The same sets on every row: only rows-layout factors and partly missing rows need them per row.
+            sets = None if factor.layout == "dense" and not len(positions) else \
+                np.broadcast_to(set_index, (n, n_latent))
         else:
             sets = view.observed_offset[chunk][:, None] + set_index[None, :]
         if factor.layout == "rows":
