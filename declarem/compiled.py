@@ -752,6 +752,11 @@ class RowsFactor(Factor):
                 for name, spec in self.params.items()}
 
 
+#: Rows below which a non-exponential family's density is evaluated row by row without looking for
+#: repeated values (grouped counts arrive distinct; sorting a few rows costs more than evaluating them).
+DISTINCT_WORTH_FINDING = 1024
+
+
 class GeneralFactor(RowsFactor):
     """A scalar family that is not an exponential family, fitted by generalised EM.
 
@@ -781,7 +786,7 @@ class GeneralFactor(RowsFactor):
         """log p(x | set) of each row on each of its sets, (n, L); ``sets`` (L,) or (n, L)."""
         values = [np.asarray(params[name], dtype=float).reshape(self.n_sets)[sets] for name in self.param_names]
         x = data[:, 0]
-        if sets.ndim == 1:
+        if sets.ndim == 1 and len(x) >= DISTINCT_WORTH_FINDING:
             # The same sets for every row: the density of each distinct value once (counts repeat a lot).
             distinct, inverse = np.unique(x, return_inverse=True)
             if len(distinct) < len(x) // 2:

@@ -717,7 +717,10 @@ def _accumulate_row_weights(row_weights, set_weights, view, marginal, sets, posi
     n, n_latent = marginal.shape
     rows = np.arange(chunk.start, chunk.stop)
     if view.observed_offset is None:
-        weights[np.ix_(sets[0], rows)] += marginal.T
+        if view.identity_sets:
+            weights[:, chunk] += marginal.T
+        else:
+            weights[np.ix_(sets[0], rows)] += marginal.T
         set_weights[sets[0]] += _column_sums(marginal)
     else:
         np.add.at(weights, (sets.reshape(-1), np.repeat(rows, n_latent)), marginal.reshape(-1))
