@@ -3,7 +3,8 @@
 A derivation's numeric kernels are kept as expression trees in the form the
 derivation cache writes (``derive.serial``): ``["Add", a, b]``,
 ``["Symbol", name, assumptions]``, ``["Integer", "3"]``, ... This module turns
-such a tree into a numpy callable by walking it once into nested closures. It
+such trees into a numpy callable by walking them once into a program: a list of
+numpy calls in which each distinct subexpression is one call (``Program``). It
 imports neither sympy nor the tree's source, so a process whose derivations are
 all cached never imports sympy, and the cold and warm routes evaluate the same
 trees the same way, to the last bit.
