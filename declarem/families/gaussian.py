@@ -205,11 +205,12 @@ class FillPlan:
         Each entry's row, by coordinate, after a leading 1.
     segments : list of (int, slice)
         Per missing coordinate, its entries.
-    groups : list of (size, members, entries, pattern, starts, used, block)
+    groups : list of (size, members, entries, pattern, starts, used, block, runs)
         Per number of missing coordinates s: member rows (g,) in pattern order, their
         entries (g, s), their patterns (g,), where each pattern's run starts, the
-        distinct patterns, and the flat (row, column) indices of each pattern's missing
-        block in a (dim, dim) array, (p, s, s).
+        distinct patterns, the flat (row, column) indices of each pattern's missing
+        block in a (dim, dim) array, (p, s, s), and the sparse (p, g) indicator of each
+        pattern's rows, whose product sums (g, ...) arrays over each pattern's run.
     row_order, entry_order : ndarray of int, shape (m,) and (n_entries,)
         Where each row (each entry) is among the groups' rows (entries, group by group,
         coordinate-major) laid end to end: per-group results are put in row (entry) order
@@ -242,9 +243,20 @@ class FillPlan:
             used, starts = np.unique(pattern, return_index=True)
             placed = distinct[used]
             block = (placed[:, :, None] * dim + placed[:, None, :])                 # (p, s, s)
-            self.groups.append((size, members, entries, pattern, starts, used, block))
+            self.groups.append((size, members, entries, pattern, starts, used, block, _runs(starts, len(members))))
         self.row_order = _inverse_order([group[1] for group in self.groups], m)
         self.entry_order = _inverse_order([group[2].T.reshape(-1) for group in self.groups], self.n_entries)
+
+
+def _runs(starts, n):
+    """The (runs, n) CSR indicator of consecutive runs of rows beginning at ``starts``.
+
+    Its product with a (n, width) array sums each run's rows, in row order (as np.add.reduceat
+    would, to the bit), for every column at once.
+    """
+    import scipy.sparse  # imported when first needed: it is slow to import
+    run = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    return scipy.sparse.csr_matrix((np.ones(n), (run, np.arange(n))), shape=(len(starts), n))
 
 
 def _inverse_order(parts, n):
@@ -432,24 +444,21 @@ def conditional_moments(plan, weights, conditionals, fills):
     # The missing blocks' f f^T + C, on and above the diagonal (coordinates ascend within a pattern).
     upper = np.zeros(n_sets * dim * dim)
     set_offset = np.arange(n_sets) * dim * dim
-    for (size, members, entries, pattern, starts, used, block), fill in zip(plan.groups, fills):
+    for (size, members, entries, pattern, starts, used, block, runs), fill in zip(plan.groups, fills):
         member_weights = np.take(weights, members, axis=0)                                 # (g, n_sets)
-        pattern_weights = np.add.reduceat(member_weights, starts, axis=0)                  # (p, n_sets)
+        pattern_weights = runs @ member_weights                                            # (p, n_sets)
         covariance = conditionals[size][0]
         weighted = fill * member_weights
         first_index, second_index = _PAIRS[size] if size < len(_PAIRS) else np.triu_indices(size)
-        if len(members) * n_sets >= ENTRYWISE_LEAST:
-            summed = np.empty((len(first_index), len(used), n_sets))
-            for position, (a, b) in enumerate(zip(first_index, second_index)):
-                # Summed over each pattern's rows (a run), placed at the pattern's (c_a, c_b).
-                np.add.reduceat(weighted[a] * fill[b], starts, axis=0, out=summed[position])
-                summed[position] += pattern_weights * np.take(covariance[a, b], used, axis=0)
-        else:
-            outer = weighted[first_index] * fill[second_index]                             # (pairs, g, n_sets)
-            summed = np.add.reduceat(outer, starts, axis=1)
-            pairs = covariance.reshape((size * size,) + covariance.shape[2:])
-            # The chunk's patterns first: they are few of the size's patterns.
-            summed += pattern_weights * np.take(np.take(pairs, used, axis=1), first_index * size + second_index, axis=0)
+        # Each pair's products side by side, then one sparse product sums them over each pattern's rows.
+        products = np.empty((len(members), len(first_index), n_sets))
+        for position, (a, b) in enumerate(zip(first_index, second_index)):
+            np.multiply(weighted[a], fill[b], out=products[:, position])
+        summed = (runs @ products.reshape(len(members), -1)).reshape(len(used), len(first_index), n_sets)
+        summed = summed.transpose(1, 0, 2)                                                  # (pairs, p, n_sets)
+        pairs = covariance.reshape((size * size,) + covariance.shape[2:])
+        # The chunk's patterns first: they are few of the size's patterns.
+        summed += pattern_weights * np.take(np.take(pairs, used, axis=1), first_index * size + second_index, axis=0)
         weighted_fills.append(weighted.reshape(-1, n_sets))
         places = block[:, first_index, second_index].T                                      # (pairs, p)
         upper += np.bincount((places[:, :, None] + set_offset).reshape(-1), weights=summed.reshape(-1),
