@@ -238,11 +238,13 @@ def _rescale_products(products, steps_done, length, every, per_row):
     """
     if per_row:
         mass = products @ np.ones(products.shape[2])
-        if ((mass > 0) & (mass < ROW_TINY)).any():
+        nonzero = mass > 0
+        smallest = mass.min(where=nonzero, initial=1.0)      # the smallest nonzero mass (1 if none is below)
+        if smallest < ROW_TINY:
             return False
         # Divide only before a test for a common row, or when a row has become small.
-        if (steps_done + 1) % SETTLE_CHECK == 0 or np.where(mass > 0, mass, 1.0).min() < ROW_SMALL:
-            products /= np.where(mass > 0, mass, 1.0)[:, :, None]
+        if (steps_done + 1) % SETTLE_CHECK == 0 or smallest < ROW_SMALL:
+            products /= np.where(nonzero, mass, 1.0)[:, :, None]
         return True
     if not _rescale_here(steps_done, length, every):
         return True
