@@ -171,6 +171,7 @@ class _ForwardProducts:
         self.current = _identities(grid)
         self.spare = np.empty_like(self.current)
         self.taken = 0
+        self.ones = np.ones(grid.shape[2])
 
     def step(self):
         """Take one more step; False when a block's mass fell below ``TINY`` (with ``every`` > 1)."""
@@ -186,7 +187,7 @@ class _ForwardProducts:
             following[:, blocks] = self.start * self.grid[position][blocks]
         self.spare, self.current = self.current, following
         self.taken += 1
-        return _rescale_products(following, position, self.grid.shape[0], self.every, self.per_row)
+        return _rescale_products(following, position, self.grid.shape[0], self.every, self.per_row, self.ones)
 
 
 class _BackwardProducts:
@@ -202,6 +203,7 @@ class _BackwardProducts:
         self.current = _identities(grid)
         self.spare = np.empty_like(self.current)
         self.taken = 0
+        self.ones = np.ones(grid.shape[2])
 
     def step(self):
         length, k = self.grid.shape[0], self.grid.shape[2]
@@ -219,7 +221,7 @@ class _BackwardProducts:
             # Before a sequence's first step lies padding, whose backward vectors are never used.
             self.current[:, starting] = 1.0 / k
         self.taken += 1
-        return _rescale_products(self.current, self.taken - 1, length, self.every, per_row=True)
+        return _rescale_products(self.current, self.taken - 1, length, self.every, True, self.ones)
 
 
 def _identities(grid):
@@ -227,7 +229,7 @@ def _identities(grid):
     return np.repeat(np.eye(k)[:, None, :], n_blocks, axis=1)
 
 
-def _rescale_products(products, steps_done, length, every, per_row):
+def _rescale_products(products, steps_done, length, every, per_row, ones):
     """Rescale each block's product to unit mass at a rescaling step, or each row at every step.
 
     Rows carry directions only (``per_row``), and rows of zero mass stay zero; one step can
@@ -237,7 +239,7 @@ def _rescale_products(products, steps_done, length, every, per_row):
     (its entries may have underflowed).
     """
     if per_row:
-        mass = products @ np.ones(products.shape[2])
+        mass = products @ ones
         nonzero = mass > 0
         smallest = mass.min(where=nonzero, initial=1.0)      # the smallest nonzero mass (1 if none is below)
         if smallest < ROW_TINY:
@@ -248,7 +250,7 @@ def _rescale_products(products, steps_done, length, every, per_row):
         return True
     if not _rescale_here(steps_done, length, every):
         return True
-    mass = products.sum(axis=0) @ np.ones(products.shape[2])
+    mass = products.sum(axis=0) @ ones
     if every > 1 and not mass.min() >= TINY:
         return False
     products /= mass[:, None]
