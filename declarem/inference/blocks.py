@@ -21,10 +21,11 @@ STEP_OVERHEAD = 12e-6
 PER_STATE_BLOCK = 3e-9
 PRODUCT_OVERHEAD = 20e-6
 PER_PRODUCT_ENTRY = 3.6e-9
-# Steps a block's product typically takes to forget where it entered (recursions.py),
-# and the shortest block that leaves it room to (twice that, at each end).
+# Steps a block's product typically takes to forget where it entered (recursions.py), and the
+# shortest block: room to forget from each end. A chain that forgets more slowly than its blocks
+# are long is joined by whole-block products instead (exact either way; this only sets the cost).
 FORGETTING_STEPS = 32
-SHORTEST_BLOCK = 4 * FORGETTING_STEPS
+SHORTEST_BLOCK = 2 * FORGETTING_STEPS
 
 
 def choose_block_length(lengths, k):
