@@ -21,7 +21,7 @@ STEP_OVERHEAD = 12e-6
 PER_STATE_BLOCK = 3e-9
 PRODUCT_OVERHEAD = 20e-6
 PER_PRODUCT_ENTRY = 3.6e-9
-# Steps a block's product typically takes to forget where it entered (recursions.py), and the
+# Steps a chain typically takes to forget where it entered (recursions.py), and the
 # shortest block: room to forget from each end. A chain that forgets more slowly than its blocks
 # are long is joined by whole-block products instead (exact either way; this only sets the cost).
 FORGETTING_STEPS = 32

@@ -5,13 +5,14 @@ alpha_t = (alpha_{t-1} @ A) * e_t and beta_{t-1} = A @ (e_t * beta_t). What
 a block needs from its neighbours is the forward vector entering it and the
 backward vector at its end. Two exact ways to get them:
 
-- *Forgetting* (``_by_forgetting``): the product of A @ diag(e_t) over a block's
-  first m steps soon has rows equal up to scale (rank one): the chain has
-  forgotten where it entered, and the forward vector m steps in is that common
-  row, whatever entered. Steps m onwards then fill in parallel, and the vector
-  leaving each block enters the next for its first m steps. Backward likewise
-  with the product over a block's last steps. Only 2m steps of (k, k) products
-  are formed, and nothing runs block after block.
+- *Forgetting* (``_by_forgetting``): a chain soon forgets where it entered, so
+  forward vectors filled from a guessed entering vector meet, after some m
+  steps, those filled from the true one. Every block is filled in parallel from
+  a uniform guess; then each block's first steps are filled again from the
+  vector leaving the block before, until the two fills agree; from there on
+  the first fill stands. A sequence's first block is exact from its first step,
+  so by induction every block is. Backward likewise from each block's end. The
+  refills step (n_blocks, k) vectors, and nothing runs block after block.
 - *Products* (``_by_products``), when some block has not forgotten within its
   length: whole-block transfer matrices, joined by a scan over each sequence's
   blocks.
@@ -34,19 +35,13 @@ TINY = 1e-200
 # Joining multiplies normalised transfer matrices: a joined mass above this shows the
 # entries that matter were far above underflow.
 JOIN_TINY = 1e-290
-# Rows of a transfer matrix count as equal up to scale when every entry agrees to this,
-# relative (so the forward vectors filled from the common row agree to it too).
+# A refill meets the first fill when every entry of their unit-mass vectors agrees to this, relative
+# (the vectors filled on from either then agree to it too).
 SETTLED = 1e-13
-# Test for a common row every this many steps at first, then every twice as many
-# (a multiple of any ``every`` used).
+# Compare the fills every this many steps (a multiple of any ``every`` used, so both are rescaled there).
 SETTLE_CHECK = 8
-# Entries of a unit-mass row below this are negligible in every sum they enter.
+# Entries of a unit-mass vector below this are negligible in every sum they enter.
 NEGLIGIBLE = 1e-280
-# A row of a product whose mass falls below this in one step may have lost entries to underflow;
-# rows are rescaled before their mass falls below ROW_SMALL (one more step cannot take it below ROW_TINY
-# unless a single step shrinks it by 1e-180).
-ROW_TINY = 1e-280
-ROW_SMALL = 1e-100
 
 
 class Lattice(NamedTuple):
@@ -110,35 +105,83 @@ def _rescale_here(position, length, every):
 
 
 def _by_forgetting(start, transition, grid, layout, every, alpha, beta, scale):
-    """Fill every block in parallel from the vectors its chain forgets its neighbours into.
+    """Fill every block in parallel from a guess, then refill each block's first steps from the block before.
 
-    Returns True when filled, False when a mass fell below ``TINY``, None when some
-    block has not forgotten within its length.
+    A chain forgets where it entered: forward vectors filled from a guessed entering vector
+    soon agree with those filled from the true one. So every block is filled at once from a
+    uniform guess, then its first steps are filled again from the vector leaving the block
+    before (as the first fill left it), ``SETTLE_CHECK`` steps at a time, until the refill
+    agrees with the first fill to ``SETTLED`` relative in every entry; from there on the first
+    fill stands. A sequence's first block is exact from its first step, so by induction along
+    each sequence every block is. Backward likewise from each block's end.
+
+    Returns True when filled, False when a mass fell below ``TINY``, None when some block's
+    refill has not met its first fill within its length less ``SETTLE_CHECK`` steps.
     """
     length, n_blocks, k = grid.shape
-    head = _settle(_ForwardProducts(start, transition, grid, layout, every, per_row=True), length - SETTLE_CHECK)
-    # The backward products forget about as fast as the forward ones did: a chain whose backward
-    # rows still differ long after that (states that reach only some others) joins products instead.
-    limit = min(length - SETTLE_CHECK, max(8 * SETTLE_CHECK, 4 * head[0])) if head is not None else 0
-    tail = None if head is None else _settle(_BackwardProducts(transition, grid, layout, every), limit)
-    if tail is None:
-        return None
-    (entered, direction), (left, backward_direction) = head, tail
-    if not _forward(start, transition, grid, layout, every, alpha, scale, direction, entered, length):
+    guess = np.full((n_blocks, k), 1.0 / k)
+    if not _forward(start, transition, grid, layout, every, alpha, scale, guess, 0, length):
         return False
-    incoming = np.full((n_blocks, k), 1.0 / k)
+    incoming = guess.copy()
     incoming[layout.continued] = alpha[-1][layout.continued - 1]
-    if not _forward(start, transition, grid, layout, every, alpha, scale, incoming, 0, entered):
-        return False
-    # The backward vector left steps before a block's end is the common row, whatever follows.
-    top = length - 1 - left
-    if not _backward(transition, grid, every, beta, backward_direction, top, 0):
+    met = _refill_forward(start, transition, grid, layout, every, alpha, scale, incoming)
+    if met is not True:
+        return met
+    if not _backward(transition, grid, every, beta, guess, length - 1, 0):
         return False
     following = layout.continued
-    outgoing = np.ones((n_blocks, k))
+    outgoing = guess.copy()
     outgoing[following - 1] = (grid[0][following] * beta[0][following]) @ transition.T
-    outgoing /= outgoing.sum(axis=1, keepdims=True)
-    return _backward(transition, grid, every, beta, outgoing, length - 1, top + 1)
+    outgoing[following - 1] /= outgoing[following - 1].sum(axis=1, keepdims=True)
+    first_step = np.zeros(n_blocks, dtype=np.intp)
+    for position, blocks in layout.starts.items():
+        first_step[blocks] = position
+    return _refill_backward(transition, grid, every, beta, outgoing, first_step)
+
+
+def _refill_forward(start, transition, grid, layout, every, alpha, scale, entering):
+    """Fill alpha again from ``entering`` until it meets the fill already there (see ``_by_forgetting``).
+
+    Returns True when every block's refill met the first fill, False when a mass fell below
+    ``TINY``, None when some block's did not within its length less ``SETTLE_CHECK`` steps.
+    """
+    ends = range(SETTLE_CHECK - 1, grid.shape[0] - SETTLE_CHECK, SETTLE_CHECK)
+    first_fill = alpha[ends].copy()               # at rescaled positions (every divides SETTLE_CHECK)
+    previous, done = entering, 0
+    for end, earlier in zip(ends, first_fill):
+        if not _forward(start, transition, grid, layout, every, alpha, scale, previous, done, end + 1):
+            return False
+        if _agree(alpha[end], earlier):
+            return True
+        previous, done = alpha[end], end + 1
+    return None
+
+
+def _refill_backward(transition, grid, every, beta, top_vector, first_step):
+    """Fill beta again from ``top_vector`` at each block's end until it meets the fill already there.
+
+    ``first_step`` (n_blocks,): where each block's rows begin (after a sequence's front padding,
+    whose backward vectors are never used and are not compared: a block refilled down past its
+    first row is exact whatever its padding holds).
+    """
+    length = grid.shape[0]
+    bottoms = range(length - 1 - SETTLE_CHECK, SETTLE_CHECK - 1, -SETTLE_CHECK)
+    first_fill = beta[bottoms].copy()             # rescaled to unit mass there (every divides SETTLE_CHECK)
+    top, vector = length - 1, top_vector
+    for bottom, earlier in zip(bottoms, first_fill):
+        if not _backward(transition, grid, every, beta, vector, top, bottom):
+            return False
+        rows = first_step <= bottom
+        if _agree(beta[bottom][rows], earlier[rows]):
+            return True
+        top, vector = bottom, beta[bottom]
+    return None
+
+
+def _agree(refilled, first):
+    """Whether two fills' unit-mass vectors (n_blocks, k) agree to ``SETTLED`` relative in every entry
+    (apart from entries below ``NEGLIGIBLE``)."""
+    return bool(np.all(np.abs(refilled - first) <= SETTLED * np.maximum(refilled, first) + NEGLIGIBLE))
 
 
 def _by_products(start, transition, grid, layout, every, alpha, beta, scale):
@@ -160,14 +203,12 @@ class _ForwardProducts:
     """Transfer matrices of every block's first steps, a step at a time: ``current`` (k, n_blocks, k).
 
     ``current[i, b, j]`` is P_b[i, j] for P_b the product over the steps taken of
-    transition @ diag(emission), normalised per block (or, with ``per_row``, each
-    row on its own: directions only); a sequence's first step uses the start
-    probabilities in every row instead.
+    transition @ diag(emission), normalised per block; a sequence's first step uses
+    the start probabilities in every row instead.
     """
 
-    def __init__(self, start, transition, grid, layout, every, per_row=False):
+    def __init__(self, start, transition, grid, layout, every):
         self.start, self.transition, self.grid, self.layout, self.every = start, transition, grid, layout, every
-        self.per_row = per_row
         self.current = _identities(grid)
         self.spare = np.empty_like(self.current)
         self.taken = 0
@@ -187,41 +228,7 @@ class _ForwardProducts:
             following[:, blocks] = self.start * self.grid[position][blocks]
         self.spare, self.current = self.current, following
         self.taken += 1
-        return _rescale_products(following, position, self.grid.shape[0], self.every, self.per_row, self.ones)
-
-
-class _BackwardProducts:
-    """Transfer matrices of every block's last steps, taken from the end: ``current`` (k, n_blocks, k).
-
-    ``current[j, b, i]`` is R_b[i, j] for R_b the product, in time order, of
-    transition @ diag(emission) over the steps taken: its rows are R_b's columns,
-    each normalised on its own (directions only).
-    """
-
-    def __init__(self, transition, grid, layout, every):
-        self.transposed, self.grid, self.layout, self.every = np.ascontiguousarray(transition.T), grid, layout, every
-        self.current = _identities(grid)
-        self.spare = np.empty_like(self.current)
-        self.taken = 0
-        self.ones = np.ones(grid.shape[2])
-
-    def step(self):
-        length, k = self.grid.shape[0], self.grid.shape[2]
-        position = length - 1 - self.taken
-        if self.taken == 0:
-            # Row j is column j of the transition times the last emission of j: its direction is
-            # the column alone (the emission, however small, only scales it), or zero.
-            self.current[...] = self.transposed[:, None, :] * (self.grid[position].T > 0)[:, :, None]
-        else:
-            self.current *= self.grid[position]
-            np.matmul(self.current.reshape(-1, k), self.transposed, out=self.spare.reshape(-1, k))
-            self.spare, self.current = self.current, self.spare
-        starting = self.layout.starts.get(position + 1)
-        if starting is not None:
-            # Before a sequence's first step lies padding, whose backward vectors are never used.
-            self.current[:, starting] = 1.0 / k
-        self.taken += 1
-        return _rescale_products(self.current, self.taken - 1, length, self.every, True, self.ones)
+        return _rescale_products(following, position, self.grid.shape[0], self.every, self.ones)
 
 
 def _identities(grid):
@@ -229,25 +236,11 @@ def _identities(grid):
     return np.repeat(np.eye(k)[:, None, :], n_blocks, axis=1)
 
 
-def _rescale_products(products, steps_done, length, every, per_row, ones):
-    """Rescale each block's product to unit mass at a rescaling step, or each row at every step.
+def _rescale_products(products, steps_done, length, every, ones):
+    """Rescale each block's product to unit mass at a rescaling step.
 
-    Rows carry directions only (``per_row``), and rows of zero mass stay zero; one step can
-    shrink a row by any factor, so their masses are looked at every step and they are
-    rescaled when one is below ``ROW_SMALL`` or a test for a common row comes next. Returns
-    False when a mass fell below ``TINY`` with ``every`` > 1, or a row's below ``ROW_TINY``
-    (its entries may have underflowed).
+    Returns False when a mass fell below ``TINY`` with ``every`` > 1.
     """
-    if per_row:
-        mass = products @ ones
-        nonzero = mass > 0
-        smallest = mass.min(where=nonzero, initial=1.0)      # the smallest nonzero mass (1 if none is below)
-        if smallest < ROW_TINY:
-            return False
-        # Divide only before a test for a common row, or when a row has become small.
-        if (steps_done + 1) % SETTLE_CHECK == 0 or smallest < ROW_SMALL:
-            products /= np.where(nonzero, mass, 1.0)[:, :, None]
-        return True
     if not _rescale_here(steps_done, length, every):
         return True
     mass = products.sum(axis=0) @ ones
@@ -255,43 +248,6 @@ def _rescale_products(products, steps_done, length, every, per_row, ones):
         return False
     products /= mass[:, None]
     return True
-
-
-def _settle(products, limit):
-    """Steps until every block's product (rows rescaled on their own) has rows equal up to scale.
-
-    Tested after 8, 16, 24 and 32 steps, then every 16. Returns (steps, that common row
-    (n_blocks, k)), or None when not settled within ``limit`` steps or when a row's mass
-    fell below ``TINY`` between rescalings.
-    """
-    while True:
-        stride = SETTLE_CHECK if products.taken < 4 * SETTLE_CHECK else 2 * SETTLE_CHECK
-        if products.taken + stride > limit:
-            return None
-        for _ in range(stride):
-            if not products.step():
-                return None
-        direction = _common_row(products.current)
-        if direction is not None:
-            return products.taken, direction
-
-
-def _common_row(products):
-    """The row every row of each block's matrix is proportional to, normalised (n_blocks, k); or None.
-
-    The rows were each rescaled to unit mass. Rows of zero mass are ignored (their
-    state contributes nothing); every other row must agree with their mean to
-    ``SETTLED`` relative in every entry, apart from entries below ``NEGLIGIBLE``.
-    """
-    nonzero = products @ np.ones(products.shape[2]) > 0                     # (k, n_blocks)
-    counted = nonzero.sum(axis=0)
-    if not (counted > 0).all():
-        return None
-    mean = products.sum(axis=0) / counted[:, None]                          # (n_blocks, k)
-    agrees = np.abs(products - mean) <= SETTLED * mean + NEGLIGIBLE
-    if not (agrees | ~nonzero[:, :, None]).all():
-        return None
-    return mean / mean.sum(axis=1, keepdims=True)
 
 
 def _join_blocks(products, layout, incoming, outgoing):
