@@ -277,7 +277,7 @@ class ScalarFactor(Factor):
         self.statistic_count = kernels.statistic_count
         self._statistics = kernels.statistics
         self._base = kernels.base
-        self._natural = kernels.natural
+        self._natural_and_log_partition = kernels.natural_and_log_partition
         self._log_partition = kernels.log_partition
         self._solver = kernels.solver
         self._pooled = kernels.pooled
@@ -324,8 +324,9 @@ class ScalarFactor(Factor):
         """eta of shape (n_sets, dim * n_statistics) and A of shape (n_sets,)."""
         columns = self._columns(params)
         with np.errstate(all="ignore"):
-            eta = np.stack([f(*columns) for f in self._natural], axis=-1)
-            log_partition = self._log_partition(*columns).sum(axis=1)
+            *natural, log_partition = self._natural_and_log_partition(*columns)
+            eta = np.stack(natural, axis=-1)
+            log_partition = log_partition.sum(axis=1)
         return eta.reshape(self.n_sets, -1), log_partition
 
     def missing_correction(self, params, holes, context):
@@ -397,7 +398,7 @@ class ScalarFactor(Factor):
             part = self._solver.solve(flat[used], {n: np.asarray(start[n])[used] for n in self.param_names},
                                       set_weights.reshape(-1)[used])
             for name in self.param_names:
-                solved[name][used] = np.broadcast_to(np.asarray(part[name], dtype=float), (int(used.sum()),))
+                solved[name][used] = part[name]
         new = {}
         for name, spec in self.params.items():
             value = np.asarray(solved[name], dtype=float).reshape(self.n_sets, self.dim)

@@ -198,6 +198,8 @@ def compile_scalar_plan(plan):
                 "base": compile_tree([x], plan["base"]),
                 "natural": [compile_tree(params, eta) for eta in plan["natural"]],
                 "log_partition": compile_tree(params, plan["log_partition"]),
+                # The E-step's tables in one program: eta's components, then A.
+                "natural_and_log_partition": compile_trees(params, plan["natural"] + [plan["log_partition"]]),
                 "solver": NumericSolver(plan["solver"]),
                 "pooled": {name: compile_tree(means, e) for name, e in plan["poolable"].items()},
                 "boundary_log_density": compile_tree([x] + params, plan["boundary"]),
