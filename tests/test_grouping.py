@@ -52,3 +52,22 @@ def test_rows_with_a_real_valued_column_are_not_grouped():
     model = declarem.Model(graph)
     checked = node_data(model, {"x": np.arange(100) % 7})
     assert group_repeated_counts(model, checked) is checked
+
+
+def test_categorical_rows_are_left_to_group_identical_rows(monkeypatch):
+    """All-categorical rows are grouped (or found distinct) once, by their codes; the counts' grouping, which
+    compares whole rows, is not run on them again."""
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2)
+    graph.add_node("a", family="categorical", k=4)
+    graph.add_node("b", family="categorical", k=5)
+    graph.add_edge("z", "a")
+    graph.add_edge("z", "b")
+    model = declarem.Model(graph)
+    checked = node_data(model, {"a": np.arange(20) % 4, "b": np.arange(20) // 4})      # every row distinct
+
+    def compare_rows(*args, **kwargs):
+        raise AssertionError("the rows were compared again")
+
+    monkeypatch.setattr(np, "unique", compare_rows)
+    assert group_repeated_counts(model, checked) is checked
