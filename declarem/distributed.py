@@ -590,6 +590,10 @@ class DaskEngine:
             self.peak_memory = max(peaks + ([self.peak_memory] if self.peak_memory is not None else []))
         return stats, objective
 
+    def statistics(self, params, hard=False):
+        """Expected statistics at ``params`` where the objective is not needed (the workers compute it anyway)."""
+        return self.expected_statistics(params, hard=hard)[0]
+
     def seeded_statistics(self, rng):
         """The seeded start: exactly the in-memory one when the partitions are kept; for streamed
         data, k-means on a uniform sample of about SEED_SAMPLE_ROWS rows, then one pass."""

@@ -165,10 +165,14 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
             stats, objective = engine.expected_statistics(current, hard=hard)
             return stats, objective + compiled.log_prior(current)
 
+        def statistics(current):
+            return engine.statistics(current, hard=hard)
+
         def step(stats, old):
             return mstep(compiled, stats, old, reg_covar)
 
-        return run_squarem(compiled, engine.shifts, params, max_iter, tol, hard, reg_covar, progress, estep, step, monitor)
+        return run_squarem(compiled, engine.shifts, params, max_iter, tol, hard, reg_covar, progress, estep,
+                           statistics, step, monitor)
     stats, objective = engine.expected_statistics(params, hard=hard)
     monitor.record(objective + compiled.log_prior(params), params)
     n_iter = 0

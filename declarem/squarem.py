@@ -33,10 +33,13 @@ def _valid(compiled, params, shifts):
     return True
 
 
-def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progress, estep, mstep, monitor):
+def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progress, estep, statistics, mstep,
+                monitor):
     """Accelerated EM from ``params``; see ``em.run_em`` for what it returns.
 
-    ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the start
+    ``estep(params)`` gives the expected statistics and the objective, ``statistics(params)``
+    the statistics alone: the first EM step's and the extrapolated point's objectives are not
+    used. ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the start
     and after each accepted cycle.
     """
     stats, objective = estep(params)
@@ -45,12 +48,12 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
     converged = False
     while n_iter < max_iter:
         first = mstep(stats, params)
-        first_stats, first_objective = estep(first)
         n_iter += 1
         if n_iter >= max_iter:
             params = first
-            converged = monitor.iteration(n_iter, first_objective, progress, params)
+            converged = monitor.iteration(n_iter, estep(first)[1], progress, params)
             break
+        first_stats = statistics(first)
         second = mstep(first_stats, first)
         second_stats, second_objective = estep(second)
         n_iter += 1
@@ -70,7 +73,7 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
             compiled.set_free(extrapolated, {n: extrapolated[n] for n in compiled.free_names})
             if _valid(compiled, extrapolated, shifts):
                 try:
-                    jump_stats, _ = estep(extrapolated)
+                    jump_stats = statistics(extrapolated)
                 except DeclaremError:
                     jump_stats = None
                 if jump_stats is not None:

@@ -372,3 +372,26 @@ def test_corpus_is_what_the_script_builds(tmp_path, matrix):
     assert rebuilt.shape == matrix.shape and (rebuilt != matrix).nnz == 0
     for name in ("topic_model_vocab.txt", "topic_model_docs.txt"):
         assert (tmp_path / name).read_text() == (MODELS / name).read_text()
+
+
+def test_squarem_skips_the_objectives_it_does_not_use(model, data, matrix, monkeypatch):
+    """SQUAREM needs no objective at a cycle's first EM step nor at its extrapolated point: the topic model's
+    E-step skips its per-cell logarithms there, and the fit is the same to the bit as with every objective."""
+    from declarem.inference import engine, enumeration
+    init = _init(matrix, seed=10)
+    asked = []
+    original = enumeration.bilinear_expected_statistics
+
+    def recorded(*args, objective=True, **kwargs):
+        asked.append(objective)
+        return original(*args, objective=objective, **kwargs)
+
+    monkeypatch.setattr(enumeration, "bilinear_expected_statistics", recorded)
+    skipping = model.fit(data, weights="count", init=init, max_iter=12, tol=0, accelerate="squarem")
+    assert asked.count(False) >= 6 and asked.count(True) >= 4
+    monkeypatch.setattr(engine.BilinearEngine, "statistics",
+                        lambda self, params, hard=False: self.expected_statistics(params, hard=hard)[0])
+    every = model.fit(data, weights="count", init=init, max_iter=12, tol=0, accelerate="squarem")
+    assert skipping.history == every.history and skipping.n_iter == every.n_iter == 12
+    for node in ("doc", "topic", "word"):
+        assert np.array_equal(skipping.params[node]["probs"], every.params[node]["probs"])

@@ -143,8 +143,9 @@ def bilinear_statistics(plan, tables, rows, stats):
     Returns
     -------
     ndarray of shape (n_rows,)
-        log M[a, x] per row, or None when some row has zero probability (the
-        caller then reports it through the general engine).
+        M[a, x] per row (its logarithm is the row's share of the objective), or None
+        when some row has zero probability (the caller then reports it through the
+        general engine).
     """
     a_table = tables[plan.latent].probabilities
     b_transposed = tables[plan.child].transposed_probabilities
@@ -164,7 +165,7 @@ def bilinear_statistics(plan, tables, rows, stats):
     plan.transposed.data = ratio[plan.transposed_order]
     stats.sums[plan.latent] += a_table * (plan.pattern @ b_transposed)
     stats.sums[plan.child] += (b_transposed * (plan.transposed @ a_table)).T
-    return np.log(mixture)
+    return mixture
 
 
 def _dense_statistics(plan, a_table, b_transposed, rows, stats):
@@ -182,4 +183,4 @@ def _dense_statistics(plan, a_table, b_transposed, rows, stats):
     scaled = scaled.reshape(table.shape)
     stats.sums[plan.latent] += a_table * (scaled @ b_transposed)
     stats.sums[plan.child] += (b_transposed * (scaled.T @ a_table)).T
-    return np.log(mixture)
+    return mixture

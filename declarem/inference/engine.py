@@ -132,6 +132,11 @@ class EnumerationEngine:
         """
         return enumeration.expected_statistics(self.compiled, self.rows, params, hard=hard)
 
+    def statistics(self, params, hard=False):
+        """Expected statistics at ``params`` where the objective there is not needed (SQUAREM's
+        intermediate points); an engine whose objective costs extra work skips it."""
+        return self.expected_statistics(params, hard=hard)[0]
+
     def statistics_from_posterior(self, posterior):
         """Expected statistics for a given posterior of shape (n_rows, n_configurations)."""
         return enumeration.statistics_from_posterior(self.compiled, self.rows, posterior)
@@ -162,6 +167,14 @@ class BilinearEngine(EnumerationEngine):
             if stats is not None:
                 return stats, objective
         return super().expected_statistics(params, hard=hard)
+
+    def statistics(self, params, hard=False):
+        if not hard:
+            stats, _ = enumeration.bilinear_expected_statistics(self.compiled, self.rows, params, self.plan,
+                                                                objective=False)
+            if stats is not None:
+                return stats
+        return super().expected_statistics(params, hard=hard)[0]
 
 
 def engine_for(compiled, rows, lengths=None):

@@ -188,15 +188,24 @@ def _prepare_missing(compiled, rows, tables):
             factor.prepare_missing(tables[name].params, view.patterns(factor), tables[name].scratch)
 
 
-def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None):
-    """The E-step by the bilinear plan (see ``bilinear.py``), or (None, None) when a row underflows."""
+def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None, objective=True):
+    """The E-step by the bilinear plan (see ``bilinear.py``), or (None, None) when a row underflows.
+
+    With ``objective=False`` the objective is not computed (returned as None): its per-row
+    logarithms are a good part of this E-step's time.
+    """
     tables = _natural_tables(compiled, params)
     stats = ExpectedStatistics(compiled)
     varying = varying_factors(compiled, rows)
-    row_loglik = bilinear_statistics(plan, tables, rows, stats)
-    if row_loglik is None:
+    mixture = bilinear_statistics(plan, tables, rows, stats)
+    if mixture is None:
         return None, None
     fixed = _fixed_statistics(compiled, rows, varying, tables)
+    if not objective:
+        stats.add(fixed)
+        stats.finish(compiled)
+        return stats, None
+    row_loglik = np.log(mixture)
     constant = _constant_total(compiled, rows, tables, varying, fixed)
     if constant is None:
         # Some row has probability 0 under a factor outside the posterior: find and name it.
