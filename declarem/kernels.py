@@ -196,7 +196,6 @@ def compile_scalar_plan(plan):
                 "poolable": set(plan["poolable"]),
                 "statistics": [compile_tree([x], t) for t in plan["statistics"]],
                 "base": compile_tree([x], plan["base"]),
-                "natural": [compile_tree(params, eta) for eta in plan["natural"]],
                 "log_partition": compile_tree(params, plan["log_partition"]),
                 # The E-step's tables in one program: eta's components, then A.
                 "natural_and_log_partition": compile_trees(params, plan["natural"] + [plan["log_partition"]]),
@@ -317,8 +316,8 @@ class ScalarKernels(_Kernels):
         ``T_j(x)``.
     base : callable
         ``log h(x)``.
-    natural : list of callable
-        ``eta_j(*params)``.
+    natural_and_log_partition : callable
+        ``[eta_1, ..., eta_m, A](*params)``, one program.
     log_partition : callable
         ``A(*params)``.
     solver : NumericSolver
