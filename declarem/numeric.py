@@ -66,12 +66,16 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
             current_derivatives[stale] = True
         rows = np.flatnonzero(active)
         g = gradient[rows]
-        step = _ascent_direction(g, hessian[rows])
+        step, newton = _ascent_direction(g, hessian[rows])
         longest = np.max(np.abs(step), axis=1, initial=0.0)
         step *= np.minimum(1.0, MAX_STEP / np.where(longest > 0, longest, 1.0))[:, None]
-        # A step already below the tolerance changes the objective by its square (~1e-24 relative):
-        # taken without evaluating the objective there, and the row is done.
-        settled = np.max(np.abs(step), axis=1) <= tol * (1.0 + np.max(np.abs(u[rows]), axis=1))
+        # Newton converges quadratically: after a full Newton step of size s the error is of order s**2,
+        # so a step below sqrt(tol) leaves the row within tol, and on a concave objective so short a step
+        # raises it (its quadratic model's rise dwarfs the cubic rest). Such a step, like any step below
+        # tol, is taken without evaluating the objective there, and the row is done.
+        size = np.max(np.abs(step), axis=1)
+        scale = 1.0 + np.max(np.abs(u[rows]), axis=1)
+        settled = (size <= tol * scale) | (newton & (longest <= MAX_STEP) & (size <= np.sqrt(tol) * scale))
         if settled.any():
             u[rows[settled]] += step[settled]
             converged[rows[settled]] = True
@@ -108,13 +112,21 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
 
 
 def _ascent_direction(gradient, hessian):
-    """Newton direction where -H is positive definite, else the gradient."""
+    """Newton direction where -H is positive definite, else the gradient.
+
+    Returns
+    -------
+    direction : ndarray of shape (m, n_vars)
+    newton : ndarray of bool, shape (m,)
+        Whether each row's direction is Newton's.
+    """
     n_rows = gradient.shape[0]
     if gradient.shape[1] == 1:
         # One variable: -H is positive definite where H < 0, and the Newton step is -g / H.
         curvature = hessian[:, 0, :]
+        newton = curvature[:, 0] < 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(curvature < 0, gradient / -curvature, gradient)
+            return np.where(newton[:, None], gradient / -curvature, gradient), newton
     direction = gradient.copy()
     try:
         chol = np.linalg.cholesky(-hessian)
@@ -122,16 +134,18 @@ def _ascent_direction(gradient, hessian):
         chol = None
     if chol is not None:
         try:
-            return np.linalg.solve(-hessian, gradient[..., None])[..., 0]
+            return np.linalg.solve(-hessian, gradient[..., None])[..., 0], np.ones(n_rows, dtype=bool)
         except np.linalg.LinAlgError:
             pass        # positive definite to Cholesky, singular to LU: go row by row
+    newton = np.zeros(n_rows, dtype=bool)
     for row in range(n_rows):
         try:
             np.linalg.cholesky(-hessian[row])
             direction[row] = np.linalg.solve(-hessian[row], gradient[row])
+            newton[row] = True
         except np.linalg.LinAlgError:
             continue    # not safely invertible: the gradient direction
-    return direction
+    return direction, newton
 
 
 class NewtonProblem:
