@@ -804,15 +804,22 @@ class GeneralFactor(RowsFactor):
         return state
 
     def _distinct_values(self, data):
-        """The rows' distinct values and each row's index among them: rows with equal values are one
-        term with their summed weight (counts repeat a lot). Kept for the rows of the last call (the
-        same data at every M-step of a fit), by a weak reference that does not keep the data alive."""
+        """The rows' distinct values, each row's index among them (None when the rows are those values
+        in order, as grouped counts are), and the functions of the means at the values: rows with equal
+        values are one term with their summed weight (counts repeat a lot). Kept for the rows of the last
+        call (the same data at every M-step of a fit), by a weak reference that does not keep the data alive."""
         cached = getattr(self, "_distinct", None)
         if cached is not None and cached[0]() is data:
-            return cached[1], cached[2]
+            return cached[1:]
         values, inverse = np.unique(data[:, 0], return_inverse=True)
-        self._distinct = (weakref.ref(data), values, inverse)
-        return values, inverse
+        inverse = inverse.reshape(-1)
+        if len(values) == len(inverse) and np.array_equal(inverse, np.arange(len(inverse))):
+            inverse = None      # distinct and in order already
+        with np.errstate(all="ignore"):
+            functions = np.stack([np.broadcast_to(f(values), values.shape) for f in self.kernels.functions]) \
+                if self.kernels.functions else np.zeros((0, len(values)))
+        self._distinct = (weakref.ref(data), values, inverse, functions)
+        return values, inverse, functions
 
     def mstep(self, sums, set_weights, old, reg_covar):
         """New parameters from each row's posterior weight on each set (``RowWeights``)."""
@@ -822,11 +829,12 @@ class GeneralFactor(RowsFactor):
         new = {name: np.array(start[name], dtype=float).reshape(self.n_sets) for name in self.param_names}
         if sums.weights is None or not len(used):
             return self._keep_empty_sets(new, old, set_weights)
-        values, inverse = self._distinct_values(sums.data)
-        weights = np.stack([np.bincount(inverse, weights=sums.weights[s], minlength=len(values)) for s in used])
+        values, inverse, functions = self._distinct_values(sums.data)
+        weights = sums.weights[used] if inverse is None else \
+            np.stack([np.bincount(inverse, weights=sums.weights[s], minlength=len(values)) for s in used])
         totals = weights.sum(axis=1)
         with np.errstate(all="ignore"):
-            means = [weights @ np.broadcast_to(f(values), values.shape) / totals for f in kernels.functions]
+            means = list(functions @ weights.T / totals)
 
         def arguments(u, sets):
             return [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[sets, None] for m in means]

@@ -145,7 +145,8 @@ class CompiledTrees:
         self._program = Program(self.argument_names, self.trees)
 
     def __call__(self, *values):
-        return [real_array(result, values) for result in self._program.run(values)]
+        shape = _broadcast_shape(values)
+        return [real_array(result, values, shape) for result in self._program.run(values)]
 
     def __reduce__(self):
         return CompiledTrees, (self.argument_names, self.trees)
@@ -165,19 +166,29 @@ class CompiledTree(CompiledTrees):
         return CompiledTree, (self.argument_names, self.tree)
 
 
-def real_array(result, values):
+def real_array(result, values, shape=None):
     """An expression's value as a float array broadcast over its arguments' shapes.
 
     Constant expressions broadcast too, and complex results of real branches (LambertW's
-    principal branch) are returned as their real part.
+    principal branch) are returned as their real part. ``shape``: the arguments' broadcast
+    shape, when the caller has it.
     """
     if np.iscomplexobj(result):
         result = result.real
     if values:
-        shape = np.broadcast_shapes(*(np.shape(v) for v in values))
+        shape = _broadcast_shape(values) if shape is None else shape
         if np.shape(result) != shape:            # (broadcast_to costs more than the small arrays it is called on)
             result = np.broadcast_to(result, shape)
     return np.array(result, dtype=float)
+
+
+def _broadcast_shape(values):
+    """The shape the arguments broadcast to; () without arguments."""
+    if not values:
+        return ()
+    if len(values) <= 32:
+        return np.broadcast(*values).shape       # in C, without np.broadcast_shapes' per-shape arrays
+    return np.broadcast_shapes(*(np.shape(v) for v in values))
 
 
 class Program:

@@ -55,6 +55,11 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
     n_rows = u.shape[0]
     value, gradient, hessian = (np.array(a, dtype=float) for a in derivatives(u, np.arange(n_rows)))
     active = np.isfinite(value)
+    if active.all():
+        # Warm-started (every M-step after the first): often each row's first step settles it.
+        step, settled = _newton_step(u, gradient, hessian, tol)
+        if settled.all():
+            return u + step, settled
     current_derivatives = np.ones(n_rows, dtype=bool)      # gradient and hessian are at u
     converged = np.zeros(n_rows, dtype=bool)
     for _ in range(max_iter):
@@ -66,16 +71,7 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
             current_derivatives[stale] = True
         rows = np.flatnonzero(active)
         g = gradient[rows]
-        step, newton = _ascent_direction(g, hessian[rows])
-        longest = np.max(np.abs(step), axis=1, initial=0.0)
-        step *= np.minimum(1.0, MAX_STEP / np.where(longest > 0, longest, 1.0))[:, None]
-        # Newton converges quadratically: after a full Newton step of size s the error is of order s**2,
-        # so a step below sqrt(tol) leaves the row within tol, and on a concave objective so short a step
-        # raises it (its quadratic model's rise dwarfs the cubic rest). Such a step, like any step below
-        # tol, is taken without evaluating the objective there, and the row is done.
-        size = np.max(np.abs(step), axis=1)
-        scale = 1.0 + np.max(np.abs(u[rows]), axis=1)
-        settled = (size <= tol * scale) | (newton & (longest <= MAX_STEP) & (size <= np.sqrt(tol) * scale))
+        step, settled = _newton_step(u[rows], g, hessian[rows], tol)
         if settled.any():
             u[rows[settled]] += step[settled]
             converged[rows[settled]] = True
@@ -109,6 +105,31 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
         converged[rows[~accepted]] = np.max(np.abs(g[~accepted]), axis=1) < 1e-8
         active[rows[done]] = False
     return u, converged
+
+
+def _newton_step(u, gradient, hessian, tol):
+    """Each row's step from ``u`` (m, n_vars), and whether taking it unevaluated settles the row.
+
+    The step is Newton's where -H is positive definite, else the gradient, no longer than
+    ``MAX_STEP`` in any variable. A step below tol changes nothing that matters. Newton
+    converges quadratically: after a full Newton step of size s the error is of order s**2,
+    so a step below sqrt(tol) leaves the row within about tol, and on a concave objective so short
+    a step raises it (its quadratic model's rise dwarfs the cubic rest). Such steps are taken
+    without evaluating the objective where they land, and the row is done.
+
+    Returns
+    -------
+    step : ndarray of shape (m, n_vars)
+    settled : ndarray of bool, shape (m,)
+    """
+    step, newton = _ascent_direction(gradient, hessian)
+    longest = np.max(np.abs(step), axis=1, initial=0.0)
+    limited = longest > MAX_STEP
+    if limited.any():
+        step[limited] *= (MAX_STEP / longest[limited])[:, None]
+    scale = 1.0 + np.max(np.abs(u), axis=1, initial=0.0)
+    settled = ~limited & (longest <= np.where(newton, np.sqrt(tol), tol) * scale)
+    return step, settled
 
 
 def _ascent_direction(gradient, hessian):

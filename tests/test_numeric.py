@@ -8,7 +8,7 @@ anything, and weighs rows without weight as nothing (not 0 * inf).
 import numpy as np
 import pytest
 
-from declarem.numeric import MAX_STEP, NewtonProblem, weighted_sum
+from declarem.numeric import MAX_STEP, NewtonProblem, maximize_rows, weighted_sum
 
 
 def _gamma_shape_problem(mean_log, log_mean):
@@ -116,3 +116,28 @@ def test_one_evaluation_per_newton_step_and_none_for_a_step_below_the_tolerance(
     np.testing.assert_allclose(found[:, 0], centre, rtol=1e-15)
     # At the start, at the first step's trial point; the second step is zero: no evaluation.
     assert calls == {"objective": 0, "derivatives": 2}
+
+
+def test_a_newton_step_below_the_root_of_the_tolerance_ends_the_row_unevaluated():
+    """Warm-started within sqrt(tol) of the optimum, a row costs one evaluation (at its start), and Newton's
+    quadratic convergence leaves it within tol; a row started far away still gets its trial evaluations."""
+    calls = {"derivatives": 0}
+    target = np.array([2.0, 5.0])
+
+    def objective(u, s):
+        return target[s] * u[:, 0] - np.exp(u[:, 0])      # concave, not quadratic; maximum at log(target)
+
+    def derivatives(u, s):
+        calls["derivatives"] += 1
+        e = np.exp(u[:, 0])
+        return objective(u, s), (target[s] - e)[:, None], -e[:, None, None]
+
+    near = np.log(target)[:, None] + np.array([[3e-7], [-5e-7]])
+    found, converged = maximize_rows(objective, derivatives, near)
+    assert calls["derivatives"] == 1 and converged.all()
+    np.testing.assert_allclose(found[:, 0], np.log(target), rtol=0, atol=1e-12)
+    calls["derivatives"] = 0
+    found, converged = maximize_rows(objective, derivatives, np.zeros((2, 1)))
+    assert calls["derivatives"] > 2 and converged.all()
+    # The last step was up to sqrt(tol) (1 + |u|) = 2.6e-6 long: the error is of order its square.
+    np.testing.assert_allclose(found[:, 0], np.log(target), rtol=0, atol=1e-11)
