@@ -43,6 +43,40 @@ class ParamSpec:
     simplex: bool = False
 
 
+def _domain_problem(spec, array, closed):
+    """What puts a parameter's values outside its domain (closed: the boundary allowed), or None.
+
+    Parameters
+    ----------
+    spec : ParamSpec
+    array : ndarray of float
+        The values in the user's shape.
+    closed : bool
+
+    Returns
+    -------
+    str or None
+        The problem, worded to follow the parameter's name.
+    """
+    if not np.all(np.isfinite(array)):
+        return "has non-finite values"
+    if spec.domain == "positive" and not spec.symmetric and np.any(array < 0 if closed else array <= 0):
+        return f"must be {'>= 0' if closed else 'positive'}"
+    if spec.domain == "unit" and not spec.simplex and \
+            np.any((array < 0) | (array > 1) if closed else (array <= 0) | (array >= 1)):
+        return f"must lie {'between 0 and 1' if closed else 'strictly between 0 and 1'}"
+    # The tolerances are np.allclose's (rtol 1e-5, atol 1e-8), written out: allclose is slow on small arrays.
+    if spec.simplex and (np.any(array < 0) or np.any(np.abs(array.sum(axis=-1) - 1.0) > 1e-8 + 1e-5)):
+        return "rows must be probabilities summing to 1"
+    if spec.symmetric:
+        transposed = np.swapaxes(array, -1, -2)
+        if np.any(np.abs(array - transposed) > 1e-8 + 1e-5 * np.abs(transposed)):
+            return "must be symmetric"
+        if np.any(np.linalg.eigvalsh(array) <= 0):
+            return "must be positive definite"
+    return None
+
+
 class Factor:
     """What every compiled factor shares: parents, parameter shapes and conversions."""
 
@@ -102,24 +136,16 @@ class Factor:
         if array.shape != expected:
             raise InitError(f"{where}: '{self.name}.{name}' has shape {array.shape}; expected {expected}"
                             f" ({self._shape_story(spec)})")
-        if not np.all(np.isfinite(array)):
-            raise InitError(f"{where}: '{self.name}.{name}' has non-finite values")
-        if spec.domain == "positive" and not spec.symmetric and \
-                np.any(array < 0 if closed else array <= 0):
-            raise InitError(f"{where}: '{self.name}.{name}' must be {'>= 0' if closed else 'positive'}")
-        outside = (array < 0) | (array > 1) if closed else (array <= 0) | (array >= 1)
-        if spec.domain == "unit" and np.any(outside) and not spec.simplex:
-            raise InitError(f"{where}: '{self.name}.{name}' must lie "
-                            f"{'between 0 and 1' if closed else 'strictly between 0 and 1'}")
-        if spec.simplex:
-            if np.any(array < 0) or not np.allclose(array.sum(axis=-1), 1.0, atol=1e-8):
-                raise InitError(f"{where}: '{self.name}.{name}' rows must be probabilities summing to 1")
-        if spec.symmetric:
-            if not np.allclose(array, np.swapaxes(array, -1, -2)):
-                raise InitError(f"{where}: '{self.name}.{name}' must be symmetric")
-            if np.any(np.linalg.eigvalsh(array) <= 0):
-                raise InitError(f"{where}: '{self.name}.{name}' must be positive definite")
+        problem = _domain_problem(spec, array, closed)
+        if problem is not None:
+            raise InitError(f"{where}: '{self.name}.{name}' {problem}")
         return array
+
+    def in_domain(self, internal, shift=None):
+        """Whether internal parameters (``{param: (n_sets, *own)}``) lie inside their open domains, as
+        ``check_param`` would accept them from a user (SQUAREM's extrapolated points are checked so)."""
+        return all(_domain_problem(self.params[name], value, closed=False) is None
+                   for name, value in self.to_external(internal, shift).items())
 
     def _shape_story(self, spec):
         parts = [f"{p} has {k} values" for p, k in zip(self.parents, self.parent_sizes)]

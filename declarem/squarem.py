@@ -17,20 +17,20 @@ import numpy as np
 
 from .errors import DeclaremError
 from .monitor import EMRun
-from .params import check_init, flatten_params
+from .params import flatten_params
 
 BACKTRACKS = 4
 
 
 def _valid(compiled, params, shifts):
-    """Whether extrapolated parameters lie in their domains (checked as a user's init would be)."""
+    """Whether extrapolated parameters lie in their domains (the open domains a user's init must lie in)."""
     try:
-        external = compiled.to_external(params, shifts)
-        check_init(compiled, {k: v for k, v in external.items()
-                              if not (k in compiled.factors and getattr(compiled.factors[k], "expressed", False))})
+        if compiled.free_names:
+            compiled.block.check({name: params[name] for name in compiled.free_names}, "extrapolated parameters")
+        return all(factor.in_domain(params[name], shifts.get(name)) for name, factor in compiled.factors.items()
+                   if not getattr(factor, "expressed", False))
     except (DeclaremError, np.linalg.LinAlgError, ValueError):
         return False
-    return True
 
 
 def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progress, estep, statistics, mstep,

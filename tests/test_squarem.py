@@ -108,3 +108,52 @@ def test_one_quick_cycle_does_not_make_a_slow_squarem_run_converged():
     # 1e-7 * 0.99 / 0.01 = 9.9e-6, over it.
     assert monitor.remaining_distance == pytest.approx(1e-7 * 0.99 / 0.01, rel=1e-6)
     assert not converged
+
+
+def _inside_domains(compiled, external):
+    """Whether parameters lie in their declared domains, checked here from the specs alone."""
+    for node, params in external.items():
+        if node in compiled.free_names:
+            continue
+        specs = compiled.factors[node].params
+        for name, value in params.items():
+            spec, value = specs[name], np.asarray(value, dtype=float)
+            if not np.all(np.isfinite(value)):
+                return False
+            if spec.symmetric:
+                if not np.allclose(value, np.swapaxes(value, -1, -2)) or np.any(np.linalg.eigvalsh(value) <= 0):
+                    return False
+            elif spec.simplex:
+                if np.any(value < 0) or not np.allclose(value.sum(axis=-1), 1.0, atol=1e-8):
+                    return False
+            elif spec.domain == "positive" and np.any(value <= 0):
+                return False
+            elif spec.domain == "unit" and np.any((value <= 0) | (value >= 1)):
+                return False
+    return True
+
+
+@pytest.mark.filterwarnings("ignore:the fit stopped at max_iter")
+@pytest.mark.parametrize("spec", ["gmm.toml", "poisson_mixture.toml", "gaussian_hmm.toml", "weibull_mixture.toml"])
+def test_extrapolated_points_are_accepted_exactly_inside_the_domains(spec):
+    """SQUAREM's domain check (Factor.in_domain) on affine combinations of two parameter points, as its
+    extrapolations are: far enough out, rates and variances turn negative, probabilities leave [0, 1] and
+    covariances stop being positive definite; the check agrees with the domains, point by point."""
+    from declarem.squarem import _valid
+    model = declarem.load_model(ROOT / "models" / spec)
+    data = ROOT / "models" / model.data_info["path"]
+    compiled = model.compiled
+    shifts = {}
+    first = compiled.to_internal(model.fit(data, seed=0, max_iter=3).params, shifts)
+    # Another valid point: the components in the other order (each probability vector reversed).
+    second = {name: {p: np.flip(v, axis=-1 if p == "probs" else 0) for p, v in values.items()}
+              for name, values in first.items()}
+    verdicts = []
+    for step in np.linspace(-3.0, 4.0, 29):
+        moved = {name: {p: np.asarray(v) + step * (np.asarray(second[name][p]) - np.asarray(v))
+                        for p, v in values.items()}
+                 for name, values in first.items()}
+        expected = _inside_domains(compiled, compiled.to_external(moved, shifts))
+        assert _valid(compiled, moved, shifts) == expected, step
+        verdicts.append(expected)
+    assert any(verdicts) and not all(verdicts)
