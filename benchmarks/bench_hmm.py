@@ -1,6 +1,7 @@
 """declarem's chain engine against hmmlearn, side by side in one process: time per iteration, to convergence, memory.
 
 Usage: python benchmarks/bench_hmm.py [--repeats 5] [--iterations 20] [--cases NAME ...] [--no-converge]
+       python benchmarks/bench_hmm.py --process-peak LIBRARY CASE   (one process's peak, in MB)
 
 Cases (issue #9): 8 states; Gaussian emissions in 4 dimensions with diagonal and with full
 covariance, on 100 sequences of 1,000 steps and on one sequence of 100,000 steps; categorical
@@ -18,21 +19,23 @@ see nearly uninformative emissions; both add 1e-6 to each variance, ``reg_covar`
 - to convergence: one fit each, declarem at ``tol=1e-8`` (relative objective change and parameter
   distance), hmmlearn at the same relative change turned into its absolute ``tol``, both at most
   ``CONVERGE_ITERATIONS``; iterations and time.
-- memory: peak of traced allocations during one fit (numpy reports its arrays to tracemalloc), each
-  library on its own.
+- memory, two ways: the peak of traced allocations during one fit (numpy reports its arrays to
+  tracemalloc: the fit's working memory), each library on its own; and the peak resident set size of a
+  fresh process that makes the data, imports one library and fits (``--process-peak``: what the
+  machine sees, imports included), each library in its own process.
 declarem's derivation is compiled before timing.
 """
 
 import argparse
+import resource
+import subprocess
+import sys
 import time
 import tracemalloc
 
 import networkx as nx
 import numpy as np
-from hmmlearn import hmm
 from machine import cpu_model, loadavg, ncpu
-
-import declarem
 
 STATES, DIM, SYMBOLS = 8, 4, 1000
 CONVERGE_ITERATIONS = 300
@@ -50,29 +53,40 @@ class Case:
         np.fill_diagonal(probs, 0.8)
         states = np.concatenate([markov_states(probs, length, rng) for length in lengths])
         self.chain = {"start": np.full(STATES, 1 / STATES), "probs": probs}
-        graph = nx.DiGraph()
-        graph.add_node("z", family="categorical", latent=True, k=STATES, lagged=["z"])
         if emission == "categorical":
             self.x = ((states * SYMBOLS // STATES + rng.integers(0, 2 * SYMBOLS // STATES, size=n)) % SYMBOLS)[:, None]
             table = rng.dirichlet(np.ones(SYMBOLS), size=STATES)
             self.data = {"x": self.x[:, 0]}
             self.init = {"z": self.chain, "x": {"probs": table}}
-            graph.add_node("x", family="categorical", k=SYMBOLS)
         else:
             self.x = rng.normal(size=(n, DIM)) + 2.0 * states[:, None]
             mean = 2.0 * np.arange(STATES)[:, None] + rng.normal(size=(STATES, DIM))
             var = np.ones((STATES, DIM)) if emission == "diag" else np.tile(np.eye(DIM), (STATES, 1, 1))
             self.data = {f"x_{i}": self.x[:, i] for i in range(DIM)}
             self.init = {"z": self.chain, "x": {"mean": mean, "var" if emission == "diag" else "cov": var}}
-            graph.add_node("x", family="normal", dim=DIM, covariance=emission)
-        graph.add_edge("z", "x")
-        self.model = declarem.Model(graph)
+        self._model = None
+
+    @property
+    def model(self):
+        """declarem's model, made (and declarem imported) when first used."""
+        if self._model is None:
+            import declarem
+            graph = nx.DiGraph()
+            graph.add_node("z", family="categorical", latent=True, k=STATES, lagged=["z"])
+            if self.emission == "categorical":
+                graph.add_node("x", family="categorical", k=SYMBOLS)
+            else:
+                graph.add_node("x", family="normal", dim=DIM, covariance=self.emission)
+            graph.add_edge("z", "x")
+            self._model = declarem.Model(graph)
+        return self._model
 
     def ours(self, iterations, tol=0.0):
         return self.model.fit(self.data, init=self.init, max_iter=iterations, tol=tol, reg_covar=1e-6,
                               lengths=self.lengths)
 
     def theirs(self, iterations, tol=0.0):
+        from hmmlearn import hmm
         if self.emission == "categorical":
             peer = hmm.CategoricalHMM(STATES, n_features=SYMBOLS, init_params="", params="ste", n_iter=iterations,
                                       tol=tol, implementation="scaling")
@@ -111,23 +125,64 @@ def peak_bytes(run):
     return peak
 
 
+def case_named(name):
+    """The case called ``name`` ('diag 1 x 100,000'), with its seeded data."""
+    emission, layout = name.split(" ", 1)
+    return Case(emission, LAYOUTS[layout], np.random.default_rng(0))
+
+
+def process_peak(library, name):
+    """Peak resident set size, in MB, of this process after making the case's data and fitting it (2
+    iterations) with one library, imported here and nowhere before: run in a fresh process."""
+    case = case_named(name)
+    if library == "declarem":
+        case.model.compiled
+        case.ours(2)
+    else:
+        case.theirs(2)
+    return resident_peak() / 1024
+
+
+def resident_peak():
+    """This process's peak resident set size in kB: VmHWM, which starts afresh at exec (Linux's
+    ru_maxrss keeps the forking parent's peak across exec, so a child started by a big parent
+    would report the parent's)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def fresh_process_peak(library, name):
+    """``process_peak`` in a new Python process."""
+    done = subprocess.run([sys.executable, __file__, "--process-peak", library, name], check=True,
+                          capture_output=True, text=True)
+    return float(done.stdout.split()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--cases", nargs="*", help="e.g. 'diag 1 x 100,000' (default: all six)")
     parser.add_argument("--no-converge", action="store_true")
+    parser.add_argument("--process-peak", nargs=2, metavar=("LIBRARY", "CASE"),
+                        help="print one fresh process's peak RSS (MB) for declarem or hmmlearn on CASE, and stop")
     args = parser.parse_args()
+    if args.process_peak:
+        print(f"{process_peak(*args.process_peak):.1f}")
+        return
     print(f"machine: {ncpu()} CPUs ({cpu_model()}); load average before: {loadavg()}")
     print("| case | declarem ms/iter | hmmlearn ms/iter | ratio | to convergence: declarem | hmmlearn | "
-          "peak MB: declarem | hmmlearn |")
-    print("|---|---|---|---|---|---|---|---|")
+          "fit's traced peak MB: declarem | hmmlearn | process peak RSS MB: declarem | hmmlearn |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for emission in EMISSIONS:
-        for layout, lengths in LAYOUTS.items():
+        for layout in LAYOUTS:
             name = f"{emission} {layout}"
             if args.cases and name not in args.cases:
                 continue
-            case = Case(emission, lengths, np.random.default_rng(0))
+            case = case_named(name)
             case.ours(1)
             case.theirs(1)
             samples = []
@@ -141,8 +196,10 @@ def main():
                 peer_took, peer = seconds(lambda: case.theirs(CONVERGE_ITERATIONS, tol=1e-8 * abs(fit.loglik)))
                 converge = (f"{took:.2f} s, {fit.n_iter} it", f"{peer_took:.2f} s, {peer.monitor_.iter} it")
             memory = peak_bytes(lambda: case.ours(2)) / 2**20, peak_bytes(lambda: case.theirs(2)) / 2**20
+            resident = fresh_process_peak("declarem", name), fresh_process_peak("hmmlearn", name)
             print(f"| {name} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | **{ours / theirs:.2f}** | {converge[0]} | "
-                  f"{converge[1]} | {memory[0]:.0f} | {memory[1]:.0f} |", flush=True)
+                  f"{converge[1]} | {memory[0]:.0f} | {memory[1]:.0f} | {resident[0]:.0f} | {resident[1]:.0f} |",
+                  flush=True)
     print(f"median of {args.repeats} fits of {args.iterations} iterations each; load average after: {loadavg()}")
 
 
