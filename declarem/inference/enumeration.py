@@ -168,13 +168,17 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
     # Each chunk's statistics are summed alone and added in chunk order (threads or not), so
     # the result does not depend on the thread count.
     starts = range(0, rows.n_rows, chunk_rows)
-    stats = ExpectedStatistics(compiled) if shared is None else shared
     objective = rows.base_total
-    for chunk_stats, chunk_objective in (map(chunk_statistics, starts) if shared is not None
-                                         else map_in_order(chunk_statistics, starts)):
-        if chunk_stats is not stats:
-            stats.add(chunk_stats)
+    if len(starts) == 1:
+        stats, chunk_objective = chunk_statistics(0)       # one chunk: its statistics are the E-step's
         objective += chunk_objective
+    else:
+        stats = ExpectedStatistics(compiled) if shared is None else shared
+        for chunk_stats, chunk_objective in (map(chunk_statistics, starts) if shared is not None
+                                             else map_in_order(chunk_statistics, starts)):
+            if chunk_stats is not stats:
+                stats.add(chunk_stats)
+            objective += chunk_objective
     stats.add(_fixed_statistics(compiled, rows, varying, tables))
     stats.finish(compiled)
     return stats, objective
