@@ -31,7 +31,10 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
     the objective does not fall, so every row ends at least as high as it
     started (EM stays monotone). A full step's trial point is evaluated with its
     derivatives, which the next iteration uses when the step is taken: one
-    evaluation per iteration unless a step is halved.
+    evaluation per iteration unless a step is halved. A row's last step, a
+    Newton step below sqrt(tol) or any step below tol, is taken unevaluated
+    (``_newton_step`` says why that is safe): a warm-started row near its
+    optimum costs one evaluation in all.
 
     Parameters
     ----------
