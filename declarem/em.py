@@ -3,7 +3,6 @@
 Numpy only: every update the loop applies comes from the compiled model.
 """
 
-import contextlib
 import math
 import os
 import warnings
@@ -20,7 +19,7 @@ from .monitor import FALL_TOLERANCE, ConvergenceMonitor, EMRun
 from .params import check_init, seed_sequence
 from .squarem import run_squarem
 from .tables import FIT_DEFAULTS
-from .threads import fit_threads, resolve_threads
+from .threads import blas_held, fit_threads, resolve_threads
 
 ACCELERATORS = (None, "squarem")
 METHODS = ("batch", "online")
@@ -223,16 +222,16 @@ def fit_model(model, data, weights=None, init=None, max_iter=None, tol=None, see
             raise OptionError("dtype applies to data in memory; with dask data, leave out dtype")
         compiled, engine, n_missing, n_missing_rows = distributed.prepare(
             model, data, model.data_info.get("weights") if weights is None else weights, memory_budget)
-        seeding = None
-        parallelism = contextlib.nullcontext()
-    else:
-        threads = resolve_threads(threads)
+        # The workers run the E-steps; their threads are dask's.
+        return _fit_prepared(model, compiled, engine, None, init, max_iter, tol, seeds, restarts, reg_covar,
+                             hard, progress, accelerate, method, batch_size, step, n_missing, n_missing_rows)
+    threads = resolve_threads(threads)
+    with blas_held():
         compiled, engine, seeding, n_missing, n_missing_rows = _prepared(model, data, weights, source, lengths,
                                                                           memory_budget, _check_dtype(dtype))
-        parallelism = fit_threads(threads, engine.parallel_chunks and method == "batch")
-    with parallelism:
-        return _fit_prepared(model, compiled, engine, seeding, init, max_iter, tol, seeds, restarts, reg_covar,
-                             hard, progress, accelerate, method, batch_size, step, n_missing, n_missing_rows)
+        with fit_threads(threads, engine.parallel_chunks and method == "batch"):
+            return _fit_prepared(model, compiled, engine, seeding, init, max_iter, tol, seeds, restarts, reg_covar,
+                                 hard, progress, accelerate, method, batch_size, step, n_missing, n_missing_rows)
 
 
 def _fit_prepared(model, compiled, engine, seeding, init, max_iter, tol, seeds, restarts, reg_covar, hard, progress,

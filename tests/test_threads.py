@@ -163,3 +163,28 @@ def test_dask_data_refuses_threads_and_dtype(option):
     model, _ = _gmm(10, dim=1)
     with pytest.raises(OptionError, match="with dask data, .*leave out"):
         model.fit({"x": dask_array.from_array(np.arange(10.0), chunks=5)}, **option)
+
+
+def test_blas_is_held_from_the_fit_setup_on_with_one_limit_per_fit(monkeypatch):
+    """The setup's products run on one BLAS thread too (multi-threaded, OpenBLAS's threads spin on after
+    them), and the fit sets the limit once: threadpoolctl's scan of the loaded libraries costs a millisecond."""
+    import declarem.em
+    model, data = _gmm(20_000)
+    during_setup = []
+    prepared = declarem.em._prepared
+
+    def recording(*args, **kwargs):
+        during_setup.append(([info["num_threads"] for info in threadpoolctl.threadpool_info()
+                              if info["user_api"] == "blas"], threads.blas_single_threaded()))
+        return prepared(*args, **kwargs)
+
+    scans = []
+    one_thread = threads._one_blas_thread
+    monkeypatch.setattr(declarem.em, "_prepared", recording)
+    monkeypatch.setattr(threads, "_one_blas_thread", lambda: scans.append(1) or one_thread())
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        model.fit(data, max_iter=2, tol=0, threads=2)
+        after = {info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"}
+    counts, held = during_setup[0]
+    assert counts and set(counts) == {1} and held
+    assert len(scans) == 1 and after == {2} and not threads.blas_single_threaded()
