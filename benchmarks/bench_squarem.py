@@ -42,20 +42,20 @@ def main():
     print("tol=1e-12 (relative change of the objective), max_iter=100000, 5 alternating repeats")
     for case in (hasselblad, overlapping_gmm):
         title, model, data, init, options = case()
-        times = {None: [], "squarem": []}
+        times = {"none": [], "squarem": []}
         fits = {}
         for _ in range(5):
-            for accelerate in (None, "squarem"):
+            for accelerate in ("none", "squarem"):
                 started = time.perf_counter()
                 fits[accelerate] = model.fit(data, init=init, tol=1e-12, max_iter=100000, accelerate=accelerate,
                                              **options)
                 times[accelerate].append(time.perf_counter() - started)
-        plain, fast = fits[None], fits["squarem"]
+        plain, fast = fits["none"], fits["squarem"]
         print(f"\n{title}")
-        print(f"  plain EM : {plain.n_iter:6d} EM steps, {statistics.median(times[None]):.4f} s, loglik {plain.loglik!r}")
+        print(f"  plain EM : {plain.n_iter:6d} EM steps, {statistics.median(times['none']):.4f} s, loglik {plain.loglik!r}")
         print(f"  SQUAREM  : {fast.n_iter:6d} EM steps, {statistics.median(times['squarem']):.4f} s, loglik {fast.loglik!r}")
         print(f"  steps ratio {fast.n_iter / plain.n_iter:.3f}, time ratio "
-              f"{statistics.median(times['squarem']) / statistics.median(times[None]):.3f}")
+              f"{statistics.median(times['squarem']) / statistics.median(times['none']):.3f}")
 
 
 if __name__ == "__main__":
