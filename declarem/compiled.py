@@ -822,7 +822,9 @@ class GeneralFactor(RowsFactor):
                 return np.broadcast_to(density, (len(distinct), len(sets)))[inverse.reshape(-1)]
         with np.errstate(all="ignore"):
             density = self.kernels.log_density(x[:, None], *values)
-        return np.broadcast_to(density, (len(data), sets.shape[-1])).copy()
+        shape = (len(data), sets.shape[-1])
+        # The kernel returns a fresh array: the caller may change it when it already has every entry.
+        return density if density.shape == shape else np.broadcast_to(density, shape).copy()
 
     def __getstate__(self):
         state = dict(self.__dict__)

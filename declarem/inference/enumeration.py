@@ -614,7 +614,8 @@ def _normalise(joint, start):
     with np.errstate(over="ignore", under="ignore"):
         posterior = np.exp(joint)
     total = posterior @ ones
-    if np.all(np.isfinite(total) & (total > UNDERFLOW)):
+    # Every total finite and above underflow (a NaN fails the first test: min propagates it).
+    if total.min(initial=np.inf) > UNDERFLOW and total.max(initial=0.0) < np.inf:
         posterior *= (1.0 / total)[:, None]
         return posterior, np.log(total)
     peak = joint.max(axis=1, keepdims=True)
@@ -677,9 +678,10 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
             sums[set_index] += counts.T
             continue
         if view.observed_offset is None:
-            # The same sets on every row: only rows-layout factors and partly missing rows need them per row.
-            sets = None if factor.layout == "dense" and not len(positions) else \
-                np.broadcast_to(set_index, (n, n_latent))
+            # The same sets on every row: only partly missing rows need them per row (the rows layout
+            # reads their first row).
+            sets = set_index[None, :] if factor.layout == "rows" else \
+                None if factor.layout == "dense" and not len(positions) else np.broadcast_to(set_index, (n, n_latent))
         else:
             sets = view.observed_offset[chunk][:, None] + set_index[None, :]
         if factor.layout == "rows":
@@ -722,7 +724,11 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
 
 
 def _accumulate_row_weights(row_weights, set_weights, view, marginal, sets, positions, chunk):
-    """Add a chunk's posterior weight of each row on each set (rows missing the node's value get none)."""
+    """Add a chunk's posterior weight of each row on each set (rows missing the node's value get none).
+
+    ``sets``: each row's parameter sets, (n, n_latent); without observed parents every row has the
+    same and only the first row is read.
+    """
     weights = row_weights.bind(view.statistics)
     if len(positions):
         marginal = marginal.copy()

@@ -1,5 +1,6 @@
 """Per-fit row data in the form the E-step consumes: statistics computed once."""
 
+import functools
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -102,9 +103,9 @@ class FactorRows:
             self._incomplete = self.missing.any(axis=1)
         return np.flatnonzero(self._incomplete[chunk])
 
-    @property
+    @functools.cached_property
     def identity_sets(self):
-        """Whether latent-parent configurations map to parameter sets 0, 1, 2, ... in order."""
+        """Whether latent-parent configurations map to parameter sets 0, 1, 2, ... in order (asked at every E-step)."""
         flat = self.latent_set_index.reshape(-1)
         return bool(np.array_equal(flat, np.arange(flat.size)))
 
