@@ -57,31 +57,31 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
     u = np.array(start, dtype=float, copy=True)
     n_rows = u.shape[0]
     value, gradient, hessian = (np.array(a, dtype=float) for a in derivatives(u, np.arange(n_rows)))
-    active = np.isfinite(value)
-    if active.all():
-        # Warm-started (every M-step after the first): often each row's first step settles it.
-        step, settled = _newton_step(u, gradient, hessian, tol)
-        if settled.all():
-            return u + step, settled
     current_derivatives = np.ones(n_rows, dtype=bool)      # gradient and hessian are at u
     converged = np.zeros(n_rows, dtype=bool)
+    rows = np.flatnonzero(np.isfinite(value))               # the rows still moving
+    first = None
+    if len(rows) == n_rows:
+        # Warm-started (every M-step after the first), often every row's first step settles it.
+        first = _newton_step(u, gradient, hessian, tol)
+        if first[1].all():
+            return u + first[0], first[1]
     for _ in range(max_iter):
-        if not active.any():
+        if not len(rows):
             break
-        stale = np.flatnonzero(active & ~current_derivatives)
-        if len(stale):
-            _, gradient[stale], hessian[stale] = derivatives(u[stale], stale)
-            current_derivatives[stale] = True
-        rows = np.flatnonzero(active)
         g = gradient[rows]
-        step, settled = _newton_step(u[rows], g, hessian[rows], tol)
+        if first is None:
+            step, settled = _newton_step(u[rows], g, hessian[rows], tol)
+        else:
+            (step, settled), first = first, None       # every row's, worked out above
+        if settled.all():
+            u[rows] += step
+            converged[rows] = True
+            break
         if settled.any():
             u[rows[settled]] += step[settled]
             converged[rows[settled]] = True
-            active[rows[settled]] = False
             rows, g, step = rows[~settled], g[~settled], step[~settled]
-            if not len(rows):
-                break
         current = value[rows]
         scale = np.ones(len(rows))
         accepted = np.zeros(len(rows), dtype=bool)
@@ -102,11 +102,16 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
             if accepted.all():
                 break
             scale = np.where(accepted, scale, scale * 0.5)
-        size = np.max(np.abs(scale[:, None] * step), axis=1)
-        done = (size <= tol * (1.0 + np.max(np.abs(u[rows]), axis=1))) | ~accepted
+        size = np.abs(scale[:, None] * step).max(axis=1)
+        done = (size <= tol * (1.0 + np.abs(u[rows]).max(axis=1))) | ~accepted
         converged[rows[done & accepted]] = True
-        converged[rows[~accepted]] = np.max(np.abs(g[~accepted]), axis=1) < 1e-8
-        active[rows[done]] = False
+        if not accepted.all():
+            converged[rows[~accepted]] = np.abs(g[~accepted]).max(axis=1) < 1e-8
+        rows = rows[~done]
+        stale = rows[~current_derivatives[rows]]
+        if len(stale):
+            _, gradient[stale], hessian[stale] = derivatives(u[stale], stale)
+            current_derivatives[stale] = True
     return u, converged
 
 
@@ -126,11 +131,11 @@ def _newton_step(u, gradient, hessian, tol):
     settled : ndarray of bool, shape (m,)
     """
     step, newton = _ascent_direction(gradient, hessian)
-    longest = np.max(np.abs(step), axis=1, initial=0.0)
+    longest = np.abs(step).max(axis=1, initial=0.0)
     limited = longest > MAX_STEP
     if limited.any():
         step[limited] *= (MAX_STEP / longest[limited])[:, None]
-    scale = 1.0 + np.max(np.abs(u), axis=1, initial=0.0)
+    scale = 1.0 + np.abs(u).max(axis=1, initial=0.0)
     settled = ~limited & (longest <= np.where(newton, np.sqrt(tol), tol) * scale)
     return step, settled
 
@@ -149,8 +154,9 @@ def _ascent_direction(gradient, hessian):
         # One variable: -H is positive definite where H < 0, and the Newton step is -g / H.
         curvature = hessian[:, 0, :]
         newton = curvature[:, 0] < 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(newton[:, None], gradient / -curvature, gradient), newton
+        direction = gradient.copy()
+        np.divide(gradient, -curvature, out=direction, where=newton[:, None])
+        return direction, newton
     direction = gradient.copy()
     try:
         chol = np.linalg.cholesky(-hessian)
