@@ -11,7 +11,7 @@ import scipy.stats
 
 import declarem
 from declarem.errors import FitError
-from declarem.inference import chain, recursions, viterbi
+from declarem.inference import blocks, chain, recursions, viterbi
 from support import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +112,24 @@ def test_a_slowly_mixing_chain_falls_back_to_products_unforced(monkeypatch):
     routes = Routes(monkeypatch)
     assert_equals_reference(data, sticky, [3000])
     assert ("_by_products", chain.NORMALISE_EVERY) in routes.filled_by()
+
+
+def test_short_sequences_are_cut_into_joined_blocks_unforced(monkeypatch):
+    """A few hundred steps in all: blocks too short to forget in (a few steps), joined by products from the
+    start without trying to forget; the results are the per-sequence reference's."""
+    lengths = [500, 130]
+    assert blocks.choose_block_length(np.array(lengths), 3) in blocks.JOINED_BLOCKS
+    data = sample_counts(PARAMS, lengths, seed=4)
+    routes = Routes(monkeypatch)
+    assert_equals_reference(data, PARAMS, lengths)
+    assert routes.taken and {name for name, _, _ in routes.taken} == {"_by_products"}
+
+
+def test_many_long_sequences_keep_blocks_that_forget():
+    """Joining costs a batched product per block and round: for 100 sequences of 1,000 steps it costs more
+    than refilling the first steps of blocks long enough to forget in."""
+    for lengths, k in (([1000] * 100, 8), ([100000], 8), ([100000], 2)):
+        assert blocks.choose_block_length(np.array(lengths), k) >= blocks.SHORTEST_BLOCK
 
 
 def test_rescaling_at_every_step_then_one_block_per_sequence(monkeypatch, counts):

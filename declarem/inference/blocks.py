@@ -21,11 +21,18 @@ STEP_OVERHEAD = 12e-6
 PER_STATE_BLOCK = 3e-9
 PRODUCT_OVERHEAD = 20e-6
 PER_PRODUCT_ENTRY = 3.6e-9
+# One round of joining whole-block products (both directions, ``recursions._join_blocks``).
+JOIN_OVERHEAD = 60e-6
+JOIN_PER_BLOCK = 0.25e-6
+JOIN_PER_BLOCK_ENTRY = 0.0135e-6
 # Steps a chain typically takes to forget where it entered (recursions.py), and the
 # shortest block: room to forget from each end. A chain that forgets more slowly than its blocks
 # are long is joined by whole-block products instead (exact either way; this only sets the cost).
 FORGETTING_STEPS = 32
 SHORTEST_BLOCK = 2 * FORGETTING_STEPS
+# Shorter blocks leave no room to forget: they are always joined by whole-block products, whose
+# log2(blocks) rounds cost less than a few hundred loop steps when the sequences hold few blocks.
+JOINED_BLOCKS = (4, 8, 16, 32)
 
 
 def choose_block_length(lengths, k):
@@ -39,20 +46,32 @@ def choose_block_length(lengths, k):
     Returns
     -------
     int
-        The longest length (one block per sequence: the plain recursion), or a
-        length of at least ``SHORTEST_BLOCK``.
+        The longest length (one block per sequence: the plain recursion), a length
+        of at least ``SHORTEST_BLOCK`` (blocks that forget), or one of ``JOINED_BLOCKS``
+        (blocks joined by products).
     """
     longest = int(lengths.max())
 
     def fill_cost(length, n_blocks):
         return 2 * length * (STEP_OVERHEAD + PER_STATE_BLOCK * k * n_blocks)
 
+    def product_step(n_blocks):
+        return PRODUCT_OVERHEAD + PER_PRODUCT_ENTRY * k * k * n_blocks * (0.2 * k + 1) / 2.6
+
     best, best_cost = longest, fill_cost(longest, len(lengths))
+    for length in JOINED_BLOCKS:
+        if length >= longest:
+            break
+        n_blocks = int((-(-lengths // length)).sum())
+        rounds = int(np.ceil(np.log2(-(-longest // length))))
+        cost = (length * product_step(n_blocks) + fill_cost(length, n_blocks)
+                + rounds * (JOIN_OVERHEAD + n_blocks * (JOIN_PER_BLOCK + JOIN_PER_BLOCK_ENTRY * k * k)))
+        if cost < best_cost:
+            best, best_cost = length, cost
     length = SHORTEST_BLOCK
     while length < longest:
         n_blocks = int((-(-lengths // length)).sum())
-        products = 2 * FORGETTING_STEPS * (PRODUCT_OVERHEAD + PER_PRODUCT_ENTRY * k * k * n_blocks * (0.2 * k + 1) / 2.6)
-        cost = fill_cost(length, n_blocks) + products
+        cost = fill_cost(length, n_blocks) + 2 * FORGETTING_STEPS * product_step(n_blocks)
         if cost < best_cost:
             best, best_cost = length, cost
         length = int(length * 1.25) + 1
@@ -94,6 +113,9 @@ class BlockLayout:
     chains : ndarray of int, shape (n_sequences, most blocks), or None
         Block ids of each sequence in order, longest sequences first, -1 past a sequence's end;
         None when every sequence is one block.
+    joined : bool
+        Whether blocks are too short to forget in (``SHORTEST_BLOCK``) and are always joined
+        by whole-block products.
     active : ndarray of int, shape (most blocks,)
         How many rows of ``chains`` have a block at each column.
     """
@@ -124,9 +146,11 @@ class BlockLayout:
         self.continued = np.flatnonzero(~is_first)
         self.padded = first_block[pads > 0]
         self.chains = self.active = None
+        self.joined = False
         if per_sequence.max() > 1:
             order = np.argsort(-per_sequence, kind="stable")
             offsets = np.arange(int(per_sequence.max()))
             self.chains = np.where(offsets[None, :] < per_sequence[order][:, None],
                                    first_block[order][:, None] + offsets[None, :], -1)
             self.active = (per_sequence[order][None, :] > offsets[:, None]).sum(axis=1)
+            self.joined = self.length < SHORTEST_BLOCK

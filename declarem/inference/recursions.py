@@ -91,7 +91,8 @@ def forward_backward(start, transition, emission, layout, every):
             done = (_forward(start, transition, grid, layout, every, alpha, scale, uniform, 0, length)
                     and _backward(transition, grid, every, beta, ones, length - 1, 0))
         else:
-            done = _by_forgetting(start, transition, grid, layout, every, alpha, beta, scale)
+            done = None if layout.joined else _by_forgetting(start, transition, grid, layout, every, alpha, beta,
+                                                             scale)
             if done is None:
                 done = _by_products(start, transition, grid, layout, every, alpha, beta, scale)
     if not done:
