@@ -15,6 +15,7 @@ raises ``TreeError``, and the caller treats the tree as absent.
 
 from fractions import Fraction
 from functools import reduce
+from operator import itemgetter
 
 import numpy as np
 
@@ -29,16 +30,26 @@ class TreeError(ValueError):
     """A tree that is not an expression this module evaluates."""
 
 
-def _special(name):
-    """A scipy.special function, imported when a tree first calls one (scipy.special is slow to import)."""
-    found = []
+class _Special:
+    """A scipy.special function, imported when a program first runs (scipy.special is slow to import)."""
 
-    def call(*args):
-        if not found:
+    def __init__(self, name):
+        self.name = name
+        self._function = None
+
+    def resolve(self):
+        """The scipy.special function itself."""
+        if self._function is None:
             import scipy.special
-            found.append(getattr(scipy.special, name))
-        return found[0](*args)
-    return call
+            self._function = getattr(scipy.special, self.name)
+        return self._function
+
+    def __call__(self, *args):
+        return self.resolve()(*args)
+
+
+def _special(name):
+    return _Special(name)
 
 
 def _lambert_w(x, branch=0):
@@ -219,14 +230,17 @@ class Program:
         self.constants = tuple(self._nodes[i][1] for i in constants)
         self.steps = [(self._nodes[i][0], tuple(place[j] for j in self._nodes[i][1])) for i in steps]
         self.outputs = [place[i] for i in outputs]
+        self._plan = None
         del self._nodes, self._known
 
     def run(self, values):
         """Each tree's value at the arguments ``values`` (a sequence, in order)."""
+        if self._plan is None:
+            self._plan = [_planned_step(function, operands) for function, operands in self.steps]
         held = list(values)
         held.extend(self.constants)
-        for function, operands in self.steps:
-            held.append(function(*[held[i] for i in operands]))
+        for function, operand, operands in self._plan:
+            held.append(function(held[operand]) if operands is None else function(*operands(held)))
         return [held[i] for i in self.outputs]
 
     def _node(self, key, node):
@@ -283,6 +297,19 @@ class Program:
         return tuple(self._compile(tree, depth + 1) for tree in trees)
 
 
+def _planned_step(function, operands):
+    """A step as ``run`` applies it: scipy.special functions resolved, a sum or product of two as the
+    numpy operation ``a + b`` and ``a * b`` apply, and its operands fetched by one call:
+    (function, the operand when there is one, else a getter of the operands as a tuple)."""
+    if isinstance(function, _Special):
+        function = function.resolve()
+    elif len(operands) == 2 and function in BINARY:
+        function = BINARY[function]
+    if len(operands) == 1:
+        return function, operands[0], None
+    return function, None, itemgetter(*operands)
+
+
 def _sum(*terms):
     total = terms[0]
     for term in terms[1:]:
@@ -327,6 +354,8 @@ POWERS = {("Rational", "1", "2"): np.sqrt, ("Rational", "-1", "2"): _reciprocal_
           ("Integer", "-1"): _reciprocal}
 OPERATIONS = {"Add": _sum, "Mul": _product, "Pow": _power, "Piecewise": _select,
               "ExprCondPair": _expression_condition_pair}
+#: Sums and products of two operands as the numpy operations ``a + b`` and ``a * b`` apply.
+BINARY = {_sum: np.add, _product: np.multiply}
 #: polygamma(n, x) with a literal order up to this is scipy's own formula for that n, without its per-call dispatch.
 MAX_POLYGAMMA_ORDER = 20
 
