@@ -154,7 +154,8 @@ def test_rescaling_at_every_step_then_one_block_per_sequence(monkeypatch, counts
 
 def test_masses_near_underflow_stay_exact(monkeypatch):
     """A transition of 1e-120 taken at every step, the other state's emission nil: rescaled only every
-    four steps the mass falls below TINY, so the engine rescales at every step; the results stay exact."""
+    ``chain.NORMALISE_EVERY`` steps the mass falls below TINY, so the engine rescales at every step; the
+    results stay exact."""
     params = {"z": {"start": [0.5, 0.5], "probs": [[1 - 1e-120, 1e-120], [1e-120, 1 - 1e-120]]},
               "count": {"rate": [1.0, 400.0]}}
     data = {"count": np.tile([0, 400], 200)}

@@ -30,7 +30,7 @@ from .blocks import BlockLayout, choose_block_length
 from .engine import EnumerationEngine
 
 # Rescale the forward and backward vectors every this many steps (see recursions.py).
-NORMALISE_EVERY = 4
+NORMALISE_EVERY = 8
 # Rows of probability emissions whose largest entry is below this are rescaled to 1.
 SMALL_EMISSION = 1e-150
 LOG_SMALLEST_NORMAL = float(np.log(np.finfo(float).tiny))
