@@ -351,7 +351,8 @@ class ScalarFactor(Factor):
         columns = self._columns(params)
         with np.errstate(all="ignore"):
             *natural, log_partition = self._natural_and_log_partition(*columns)
-            eta = np.stack(natural, axis=-1)
+            # (np.stack of a single array costs more than the small arrays it is called on)
+            eta = natural[0][..., None] if len(natural) == 1 else np.stack(natural, axis=-1)
             log_partition = log_partition.sum(axis=1)
         return eta.reshape(self.n_sets, -1), log_partition
 
@@ -443,7 +444,10 @@ class ScalarFactor(Factor):
 
     def _keep_empty_columns(self, new, old, set_weights):
         """A set's column that received no weight (all its rows missing there) keeps its previous value."""
-        empty_sets = ~(set_weights > 0).any(axis=1)
+        weighted = set_weights > 0
+        if weighted.all():
+            return new
+        empty_sets = ~weighted.any(axis=1)
         new = self._keep_empty_sets(new, old, np.where(empty_sets, 0.0, 1.0))
         empty = (set_weights <= 0) & ~empty_sets[:, None]
         if not empty.any():

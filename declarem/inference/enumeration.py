@@ -450,7 +450,8 @@ def _natural_tables(compiled, params):
         boundary = transposed = None
         if factor.layout == "index":
             transposed = np.ascontiguousarray(eta.T)
-        if factor.layout == "dense":
+        if factor.layout == "dense" and not np.isfinite(eta.sum() + log_partition.sum()):
+            # (A finite total shows every entry finite; an infinite one may also be finite entries overflowing.)
             boundary = ~(np.isfinite(eta).all(axis=1) & np.isfinite(log_partition))
             if not boundary.any():
                 boundary = None
@@ -615,7 +616,7 @@ def _normalise(joint, start):
         posterior = np.exp(joint)
     total = posterior @ ones
     # Every total finite and above underflow (a NaN fails the first test: min propagates it).
-    if total.min(initial=np.inf) > UNDERFLOW and total.max(initial=0.0) < np.inf:
+    if np.minimum.reduce(total, initial=np.inf) > UNDERFLOW and np.maximum.reduce(total, initial=0.0) < np.inf:
         posterior *= (1.0 / total)[:, None]
         return posterior, np.log(total)
     peak = joint.max(axis=1, keepdims=True)
@@ -659,7 +660,8 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
         if factor.layout == "latent":
             marginal = marginal.reshape(n, n_latent, factor.k)
             if view.observed_offset is None:
-                sums[set_index] += _column_sums(marginal.reshape(n, -1)).reshape(n_latent, factor.k)
+                _add_to_sets(sums, set_index, _column_sums(marginal.reshape(n, -1)).reshape(n_latent, factor.k),
+                             view.identity_sets)
             elif n_latent == 1:
                 # Only observed parents: scatter rows onto their parameter sets in one sparse product.
                 sums += rows.scatter(name, chunk, view.observed_offset, factor.n_sets) @ marginal[:, 0, :]
@@ -703,9 +705,11 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
             # A contiguous (sets, rows) operand: OpenBLAS is several times slower on the transposed view.
             # In the statistics' dtype; the sums over chunks stay float64.
             statistics = view.statistics_of(factor, chunk)
-            sums[set_index] += np.ascontiguousarray(marginal.T, dtype=statistics.dtype) @ statistics
+            _add_to_sets(sums, set_index, np.ascontiguousarray(marginal.T, dtype=statistics.dtype) @ statistics,
+                         view.identity_sets)
             row_weights = _column_sums(marginal)
-            set_weights[set_index] += row_weights if set_weights.ndim == 1 else row_weights[:, None]
+            _add_to_sets(set_weights, set_index, row_weights if set_weights.ndim == 1 else row_weights[:, None],
+                         view.identity_sets)
         else:
             rows_of = np.repeat(np.arange(n), n_latent)
             import scipy.sparse  # imported when first needed: it is slow to import
@@ -721,6 +725,15 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
                 set_weights[set_index] -= marginal[positions].T @ holes
             else:
                 set_weights -= _per_set(marginal[positions], sets[positions], factor.n_sets).T @ holes
+
+
+def _add_to_sets(target, set_index, values, identity):
+    """``target[set_index] += values``; on the whole array in place when ``set_index`` is 0, 1, 2, ... over
+    all of it (``identity``), which adds the same numbers without a gather and a scatter."""
+    if identity and len(set_index) == len(target):
+        target += values
+    else:
+        target[set_index] += values
 
 
 def _accumulate_row_weights(row_weights, set_weights, view, marginal, sets, positions, chunk):
