@@ -407,6 +407,10 @@ def _estep(engine, params, hard):
     return stats, objective, peak_memory()
 
 
+def _objective(engine, params, hard):
+    return engine.objective(params, hard=hard)
+
+
 def peak_memory():
     """This process's peak resident memory in bytes; None where the platform does not say.
 
@@ -593,6 +597,16 @@ class DaskEngine:
     def statistics(self, params, hard=False):
         """Expected statistics at ``params`` where the objective is not needed (the workers compute it anyway)."""
         return self.expected_statistics(params, hard=hard)[0]
+
+    def objective(self, params, hard=False):
+        """The objective alone, summed over the partitions in their order (as ``expected_statistics`` sums it)."""
+        dask = _dask()
+        shared = dask.delayed(params, traverse=False)
+        parts = _compute(dask, self._tasks(_objective, [(shared, hard)] * len(self.n_rows)))
+        objective = parts[0]
+        for part in parts[1:]:
+            objective += part
+        return objective
 
     def seeded_statistics(self, rng):
         """The seeded start: exactly the in-memory one when the partitions are kept; for streamed

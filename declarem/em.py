@@ -167,11 +167,14 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
         def statistics(current):
             return engine.statistics(current, hard=hard)
 
+        def objective_at(current):
+            return engine.objective(current, hard=hard) + compiled.log_prior(current)
+
         def step(stats, old):
             return mstep(compiled, stats, old, reg_covar)
 
         return run_squarem(compiled, engine.shifts, params, max_iter, tol, hard, reg_covar, progress, estep,
-                           statistics, step, monitor)
+                           statistics, step, monitor, objective_at)
     stats, objective = engine.expected_statistics(params, hard=hard)
     monitor.record(objective + compiled.log_prior(params), params)
     n_iter = 0

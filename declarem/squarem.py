@@ -34,14 +34,19 @@ def _valid(compiled, params, shifts):
 
 
 def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progress, estep, statistics, mstep,
-                monitor):
+                monitor, objective_at=None):
     """Accelerated EM from ``params``; see ``em.run_em`` for what it returns.
 
     ``estep(params)`` gives the expected statistics and the objective, ``statistics(params)``
     the statistics alone: the first EM step's and the extrapolated point's objectives are not
-    used. ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the start
-    and after each accepted cycle.
+    used. ``objective_at(params)`` gives the objective alone (by default from ``estep``): the
+    plain EM point's statistics are needed only when it is kept, which a successful jump
+    makes rare. ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the
+    start and after each accepted cycle.
     """
+    if objective_at is None:
+        def objective_at(current):
+            return estep(current)[1]
     stats, objective = estep(params)
     monitor.record(objective, params)
     n_iter = 0
@@ -51,13 +56,13 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
         n_iter += 1
         if n_iter >= max_iter:
             params = first
-            converged = monitor.iteration(n_iter, estep(first)[1], progress, params)
+            converged = monitor.iteration(n_iter, objective_at(first), progress, params)
             break
         first_stats = statistics(first)
         second = mstep(first_stats, first)
-        second_stats, second_objective = estep(second)
+        second_objective = objective_at(second)
         n_iter += 1
-        accepted = (second, second_stats, second_objective)
+        accepted = (second, None, second_objective)
         start, rebuild = flatten_params(params)
         one, _ = flatten_params(first)
         two, _ = flatten_params(second)
@@ -85,6 +90,8 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
                         break
             step = (step - 1.0) / 2.0
         params, stats, objective = accepted
+        if stats is None:
+            stats = statistics(params)          # the plain EM point kept: its statistics start the next cycle
         # The distance left is estimated from the cycle's two plain EM steps: the jumps between
         # accepted points vary in length from cycle to cycle, and their ratio says nothing of it.
         if monitor.iteration(n_iter, objective, progress, params, em_steps=(start, one, two)):

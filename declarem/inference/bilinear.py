@@ -128,8 +128,9 @@ def _lexicographic_order(major, minor, shape):
     return np.arange(len(major)) if order is None else order
 
 
-def bilinear_statistics(plan, tables, rows, stats):
-    """Add the two factors' expected counts to ``stats``; return each row's log-likelihood part.
+def bilinear_mixture(plan, tables, rows):
+    """M[a, x] per row, (n_rows,): its logarithm is the row's share of the objective; None when some row
+    has zero probability (the caller then reports it through the general engine).
 
     Parameters
     ----------
@@ -138,49 +139,47 @@ def bilinear_statistics(plan, tables, rows, stats):
         The E-step's tables; A is the latent factor's probabilities (sets, K) and
         B^T the child's transposed probabilities (categories, K).
     rows : Rows
-    stats : ExpectedStatistics
-
-    Returns
-    -------
-    ndarray of shape (n_rows,)
-        M[a, x] per row (its logarithm is the row's share of the objective), or None
-        when some row has zero probability (the caller then reports it through the
-        general engine).
     """
     a_table = tables[plan.latent].probabilities
     b_transposed = tables[plan.child].transposed_probabilities
     if plan.cells is not None:
-        return _dense_statistics(plan, a_table, b_transposed, rows, stats)
-    mixture = np.empty(rows.n_rows)
-    for start in range(0, rows.n_rows, ROW_BLOCK):
-        block = slice(start, min(start + ROW_BLOCK, rows.n_rows))
-        # np.take gathers short rows several times faster than fancy indexing.
-        gathered = np.take(a_table, plan.row_index[block], axis=0)
-        gathered *= np.take(b_transposed, plan.column_index[block], axis=0)
-        mixture[block] = gathered @ np.ones(gathered.shape[1])
-    if not np.all(mixture > 0):
+        mixture = np.take(a_table @ b_transposed.T, plan.cells)
+    else:
+        mixture = np.empty(rows.n_rows)
+        for start in range(0, rows.n_rows, ROW_BLOCK):
+            block = slice(start, min(start + ROW_BLOCK, rows.n_rows))
+            # np.take gathers short rows several times faster than fancy indexing.
+            gathered = np.take(a_table, plan.row_index[block], axis=0)
+            gathered *= np.take(b_transposed, plan.column_index[block], axis=0)
+            mixture[block] = gathered @ np.ones(gathered.shape[1])
+    return mixture if np.all(mixture > 0) else None
+
+
+def bilinear_statistics(plan, tables, rows, stats):
+    """Add the two factors' expected counts to ``stats``; return each row's M[a, x] (``bilinear_mixture``).
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), or None when some row has zero probability (nothing is added then).
+    """
+    mixture = bilinear_mixture(plan, tables, rows)
+    if mixture is None:
         return None
+    a_table = tables[plan.latent].probabilities
+    b_transposed = tables[plan.child].transposed_probabilities
     ratio = rows.weights / mixture
+    if plan.cells is not None:
+        if plan.repeated_cells:
+            scaled = np.bincount(plan.cells, weights=ratio, minlength=a_table.shape[0] * b_transposed.shape[0])
+        else:
+            scaled = np.zeros(a_table.shape[0] * b_transposed.shape[0])
+            scaled[plan.cells] = ratio
+        scaled = scaled.reshape(a_table.shape[0], b_transposed.shape[0])
+        stats.sums[plan.latent] += a_table * (scaled @ b_transposed)
+        stats.sums[plan.child] += (b_transposed * (scaled.T @ a_table)).T
+        return mixture
     plan.pattern.data = ratio[plan.order]
     plan.transposed.data = ratio[plan.transposed_order]
     stats.sums[plan.latent] += a_table * (plan.pattern @ b_transposed)
     stats.sums[plan.child] += (b_transposed * (plan.transposed @ a_table)).T
-    return mixture
-
-
-def _dense_statistics(plan, a_table, b_transposed, rows, stats):
-    """``bilinear_statistics`` with M and S as dense (sets, categories) tables."""
-    table = a_table @ b_transposed.T
-    mixture = np.take(table, plan.cells)
-    if not np.all(mixture > 0):
-        return None
-    ratio = rows.weights / mixture
-    if plan.repeated_cells:
-        scaled = np.bincount(plan.cells, weights=ratio, minlength=table.size)
-    else:
-        scaled = np.zeros(table.size)
-        scaled[plan.cells] = ratio
-    scaled = scaled.reshape(table.shape)
-    stats.sums[plan.latent] += a_table * (scaled @ b_transposed)
-    stats.sums[plan.child] += (b_transposed * (scaled.T @ a_table)).T
     return mixture

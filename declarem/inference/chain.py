@@ -229,9 +229,7 @@ class ChainEngine(EnumerationEngine):
         firsts = layout.first_cells
         mass = alpha[firsts] * beta[firsts]
         first = (mass / (mass @ ones)[:, None]).sum(axis=0)
-        rows = lattice.rescaled
-        loglik = float((np.log(lattice.scale[rows]) * layout.valid.reshape(layout.length, -1)[rows]).sum())
-        return expected * transition, first, loglik + emissions.offset_total
+        return expected * transition, first, _loglik(lattice, layout, emissions)
 
     def _within(self, state_posterior, scaled, per_state):
         """A chain state's posterior (m, k) spread over its configurations in proportion to their emission: (m, C)."""
@@ -262,6 +260,17 @@ class ChainEngine(EnumerationEngine):
 
         transitions, first, loglik = self._posterior_pass(params, accumulate)
         return self._finish(stats, transitions, first, tables), self.rows.base_total + loglik
+
+    def objective(self, params, hard=False):
+        """The log-likelihood from the forward scales, without the posterior pass (or, with ``hard``,
+        the Viterbi path's complete-data log-likelihood)."""
+        if hard:
+            return self._viterbi(params)[1]
+        grid, emissions, lattice, _ = self._lattice(params)
+        loglik = _loglik(lattice, grid.layout, emissions)
+        if not np.isfinite(loglik):
+            _raise_impossible(lattice, grid.layout)
+        return self.rows.base_total + loglik
 
     def statistics_from_posterior(self, posterior, params=None):
         """Statistics for a given posterior of each row's configuration (n_rows, C); transitions from its outer products.
@@ -343,6 +352,14 @@ class _Emissions(NamedTuple):
     per_state: np.ndarray     # (n_cells, k), summed over the other latent axes; 1 in padding cells
     scaled: np.ndarray        # (n_cells, C) when other latent axes exist, else None
     offset_total: float       # the sum of the cells' log scale factors
+
+
+def _loglik(lattice, layout, emissions):
+    """The sequences' log-likelihood, less the rows' log base measure: the forward scales and the
+    emissions' scale factors."""
+    rows = lattice.rescaled
+    loglik = float((np.log(lattice.scale[rows]) * layout.valid.reshape(layout.length, -1)[rows]).sum())
+    return loglik + emissions.offset_total
 
 
 def _raise_impossible(lattice, layout):

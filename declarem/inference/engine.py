@@ -3,8 +3,8 @@
 The EM loop, SQUAREM, restarts, the initialisation, ``compare`` and ``Fit`` talk
 to an engine only: it is prepared once for a data set (the rows' fixed views,
 any sparse pattern) and then answers, at given parameters, the expected
-statistics with the objective, the posterior marginals, and each row's most
-probable latent configuration. ``engine_for`` picks the implementation from the
+statistics with the objective (or the objective alone), the posterior marginals,
+and each row's most probable latent configuration. ``engine_for`` picks the implementation from the
 model's shape:
 
 - ``EnumerationEngine``: exact enumeration of the latent configurations within
@@ -137,6 +137,11 @@ class EnumerationEngine:
         intermediate points); an engine whose objective costs extra work skips it."""
         return self.expected_statistics(params, hard=hard)[0]
 
+    def objective(self, params, hard=False):
+        """The objective at ``params`` alone, the number ``expected_statistics`` gives with the
+        statistics (SQUAREM's plain EM point, whose statistics are needed only if it is kept)."""
+        return enumeration.expected_statistics(self.compiled, self.rows, params, hard=hard, statistics=False)[1]
+
     def statistics_from_posterior(self, posterior):
         """Expected statistics for a given posterior of shape (n_rows, n_configurations)."""
         return enumeration.statistics_from_posterior(self.compiled, self.rows, posterior)
@@ -175,6 +180,14 @@ class BilinearEngine(EnumerationEngine):
             if stats is not None:
                 return stats
         return super().expected_statistics(params, hard=hard)[0]
+
+    def objective(self, params, hard=False):
+        if not hard:
+            _, objective = enumeration.bilinear_expected_statistics(self.compiled, self.rows, params, self.plan,
+                                                                    statistics=False)
+            if objective is not None:
+                return objective
+        return super().objective(params, hard=hard)
 
 
 def engine_for(compiled, rows, lengths=None):

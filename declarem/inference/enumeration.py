@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import FitError
 from ..threads import map_in_order
-from .bilinear import bilinear_statistics
+from .bilinear import bilinear_mixture, bilinear_statistics
 
 CHUNK_ROWS = 8192
 UNDERFLOW = 1e-280
@@ -110,7 +110,7 @@ class ExpectedStatistics:
                 self.set_weights[name] = self.sums[name].sum(axis=1)
 
 
-def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
+def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None, statistics=True):
     """One E-step: expected statistics at ``params`` and the objective there.
 
     Parameters
@@ -123,10 +123,12 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
         Classification EM: the posterior puts all mass on each row's best configuration.
     chunk_rows : int, optional
         Rows per chunk; by default the rows' own (``Rows.chunk_rows``).
+    statistics : bool
+        With False only the objective is computed (the same number), and ``stats`` is None.
 
     Returns
     -------
-    stats : ExpectedStatistics
+    stats : ExpectedStatistics or None
     objective : float
         The observed-data log-likelihood (sum of row weight times log p(row)),
         or with ``hard`` the complete-data log-likelihood at the chosen configurations.
@@ -139,11 +141,11 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
     # Per-row weights ("rows" layout) are one (n_sets, n_rows) array that every chunk adds
     # its columns to: those chunks share it and run in turn.
     shared = next((ExpectedStatistics(compiled) for factor in compiled.factors.values()
-                   if factor.layout == "rows"), None)
+                   if factor.layout == "rows"), None) if statistics else None
 
     def chunk_statistics(start):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
-        stats = ExpectedStatistics(compiled) if shared is None else shared
+        stats = None if not statistics else ExpectedStatistics(compiled) if shared is None else shared
         weights = rows.weights[chunk]
         constant = _constant_loglik(compiled, rows, tables, varying, chunk)
         joint = None
@@ -160,9 +162,10 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
                 joint, row_loglik = _normalise(joint, start)
         row_loglik = row_loglik + constant
         _check_rows(row_loglik, start)
-        if not rows.unit_weights:
-            joint *= weights[:, None]
-        _accumulate(compiled, rows, joint, chunk, stats, varying, tables)
+        if statistics:
+            if not rows.unit_weights:
+                joint *= weights[:, None]
+            _accumulate(compiled, rows, joint, chunk, stats, varying, tables)
         return stats, float(np.dot(weights, row_loglik))
 
     # Each chunk's statistics are summed alone and added in chunk order (threads or not), so
@@ -173,12 +176,14 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None):
         stats, chunk_objective = chunk_statistics(0)       # one chunk: its statistics are the E-step's
         objective += chunk_objective
     else:
-        stats = ExpectedStatistics(compiled) if shared is None else shared
+        stats = None if not statistics else ExpectedStatistics(compiled) if shared is None else shared
         for chunk_stats, chunk_objective in (map(chunk_statistics, starts) if shared is not None
                                              else map_in_order(chunk_statistics, starts)):
             if chunk_stats is not stats:
                 stats.add(chunk_stats)
             objective += chunk_objective
+    if not statistics:
+        return None, objective
     stats.add(_fixed_statistics(compiled, rows, varying, tables))
     stats.finish(compiled)
     return stats, objective
@@ -192,16 +197,20 @@ def _prepare_missing(compiled, rows, tables):
             factor.prepare_missing(tables[name].params, view.patterns(factor), tables[name].scratch)
 
 
-def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None, objective=True):
+def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None, objective=True, statistics=True):
     """The E-step by the bilinear plan (see ``bilinear.py``), or (None, None) when a row underflows.
 
     With ``objective=False`` the objective is not computed (returned as None): its per-row
-    logarithms are a good part of this E-step's time.
+    logarithms are a good part of this E-step's time. With ``statistics=False`` only the
+    objective is (the same number), and the statistics returned are None.
     """
     tables = _natural_tables(compiled, params)
-    stats = ExpectedStatistics(compiled)
     varying = varying_factors(compiled, rows)
-    mixture = bilinear_statistics(plan, tables, rows, stats)
+    if statistics:
+        stats = ExpectedStatistics(compiled)
+        mixture = bilinear_statistics(plan, tables, rows, stats)
+    else:
+        stats, mixture = None, bilinear_mixture(plan, tables, rows)
     if mixture is None:
         return None, None
     fixed = _fixed_statistics(compiled, rows, varying, tables)
@@ -219,8 +228,9 @@ def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None, 
             row_loglik[chunk] += _constant_loglik(compiled, rows, tables, varying, chunk)
         _check_rows(row_loglik, 0)
         constant = 0.0
-    stats.add(fixed)
-    stats.finish(compiled)
+    if stats is not None:
+        stats.add(fixed)
+        stats.finish(compiled)
     return stats, rows.base_total + float(np.dot(rows.weights, row_loglik)) + constant
 
 

@@ -1,0 +1,125 @@
+"""An engine's objective alone: the number its E-step gives with the statistics, to the bit, for every
+kind of engine; SQUAREM asks for the plain EM point's statistics only when it keeps that point."""
+
+import warnings
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import declarem
+from declarem import em, squarem
+from declarem.data import read_csv
+from declarem.errors import ConvergenceWarning, FitError
+from declarem.inference import enumeration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _engine_and_params(model, data, monkeypatch, **options):
+    """The engine and start of a fit (caught as the EM loop receives them), after a few iterations."""
+    caught = {}
+    original = em.run_em
+
+    def catch(engine, params, *args, **kwargs):
+        caught["engine"], caught["params"] = engine, params
+        return original(engine, params, *args, **kwargs)
+    monkeypatch.setattr(em, "run_em", catch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = model.fit(data, max_iter=3, seed=0, **options)
+    return caught["engine"], model.compiled.to_internal(fit.params, caught["engine"].shifts)
+
+
+def _catalog(name):
+    model = declarem.load_model(ROOT / "models" / f"{name}.toml")
+    return model, str(ROOT / "models" / model.data_info["path"])
+
+
+def _normal_mixture(holes):
+    """A two-dimensional normal mixture over more rows than two chunks, some coordinates missing if ``holes``."""
+    rng = np.random.default_rng(2)
+    n = 2 * enumeration.CHUNK_ROWS + 1500
+    z = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 2)) + 3.0 * z[:, None]
+    if holes:
+        x[rng.random((n, 2)) < 0.05] = np.nan
+    graph = nx.DiGraph()
+    graph.add_node("z", family="categorical", latent=True, k=2)
+    graph.add_node("x", family="normal", dim=2, covariance="full")
+    graph.add_edge("z", "x")
+    return declarem.Model(graph), {"x_0": x[:, 0], "x_1": x[:, 1]}
+
+
+@pytest.mark.parametrize("case, hard", [
+    ("hasselblad", False),              # enumeration over grouped rows
+    ("hasselblad", True),
+    ("negbin_mixture", False),          # a family fitted row by row (the "rows" layout)
+    ("topic_model", False),             # the bilinear engine
+    ("categorical_hmm", False),         # the chain engine: forward scales
+    ("categorical_hmm", True),          # the Viterbi path's complete-data log-likelihood
+    ("many rows", False),               # several chunks
+    ("many rows with holes", False),    # missing coordinates integrated out
+])
+def test_the_objective_alone_is_the_e_steps_to_the_bit(monkeypatch, case, hard):
+    model, data = _normal_mixture(case.endswith("holes")) if case.startswith("many") else _catalog(case)
+    engine, params = _engine_and_params(model, data, monkeypatch)
+    assert case != "many rows" or engine.rows.n_rows > 2 * engine.rows.chunk_rows
+    stats, objective = engine.expected_statistics(params, hard=hard)
+    assert stats is not None and np.isfinite(objective)
+    assert engine.objective(params, hard=hard) == objective
+
+
+def test_the_objective_alone_names_an_impossible_row(monkeypatch):
+    model, data = _catalog("categorical_hmm")
+    engine, params = _engine_and_params(model, data, monkeypatch)
+    params["x"]["probs"] = np.array([[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    first = int(np.flatnonzero(read_csv(data)["x"] >= 2)[0])
+    for ask in (engine.expected_statistics, engine.objective):
+        with pytest.raises(FitError, match=f"row {first} has zero probability"):
+            ask(params)
+
+
+def _counted_squarem(monkeypatch, calls):
+    """SQUAREM as the EM loop runs it, counting its calls of the E-step, statistics and objective."""
+    original = squarem.run_squarem
+
+    def counting(*args):
+        *leading, estep, statistics, mstep, monitor, objective_at = args
+
+        def count(name, function):
+            def counted(params):
+                calls[name] += 1
+                return function(params)
+            return counted
+        return original(*leading, count("estep", estep), count("statistics", statistics), mstep, monitor,
+                        count("objective", objective_at))
+    monkeypatch.setattr(em, "run_squarem", counting)
+
+
+@pytest.mark.parametrize("name", ["topic_model", "negbin_mixture"])
+def test_squarem_asks_for_the_plain_points_objective_alone(monkeypatch, name):
+    """Each cycle asks for the plain EM point's objective alone and a full E-step only at each stabilised
+    point; the fit is the same, step for step, as when the objective comes with the statistics."""
+    model, data = _catalog(name)
+    calls = {"estep": 0, "statistics": 0, "objective": 0}
+    _counted_squarem(monkeypatch, calls)
+    fast = model.fit(data, seed=0)
+    cycles = len(fast.history) - 1
+    stabilised = fast.n_iter - 2 * cycles          # every M-step beyond a cycle's two plain ones
+    assert calls["objective"] == cycles
+    assert calls["estep"] == 1 + stabilised
+    # The plain point's statistics are asked for only in the cycles that keep it.
+    assert cycles + stabilised <= calls["statistics"] < 2 * cycles + stabilised
+
+    engine_class = type(_engine_and_params(model, data, monkeypatch)[0])
+
+    def with_statistics(self, params, hard=False):
+        return self.expected_statistics(params, hard=hard)[1]
+    monkeypatch.setattr(engine_class, "objective", with_statistics)
+    slow = model.fit(data, seed=0)
+    assert fast.n_iter == slow.n_iter and fast.history == slow.history
+    for node, values in fast.params.items():
+        for param, value in values.items():
+            np.testing.assert_array_equal(value, slow.params[node][param])
