@@ -71,11 +71,31 @@ def test_the_objective_alone_is_the_e_steps_to_the_bit(monkeypatch, case, hard):
     assert engine.objective(params, hard=hard) == objective
 
 
-def test_the_objective_alone_names_an_impossible_row(monkeypatch):
-    model, data = _catalog("categorical_hmm")
-    engine, params = _engine_and_params(model, data, monkeypatch)
+def _without_symbols_2_and_3(params, data):
     params["x"]["probs"] = np.array([[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
-    first = int(np.flatnonzero(read_csv(data)["x"] >= 2)[0])
+    return int(np.flatnonzero(read_csv(data)["x"] >= 2)[0])
+
+
+def _without_word_7(params, data):
+    probs = np.array(params["word"]["probs"], dtype=float)
+    probs[:, 7] = 0.0
+    params["word"]["probs"] = probs / probs.sum(axis=1, keepdims=True)
+    rows = _engine_rows(data)
+    return int(np.flatnonzero(rows == 7)[0])
+
+
+def _engine_rows(path):
+    """The topic model's rows in the engine's order: the word of each stored cell of the matrix, row by row."""
+    import scipy.sparse
+    return scipy.sparse.load_npz(path).tocsr().indices
+
+
+@pytest.mark.parametrize("name, impossible", [("categorical_hmm", _without_symbols_2_and_3),
+                                              ("topic_model", _without_word_7)])
+def test_the_objective_alone_names_an_impossible_row(monkeypatch, name, impossible):
+    model, data = _catalog(name)
+    engine, params = _engine_and_params(model, data, monkeypatch)
+    first = impossible(params, data)
     for ask in (engine.expected_statistics, engine.objective):
         with pytest.raises(FitError, match=f"row {first} has zero probability"):
             ask(params)

@@ -165,29 +165,25 @@ class BilinearEngine(EnumerationEngine):
     #: Its expected counts are two sparse products over all rows at once.
     parallel_chunks = False
 
+    def _bilinear(self, params, hard, **parts):
+        """The bilinear E-step's (statistics, objective), with only the parts asked for; None where it does
+        not serve (hard EM, or a row whose probability underflows: the general engine then names it)."""
+        if hard:
+            return None
+        found = enumeration.bilinear_expected_statistics(self.compiled, self.rows, params, self.plan, **parts)
+        return None if found[0] is None and found[1] is None else found
+
     def expected_statistics(self, params, hard=False):
-        if not hard:
-            stats, objective = enumeration.bilinear_expected_statistics(self.compiled, self.rows, params,
-                                                                       self.plan)
-            if stats is not None:
-                return stats, objective
-        return super().expected_statistics(params, hard=hard)
+        found = self._bilinear(params, hard)
+        return super().expected_statistics(params, hard=hard) if found is None else found
 
     def statistics(self, params, hard=False):
-        if not hard:
-            stats, _ = enumeration.bilinear_expected_statistics(self.compiled, self.rows, params, self.plan,
-                                                                objective=False)
-            if stats is not None:
-                return stats
-        return super().expected_statistics(params, hard=hard)[0]
+        found = self._bilinear(params, hard, objective=False)
+        return super().expected_statistics(params, hard=hard)[0] if found is None else found[0]
 
     def objective(self, params, hard=False):
-        if not hard:
-            _, objective = enumeration.bilinear_expected_statistics(self.compiled, self.rows, params, self.plan,
-                                                                    statistics=False)
-            if objective is not None:
-                return objective
-        return super().objective(params, hard=hard)
+        found = self._bilinear(params, hard, statistics=False)
+        return super().objective(params, hard=hard) if found is None else found[1]
 
 
 def engine_for(compiled, rows, lengths=None):
