@@ -182,7 +182,10 @@ def run_em(engine, params, max_iter, tol, hard, reg_covar, progress=None, accele
     while n_iter < max_iter:
         params = mstep(compiled, stats, params, reg_covar)
         n_iter += 1
-        stats, objective = engine.expected_statistics(params, hard=hard)
+        if n_iter < max_iter:
+            stats, objective = engine.expected_statistics(params, hard=hard)
+        else:
+            objective = engine.objective(params, hard=hard)     # no M-step follows: the objective alone
         if monitor.iteration(n_iter, objective + compiled.log_prior(params), progress, params):
             converged = True
             break

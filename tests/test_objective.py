@@ -143,3 +143,26 @@ def test_squarem_asks_for_the_plain_points_objective_alone(monkeypatch, name):
     for node, values in fast.params.items():
         for param, value in values.items():
             np.testing.assert_array_equal(value, slow.params[node][param])
+
+
+@pytest.mark.parametrize("name", ["hasselblad", "categorical_hmm"])
+def test_plain_em_asks_for_the_objective_alone_after_its_last_m_step(monkeypatch, name):
+    """No M-step follows the last one: the E-step after it gives the objective alone, and the fit is the
+    one the full E-step gives."""
+    model, data = _catalog(name)
+    engine_class = type(_engine_and_params(model, data, monkeypatch)[0])
+    with monkeypatch.context() as patched:
+        patched.setattr(engine_class, "objective",
+                        lambda self, params, hard=False: self.expected_statistics(params, hard=hard)[1])
+        full = model.fit(data, seed=0, max_iter=6, tol=0, accelerate="none")
+    calls = {"expected_statistics": 0, "objective": 0}
+    for method in calls:
+        original = getattr(engine_class, method)
+
+        def counted(self, *args, _original=original, _method=method, **kwargs):
+            calls[_method] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(engine_class, method, counted)
+    fit = model.fit(data, seed=0, max_iter=6, tol=0, accelerate="none")
+    assert calls == {"expected_statistics": 6, "objective": 1}
+    assert fit.history == full.history and fit.loglik == full.loglik
