@@ -120,23 +120,43 @@ def _common_row(products):
 
 
 def _entering(products, delta, layout, settled):
-    """The (relative) delta entering each block: the previous block's last, or joined through whole products."""
+    """The (relative) delta entering each block: the previous block's last, or joined through whole products.
+
+    Joining is a max-plus prefix scan over each sequence's blocks in log2(blocks) rounds (as
+    ``recursions._join_blocks`` does for sums): round d joins each running product with the one d
+    blocks before it, for all blocks of all sequences at once. A sequence's first product has rows
+    equal up to a constant (they all start from the start probabilities), so the delta entering the
+    block after a prefix is its best row, up to a constant.
+    """
     length, n_blocks, k = delta.shape
     entering = np.zeros((n_blocks, k))
     if settled:
         entering[layout.continued] = delta[-1][layout.continued - 1]
         return entering
-    chains, active = layout.chains, layout.active
-    ordered = products.current.transpose(1, 0, 2)                       # (n_blocks, k, k), [b, i, j]
-    current = np.zeros((active[0], k))
-    for column in range(chains.shape[1] - 1):
-        running = active[column + 1]
-        scores = current[:running, :, None] + ordered[chains[:running, column]]
-        current = scores.max(axis=1)
-        peak = current.max(axis=1, keepdims=True)
-        current = current - np.where(np.isfinite(peak), peak, 0.0)
-        entering[chains[:running, column + 1]] = current
+    chains = layout.chains
+    present = chains >= 0
+    prefix = products.current.transpose(1, 0, 2)[np.where(present, chains, 0)]     # (sequences, most, k, k)
+    identity = np.full((k, k), -np.inf)
+    np.fill_diagonal(identity, 0.0)
+    prefix[~present] = identity
+    shift, needed = 1, chains.shape[1] - 1           # the last block's prefix enters nothing
+    while shift < needed:
+        prefix[:, shift:needed] = _max_plus(prefix[:, :needed - shift], prefix[:, shift:needed])
+        shift *= 2
+    scores = prefix[:, :-1].max(axis=2)                                          # (sequences, most - 1, k)
+    peak = scores.max(axis=2, keepdims=True)
+    scores -= np.where(np.isfinite(peak), peak, 0.0)
+    follows = present[:, 1:]
+    entering[chains[:, 1:][follows]] = scores[follows]
     return entering
+
+
+def _max_plus(first, second):
+    """first (x) second in max-plus arithmetic over the last two axes, less each product's largest entry."""
+    joined = (first[..., :, :, None] + second[..., None, :, :]).max(axis=-2)
+    peak = joined.max(axis=(-2, -1), keepdims=True)
+    joined -= np.where(np.isfinite(peak), peak, 0.0)
+    return joined
 
 
 def _fill(log_start, log_transition, grid, layout, delta, back, entering, first, stop):
@@ -170,11 +190,35 @@ def _read_back(delta, back, layout):
     if layout.chains is None:
         last[:] = delta[-1].argmax(axis=1)
     else:
-        chains, active = layout.chains, layout.active
-        sequence_ends = chains[np.arange(len(chains)), (chains >= 0).sum(axis=1) - 1]
-        last[sequence_ends] = delta[-1][sequence_ends].argmax(axis=1)
-        for column in range(chains.shape[1] - 1, 0, -1):
-            running = active[column]
-            blocks = chains[:running, column]
-            last[blocks - 1] = came_from[blocks, last[blocks]]
+        last[:] = _last_states(came_from, delta[-1], layout.chains)
     return states[:, np.arange(n_blocks), last].reshape(-1)
+
+
+def _last_states(came_from, final_delta, chains):
+    """The state at each block's last position on its sequence's best path, (n_blocks,).
+
+    A block's ``came_from`` (k,) maps the state at its last position to the state at the previous
+    block's last position. Composed from each sequence's end by pointer jumping, in log2(blocks)
+    rounds for all sequences at once (past a sequence's end the maps are the identity): after them,
+    ``maps[:, c]`` takes the state at the sequence's end to the state at the end of its c-th block.
+    """
+    n_sequences, most = chains.shape
+    k = came_from.shape[1]
+    present = chains >= 0
+    ends = chains[np.arange(n_sequences), present.sum(axis=1) - 1]
+    final = final_delta[ends].argmax(axis=1)                                       # (sequences,)
+    last = np.empty(len(came_from), dtype=np.intp)
+    last[ends] = final
+    if most == 1:
+        return last
+    maps = np.broadcast_to(np.arange(k), (n_sequences, most - 1, k)).copy()
+    following = present[:, 1:]
+    maps[following] = came_from[chains[:, 1:][following]]
+    shift = 1
+    while shift < most - 1:
+        maps[:, :-shift] = np.take_along_axis(maps[:, :-shift], maps[:, shift:], axis=2)
+        shift *= 2
+    found = np.take_along_axis(maps, np.broadcast_to(final[:, None, None], (n_sequences, most - 1, 1)), axis=2)
+    earlier = present[:, :-1] & following            # every block but a sequence's last
+    last[chains[:, :-1][earlier]] = found[:, :, 0][earlier]
+    return last
