@@ -304,3 +304,39 @@ def test_viterbi_of_a_state_emitting_a_mixture_in_blocks(monkeypatch):
         expected, _ = plain_viterbi(np.log(start), np.log(transition), np.log(emission), lengths)
     np.testing.assert_array_equal(decoded["z"], expected // 3)
     np.testing.assert_array_equal(decoded["m"], expected % 3)
+
+
+def test_random_chains_in_the_chosen_blocks_equal_the_textbook_recursions():
+    """Seeded random chains, sequences and rates, in the blocks the cost model picks for them: posteriors and
+    log-likelihood equal per-sequence Baum-Welch, and the decoded path scores as high as textbook Viterbi's
+    (ties may pick another path of the same score)."""
+    reference = _reference()
+    rng = np.random.default_rng(123)
+    chosen = set()
+    for case in range(5):
+        k = int(rng.integers(2, 5))
+        lengths = [int(v) for v in rng.integers(1, 800, int(rng.integers(1, 5)))]
+        start = rng.dirichlet(np.ones(k))
+        probs = 0.6 * np.eye(k) + 0.4 * rng.dirichlet(np.ones(k), size=k)
+        rates = np.sort(rng.uniform(0.5, 20.0, k))
+        params = {"z": {"start": start.tolist(), "probs": probs.tolist()}, "count": {"rate": rates.tolist()}}
+        data = sample_counts(params, lengths, seed=case)
+        length = blocks.choose_block_length(np.array(lengths), k)
+        chosen.add("one per sequence" if length >= max(lengths) else
+                   "joined" if length < blocks.SHORTEST_BLOCK else "forgetting")
+        fit = declarem.Fit(model=poisson_hmm(k), params=params, loglik=0.0, history=[0.0], converged=False,
+                           n_iter=0, n_observations=len(data["count"]))
+        u, _, _, loglik = reference.posteriors(data, params, lengths=lengths)
+        np.testing.assert_allclose(fit.posterior(data, lengths=lengths)["z"], u, rtol=1e-9, atol=1e-12)
+        assert fit.score(data, lengths=lengths) == pytest.approx(loglik, rel=1e-12)
+        log_emission = scipy.stats.poisson.logpmf(np.asarray(data["count"])[:, None], rates)
+        best, best_score = plain_viterbi(np.log(start), np.log(probs), log_emission, lengths)
+        path = np.asarray(fit.decode(data, lengths=lengths)["z"])
+        score, first = 0.0, 0
+        for n in lengths:
+            states = path[first:first + n]
+            score += (np.log(start[states[0]]) + np.log(probs[states[:-1], states[1:]]).sum()
+                      + log_emission[np.arange(first, first + n), states].sum())
+            first += n
+        assert score == pytest.approx(best_score, rel=1e-12, abs=1e-9)
+    assert "joined" in chosen          # (blocks that forget pay off from about 10,000 steps; tested above)
