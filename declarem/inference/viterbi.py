@@ -167,7 +167,7 @@ def _fill(log_start, log_transition, grid, layout, delta, back, entering, first,
         pointer = back[position]
         np.argmax(scores, axis=1, out=pointer)
         step = delta[position]
-        step[...] = np.take_along_axis(scores, pointer[:, None, :], axis=1)[:, 0, :]
+        np.max(scores, axis=1, out=step)            # the scores at the pointers
         step += grid[position]
         blocks = layout.starts.get(position)
         if blocks is not None:
@@ -183,9 +183,10 @@ def _read_back(delta, back, layout):
     # From every possible last state of every block at once: the state at each position.
     states = np.empty((length, n_blocks, k), dtype=np.intp)
     states[-1] = np.arange(k)
+    blocks = np.arange(n_blocks)[:, None]
     for position in range(length - 1, 0, -1):
-        states[position - 1] = np.take_along_axis(back[position], states[position], axis=1)
-    came_from = np.take_along_axis(back[0], states[0], axis=1)          # (n_blocks, k): previous block's last
+        states[position - 1] = back[position][blocks, states[position]]
+    came_from = back[0][blocks, states[0]]                               # (n_blocks, k): previous block's last
     last = np.zeros(n_blocks, dtype=np.intp)
     if layout.chains is None:
         last[:] = delta[-1].argmax(axis=1)
