@@ -9,12 +9,12 @@ a block needs only the vector entering it:
   so delta m steps in is that row, up to a constant, whatever entered; steps m
   onwards fill in parallel and the entering vectors come from the neighbours'
   ends. Constants do not change an argmax.
-- *Products*, when some block's paths have not merged within its length: whole
-  block max-plus products, joined block after block.
+- *Products*, when some block's paths have not merged within its length:
+  whole-block max-plus products, joined by a prefix scan in log2(blocks) rounds.
 
 The path is then read back through the pointers in parallel too: from every
-possible final state of every block at once, then block after block through the
-state each block's first step came from.
+possible final state of every block at once, then through the state each
+block's first step came from, by pointer jumping in log2(blocks) rounds.
 """
 
 import numpy as np
