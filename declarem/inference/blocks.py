@@ -116,8 +116,6 @@ class BlockLayout:
     joined : bool
         Whether blocks are too short to forget in (``SHORTEST_BLOCK``) and are always joined
         by whole-block products.
-    active : ndarray of int, shape (most blocks,)
-        How many rows of ``chains`` have a block at each column.
     """
 
     def __init__(self, lengths, length):
@@ -145,12 +143,11 @@ class BlockLayout:
         is_first[first_block] = True
         self.continued = np.flatnonzero(~is_first)
         self.padded = first_block[pads > 0]
-        self.chains = self.active = None
+        self.chains = None
         self.joined = False
         if per_sequence.max() > 1:
             order = np.argsort(-per_sequence, kind="stable")
             offsets = np.arange(int(per_sequence.max()))
             self.chains = np.where(offsets[None, :] < per_sequence[order][:, None],
                                    first_block[order][:, None] + offsets[None, :], -1)
-            self.active = (per_sequence[order][None, :] > offsets[:, None]).sum(axis=1)
             self.joined = self.length < SHORTEST_BLOCK
