@@ -34,19 +34,15 @@ def _valid(compiled, params, shifts):
 
 
 def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progress, estep, statistics, mstep,
-                monitor, objective_at=None):
+                monitor, objective_at):
     """Accelerated EM from ``params``; see ``em.run_em`` for what it returns.
 
     ``estep(params)`` gives the expected statistics and the objective, ``statistics(params)``
     the statistics alone: the first EM step's and the extrapolated point's objectives are not
-    used. ``objective_at(params)`` gives the objective alone (by default from ``estep``): the
-    plain EM point's statistics are needed only when it is kept, which a successful jump
-    makes rare. ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the
+    used. ``objective_at(params)`` gives the objective alone: the plain EM point's statistics
+    are needed only when it is kept, which a successful jump makes rare. ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the
     start and after each accepted cycle.
     """
-    if objective_at is None:
-        def objective_at(current):
-            return estep(current)[1]
     stats, objective = estep(params)
     monitor.record(objective, params)
     n_iter = 0
