@@ -364,6 +364,11 @@ def joint_probabilities(compiled, rows, tables, chunk, varying):
         joint.fill(1.0)
     for position, name in enumerate(varying):
         contribution = _contribution(compiled, rows, tables, name, chunk, n, probabilities=True)
+        if len(varying) == 1 and not rows.labels and contribution.shape == joint.shape and \
+                contribution.flags.c_contiguous:
+            # One factor whose scope is every latent node (a chain's emissions): the fresh array
+            # it gives is the product already, in the configurations' order.
+            return contribution
         view = rows.factors[name]
         own_axis = compiled.latent.index(name) if name in compiled.latent else None
         shape = (contribution.shape[0],) + tuple(_scope_shape(compiled, view.latent_axes, own_axis))
@@ -687,7 +692,7 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
             # Expected counts per (set, category): the category indicator's sparse transpose times R
             # (a missing category has no indicator).
             counts = rows.scatter(name, chunk, view.statistics, factor.k) @ marginal
-            sums[set_index] += counts.T
+            _add_to_sets(sums, set_index, counts.T, view.identity_sets)
             continue
         if view.observed_offset is None:
             # The same sets on every row: only partly missing rows need them per row (the rows layout
