@@ -2,6 +2,8 @@
 forward-backward: every route, block length, padding and fallback gives the same posteriors, transitions
 and log-likelihood."""
 
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import networkx as nx
@@ -10,7 +12,8 @@ import pytest
 import scipy.stats
 
 import declarem
-from declarem.errors import FitError
+from declarem import em
+from declarem.errors import ConvergenceWarning, FitError
 from declarem.inference import blocks, chain, recursions, viterbi
 from support import load_file
 
@@ -340,3 +343,36 @@ def test_random_chains_in_the_chosen_blocks_equal_the_textbook_recursions():
             first += n
         assert score == pytest.approx(best_score, rel=1e-12, abs=1e-9)
     assert "joined" in chosen          # (blocks that forget pay off from about 10,000 steps; tested above)
+
+
+def test_later_e_steps_of_a_long_chain_reuse_its_lattice_arrays(monkeypatch):
+    """The second and later E-steps of one fit allocate nothing the size of the lattice (each such array,
+    fresh at every E-step, had its pages faulted in anew), and give the same statistics and objective."""
+    lengths = [30000, 20000]
+    data = sample_counts(PARAMS, lengths, seed=5)
+    caught = {}
+    original = em.run_em
+
+    def catch(engine, params, *args, **kwargs):
+        caught["engine"], caught["params"] = engine, params
+        return original(engine, params, *args, **kwargs)
+    monkeypatch.setattr(em, "run_em", catch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        poisson_hmm().fit(data, lengths=lengths, init=PARAMS, max_iter=1)
+    engine, params = caught["engine"], caught["params"]
+    assert isinstance(engine, chain.ChainEngine)
+    lattice_bytes = sum(lengths) * 3 * 8            # one (rows, k) array of float64
+    first_stats, first_objective = engine.expected_statistics(params)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        stats, objective = engine.expected_statistics(params)
+        objective_alone = engine.objective(params)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - before < lattice_bytes / 2
+    assert objective == first_objective == objective_alone
+    for name in first_stats.sums:
+        np.testing.assert_array_equal(stats.sums[name], first_stats.sums[name])

@@ -63,7 +63,7 @@ class Lattice(NamedTuple):
     rescaled: list
 
 
-def forward_backward(start, transition, emission, layout, every):
+def forward_backward(start, transition, emission, layout, every, workspace=None):
     """The scaled forward and backward vectors of every cell.
 
     Parameters
@@ -75,6 +75,9 @@ def forward_backward(start, transition, emission, layout, every):
     layout : BlockLayout
     every : int
         Rescale every ``every`` steps and at each block's end; 1, 2, 4 or 8.
+    workspace : callable, optional
+        ``workspace(name, shape)`` gives an array to fill (its contents are overwritten), for
+        the lattice's arrays: ``ChainEngine`` keeps them from one E-step to the next.
 
     Returns
     -------
@@ -83,8 +86,11 @@ def forward_backward(start, transition, emission, layout, every):
     """
     k, n_blocks, length = len(start), layout.n_blocks, layout.length
     grid = emission.reshape(length, n_blocks, k)
-    alpha, beta = np.empty_like(grid), np.empty_like(grid)
-    scale = np.ones((length, n_blocks))
+    if workspace is None:
+        workspace = _fresh
+    alpha, beta = workspace("alpha", grid.shape), workspace("beta", grid.shape)
+    scale = workspace("scale", (length, n_blocks))
+    scale.fill(1.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if layout.chains is None:
             uniform, ones = np.full((n_blocks, k), 1.0 / k), np.ones((n_blocks, k))
@@ -99,6 +105,10 @@ def forward_backward(start, transition, emission, layout, every):
         return None
     rescaled = [position for position in range(length) if _rescale_here(position, length, every)]
     return Lattice(alpha.reshape(-1, k), beta.reshape(-1, k), scale, rescaled)
+
+
+def _fresh(name, shape):
+    return np.empty(shape)
 
 
 def _rescale_here(position, length, every):
@@ -146,10 +156,9 @@ def _refill_forward(start, transition, grid, layout, every, alpha, scale, enteri
     Returns True when every block's refill met the first fill, False when a mass fell below
     ``TINY``, None when some block's did not within its length less ``SETTLE_CHECK`` steps.
     """
-    ends = range(SETTLE_CHECK - 1, grid.shape[0] - SETTLE_CHECK, SETTLE_CHECK)
-    first_fill = alpha[ends].copy()               # at rescaled positions (every divides SETTLE_CHECK)
     previous, done = entering, 0
-    for end, earlier in zip(ends, first_fill):
+    for end in range(SETTLE_CHECK - 1, grid.shape[0] - SETTLE_CHECK, SETTLE_CHECK):
+        earlier = alpha[end].copy()     # the first fill's, at a rescaled position (every divides SETTLE_CHECK)
         if not _forward(start, transition, grid, layout, every, alpha, scale, previous, done, end + 1):
             return False
         if _agree(alpha[end], earlier):
@@ -166,10 +175,9 @@ def _refill_backward(transition, grid, every, beta, top_vector, first_step):
     first row is exact whatever its padding holds).
     """
     length = grid.shape[0]
-    bottoms = range(length - 1 - SETTLE_CHECK, SETTLE_CHECK - 1, -SETTLE_CHECK)
-    first_fill = beta[bottoms].copy()             # rescaled to unit mass there (every divides SETTLE_CHECK)
     top, vector = length - 1, top_vector
-    for bottom, earlier in zip(bottoms, first_fill):
+    for bottom in range(length - 1 - SETTLE_CHECK, SETTLE_CHECK - 1, -SETTLE_CHECK):
+        earlier = beta[bottom].copy()   # the first fill's, rescaled to unit mass there (every divides SETTLE_CHECK)
         if not _backward(transition, grid, every, beta, vector, top, bottom):
             return False
         rows = first_step <= bottom
