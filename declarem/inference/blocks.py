@@ -100,6 +100,8 @@ class BlockLayout:
         The row in each cell; padding cells repeat row 0 (their values are never used).
     valid : ndarray of bool, shape (n_cells,)
         Cells holding a row.
+    padding : ndarray of int
+        The other cells (a mask over every cell costs far more than these few indices).
     following : ndarray of bool, shape (n_cells,)
         Cells holding a step that has a predecessor in its sequence.
     first_cells : ndarray of int, shape (n_sequences,)
@@ -135,6 +137,7 @@ class BlockLayout:
         self.source_rows[self.cell_of_row] = np.arange(len(self.cell_of_row))
         self.valid = np.zeros(self.n_cells, dtype=bool)
         self.valid[self.cell_of_row] = True
+        self.padding = np.flatnonzero(~self.valid)
         self.first_cells = pads * self.n_blocks + first_block
         self.following = self.valid.copy()
         self.following[self.first_cells] = False

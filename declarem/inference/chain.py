@@ -176,7 +176,7 @@ class ChainEngine(EnumerationEngine):
             emit(chunk)
         if not np.isfinite(offset).all():
             enumeration._check_rows(offset[layout.cell_of_row], 0)
-        per_state[~layout.valid] = 1.0
+        per_state[layout.padding] = 1.0
         return _Emissions(per_state, scaled, float(offset.sum()))
 
     def _posterior_pass(self, params, consume):
@@ -334,7 +334,7 @@ class ChainEngine(EnumerationEngine):
         log_emission = np.empty((grid.layout.n_cells, self.compiled.n_configurations))
         for chunk in _chunks(grid.layout.n_cells):
             log_emission[chunk] = self._log_emissions(tables, grid.rows, chunk)
-        log_emission[~grid.layout.valid] = 0.0
+        log_emission[grid.layout.padding] = 0.0
         emission = self._chain_view(log_emission)
         best_rest = emission.argmax(axis=2)
         per_state = np.take_along_axis(emission, best_rest[:, :, None], axis=2)[:, :, 0]
