@@ -334,10 +334,13 @@ def _all_numbers(reader, header):
     One ``float`` per cell through ``map``: the same parse as ``_parse_row``'s, without its per-cell
     Python loop (a data file is read at every fit from a path).
     """
-    records = [row for row in reader if len(row) > 1 or "".join(row).strip()]
+    records = list(reader)
     width = len(header)
-    if any(len(row) != width for row in records):
-        return None
+    if set(map(len, records)) != {width}:
+        # Blank lines (or a ragged row): the per-record test only then.
+        records = [row for row in records if len(row) > 1 or "".join(row).strip()]
+        if any(len(row) != width for row in records):
+            return None
     try:
         cells = list(map(float, itertools.chain.from_iterable(records)))
     except ValueError:
