@@ -40,8 +40,8 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
     ``estep(params)`` gives the expected statistics and the objective, ``statistics(params)``
     the statistics alone: the first EM step's and the extrapolated point's objectives are not
     used. ``objective_at(params)`` gives the objective alone: the plain EM point's statistics
-    are needed only when it is kept, which a successful jump makes rare. ``n_iter`` counts EM steps (M-steps); ``history`` holds the objective at the
-    start and after each accepted cycle.
+    are needed only when it is kept, which a successful jump makes rare. ``n_iter`` counts EM
+    steps (M-steps); ``history`` holds the objective at the start and after each accepted cycle.
     """
     stats, objective = estep(params)
     monitor.record(objective, params)

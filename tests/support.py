@@ -144,3 +144,21 @@ def gaussian_mixture(n_rows, k, dim, covariance="full", share_missing=0.0, seed=
     if share_missing:
         x[rng.random(x.shape) < share_missing] = np.nan
     return declarem.Model(graph), {"x": x}
+
+
+def fit_with_engine(model, data, monkeypatch, **options):
+    """Fit ``model`` to ``data`` (convergence warnings silenced), catching the engine and start the EM
+    loop receives: (engine, start's internal parameters, fit)."""
+    from declarem import em
+    from declarem.errors import ConvergenceWarning
+    caught = {}
+    original = em.run_em
+
+    def catch(engine, params, *args, **kwargs):
+        caught["engine"], caught["params"] = engine, params
+        return original(engine, params, *args, **kwargs)
+    monkeypatch.setattr(em, "run_em", catch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = model.fit(data, **options)
+    return caught["engine"], caught["params"], fit

@@ -3,7 +3,6 @@ forward-backward: every route, block length, padding and fallback gives the same
 and log-likelihood."""
 
 import tracemalloc
-import warnings
 from pathlib import Path
 
 import networkx as nx
@@ -12,10 +11,9 @@ import pytest
 import scipy.stats
 
 import declarem
-from declarem import em
-from declarem.errors import ConvergenceWarning, FitError
+from declarem.errors import FitError
 from declarem.inference import blocks, chain, recursions, viterbi
-from support import load_file
+from support import fit_with_engine, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = [700, 1, 130, 64, 300, 65]
@@ -355,17 +353,7 @@ def test_later_e_steps_of_a_long_chain_reuse_its_lattice_arrays(monkeypatch):
     for t, draw in enumerate(rng.random(len(states))[1:], start=1):
         states[t] = min(int(np.searchsorted(cumulative[states[t - 1]], draw)), 2)
     data = {"count": rng.poisson(np.asarray(PARAMS["count"]["rate"])[states])}
-    caught = {}
-    original = em.run_em
-
-    def catch(engine, params, *args, **kwargs):
-        caught["engine"], caught["params"] = engine, params
-        return original(engine, params, *args, **kwargs)
-    monkeypatch.setattr(em, "run_em", catch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        poisson_hmm().fit(data, lengths=lengths, init=PARAMS, max_iter=1)
-    engine, params = caught["engine"], caught["params"]
+    engine, params, _ = fit_with_engine(poisson_hmm(), data, monkeypatch, lengths=lengths, init=PARAMS, max_iter=1)
     assert isinstance(engine, chain.ChainEngine)
     lattice_bytes = sum(lengths) * 3 * 8            # one (rows, k) array of float64
     first_stats, first_objective = engine.expected_statistics(params)

@@ -1,7 +1,6 @@
 """An engine's objective alone: the number its E-step gives with the statistics, to the bit, for every
 kind of engine; SQUAREM asks for the plain EM point's statistics only when it keeps that point."""
 
-import warnings
 from pathlib import Path
 
 import networkx as nx
@@ -11,25 +10,17 @@ import pytest
 import declarem
 from declarem import em, squarem
 from declarem.data import read_csv
-from declarem.errors import ConvergenceWarning, FitError
+from declarem.errors import FitError
 from declarem.inference import enumeration
+from support import fit_with_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _engine_and_params(model, data, monkeypatch, **options):
-    """The engine and start of a fit (caught as the EM loop receives them), after a few iterations."""
-    caught = {}
-    original = em.run_em
-
-    def catch(engine, params, *args, **kwargs):
-        caught["engine"], caught["params"] = engine, params
-        return original(engine, params, *args, **kwargs)
-    monkeypatch.setattr(em, "run_em", catch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = model.fit(data, max_iter=3, seed=0, **options)
-    return caught["engine"], model.compiled.to_internal(fit.params, caught["engine"].shifts)
+    """The engine of a fit and its parameters after a few iterations, in internal form."""
+    engine, _, fit = fit_with_engine(model, data, monkeypatch, max_iter=3, seed=0, **options)
+    return engine, model.compiled.to_internal(fit.params, engine.shifts)
 
 
 def _catalog(name):
