@@ -419,20 +419,28 @@ class ScalarFactor(Factor):
                      for n in self.param_names}
         # Only (set, column) pairs with weight have mean statistics; the others keep their values below
         # (their placeholder means need not be attainable, and a numeric solve would find no optimum).
-        used = (set_weights.reshape(-1) > 0) & np.isfinite(flat).all(axis=1)
-        solved = {n: np.array(start[n], dtype=float) for n in self.param_names}
-        if used.any():
-            part = self._solver.solve(flat[used], {n: np.asarray(start[n])[used] for n in self.param_names},
-                                      set_weights.reshape(-1)[used])
-            for name in self.param_names:
-                solved[name][used] = part[name]
+        weighted = set_weights.reshape(-1) > 0
+        if weighted.all() and np.isfinite(flat.sum()):
+            # Every pair has weight and finite means (a finite total shows every entry finite): no
+            # pair is set aside, and the solve's results are the new values themselves.
+            solved = self._solver.solve(flat, start, set_weights.reshape(-1))
+            weighted = None
+        else:
+            used = weighted & np.isfinite(flat).all(axis=1)
+            solved = {n: np.array(start[n], dtype=float) for n in self.param_names}
+            if used.any():
+                part = self._solver.solve(flat[used], {n: np.asarray(start[n])[used] for n in self.param_names},
+                                          set_weights.reshape(-1)[used])
+                for name in self.param_names:
+                    solved[name][used] = part[name]
         new = {}
         for name, spec in self.params.items():
             value = np.asarray(solved[name], dtype=float).reshape(self.n_sets, self.dim)
             if name in self._pooled and (name in self.tie_columns or spec.tied_across_parents):
                 value = self._pool(name, means, set_weights, spec)
             new[name] = value.reshape((self.n_sets,) + spec.own_shape).copy()
-        new = self._keep_empty_columns(new, old, set_weights)
+        if weighted is not None:
+            new = self._keep_empty_columns(new, old, set_weights)
         return self._regularize(new, reg_covar)
 
     def log_prior(self, params):
@@ -886,7 +894,8 @@ class GeneralFactor(RowsFactor):
         for name, closed in kernels.closed.items():
             with np.errstate(all="ignore"):
                 new[name][used] = closed(*means, *numeric_values)
-        new = self._keep_empty_sets(new, old, set_weights)
+        if len(used) < self.n_sets:
+            new = self._keep_empty_sets(new, old, set_weights)
         return self._regularize(new, reg_covar)
 
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .params import flatten_params
+from .params import params_vector
 
 #: A fall of the objective larger than this (relative) is reported as a warning.
 FALL_TOLERANCE = 1e-10
@@ -64,7 +64,7 @@ class ConvergenceMonitor:
         if em_steps is not None:
             self._cycles.append(tuple(relative_step(before, after) for before, after in zip(em_steps, em_steps[1:])))
         if params is not None:
-            vector = flatten_params(params)[0]
+            vector = params_vector(params)
             if em_steps is None and self._previous is not None and self._previous.shape == vector.shape:
                 self._steps.append(relative_step(self._previous, vector))
             self._previous = vector
@@ -128,7 +128,10 @@ class ConvergenceMonitor:
 def relative_step(before, after):
     """The largest change between two parameter vectors, relative to each value (at least 1)."""
     with np.errstate(invalid="ignore"):
-        return float(np.max(np.abs(after - before) / np.maximum(np.abs(after), 1.0), initial=0.0))
+        change = np.subtract(after, before)
+        np.abs(change, out=change)
+        change /= np.maximum(np.abs(after), 1.0)
+    return float(np.maximum.reduce(change, initial=0.0))
 
 
 class EMRun(NamedTuple):

@@ -1,5 +1,7 @@
 """Small numeric routines shared by the derivation's checks and the EM loop (numpy only)."""
 
+import math
+
 import numpy as np
 
 #: Maps from an unconstrained value u to a parameter in each domain, and back.
@@ -131,12 +133,12 @@ def _newton_step(u, gradient, hessian, tol):
     settled : ndarray of bool, shape (m,)
     """
     step, newton = _ascent_direction(gradient, hessian)
-    longest = np.abs(step).max(axis=1, initial=0.0)
+    longest = np.maximum.reduce(np.abs(step), axis=1, initial=0.0)
     limited = longest > MAX_STEP
     if limited.any():
         step[limited] *= (MAX_STEP / longest[limited])[:, None]
-    scale = 1.0 + np.abs(u).max(axis=1, initial=0.0)
-    settled = ~limited & (longest <= np.where(newton, np.sqrt(tol), tol) * scale)
+    scale = 1.0 + np.maximum.reduce(np.abs(u), axis=1, initial=0.0)
+    settled = ~limited & (longest <= np.where(newton, math.sqrt(tol), tol) * scale)
     return step, settled
 
 

@@ -156,6 +156,27 @@ def _check_implied(compiled, implied, free, where):
                             "give only the free parameters")
 
 
+def params_vector(params):
+    """Internal parameters as one float vector, in ``flatten_params``' order, without its rebuilder.
+
+    Parameters
+    ----------
+    params : dict
+        ``{node: {param: array}}`` with free parameters as top-level scalars.
+
+    Returns
+    -------
+    ndarray of shape (n_values,)
+    """
+    pieces = []
+    for value in params.values():
+        if isinstance(value, dict):
+            pieces.extend(np.ravel(array) for array in value.values())
+        else:
+            pieces.append(np.ravel(value))
+    return np.concatenate(pieces).astype(float, copy=False) if pieces else np.zeros(0)
+
+
 def flatten_params(params):
     """Internal parameters as one float vector, and a function that rebuilds them.
 
@@ -171,19 +192,15 @@ def flatten_params(params):
         ``rebuild(vector)`` returns parameters of the same structure.
     """
     layout = []
-    pieces = []
     for name, value in params.items():
         if isinstance(value, dict):
             if not value:
                 layout.append((name, {}, None))  # a factor without parameters (deterministic)
             for param, array in value.items():
-                array = np.asarray(array, dtype=float)
-                layout.append((name, param, array.shape))
-                pieces.append(array.ravel())
+                layout.append((name, param, np.shape(array)))
         else:
             layout.append((name, None, ()))
-            pieces.append(np.atleast_1d(np.asarray(value, dtype=float)))
-    vector = np.concatenate(pieces) if pieces else np.zeros(0)
+    vector = params_vector(params)
 
     def rebuild(flat):
         out, position = {}, 0

@@ -134,14 +134,15 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None, sta
         or with ``hard`` the complete-data log-likelihood at the chosen configurations.
     """
     tables = _natural_tables(compiled, params)
-    varying = varying_factors(compiled, rows)
-    _prepare_missing(compiled, rows, tables)
-    probability_space = not hard and categorical_only(compiled, varying)
+    plan = _plan(compiled, rows)
+    varying = plan.varying
+    if plan.missing:
+        _prepare_missing(compiled, rows, tables)
+    probability_space = not hard and plan.categorical_only
     chunk_rows = rows.chunk_rows if chunk_rows is None else chunk_rows
     # Per-row weights ("rows" layout) are one (n_sets, n_rows) array that every chunk adds
     # its columns to: those chunks share it and run in turn.
-    shared = next((ExpectedStatistics(compiled) for factor in compiled.factors.values()
-                   if factor.layout == "rows"), None) if statistics else None
+    shared = ExpectedStatistics(compiled) if statistics and plan.row_weights else None
 
     def chunk_statistics(start):
         chunk = slice(start, min(start + chunk_rows, rows.n_rows))
@@ -184,9 +185,34 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None, sta
             objective += chunk_objective
     if not statistics:
         return None, objective
-    stats.add(_fixed_statistics(compiled, rows, varying, tables))
+    if plan.fixed:
+        stats.add(_fixed_statistics(compiled, rows, varying, tables))
     stats.finish(compiled)
     return stats, objective
+
+
+class _Plan(NamedTuple):
+    """What an E-step over given rows needs to know of them beyond the parameters: worked out once."""
+
+    varying: list           # the factors in the posterior (``varying_factors``)
+    categorical_only: bool  # every one of them categorical (``categorical_only``)
+    missing: bool           # some factor integrates partly missing values out jointly (``_prepare_missing``)
+    row_weights: bool       # some factor keeps each row's weight (the "rows" layout)
+    fixed: bool             # some factor has no latent node in scope (``_fixed_statistics``)
+
+
+def _plan(compiled, rows):
+    """The E-step's plan for these rows (kept with them: rows serve one compiled model)."""
+    plan = vars(rows).get("_estep_plan")
+    if plan is None:
+        varying = varying_factors(compiled, rows)
+        plan = rows._estep_plan = _Plan(
+            varying, categorical_only(compiled, varying),
+            any(rows.factors[name].missing is not None and factor.missing_rule == "conditional"
+                for name, factor in compiled.factors.items()),
+            any(factor.layout == "rows" for factor in compiled.factors.values()),
+            any(name not in varying for name in compiled.factors))
+    return plan
 
 
 def _prepare_missing(compiled, rows, tables):
