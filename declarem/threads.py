@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import numbers
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,13 +60,25 @@ def resolve_threads(threads):
     return int(threads)
 
 
+#: threadpoolctl's controller of the loaded libraries, and the count of imported modules when it
+#: was made. Finding the libraries takes about 1.5 ms, more than a small fit's whole EM, so it is
+#: kept between fits and made again only after imports: a BLAS arrives with an extension module
+#: (scipy.linalg brings its own OpenBLAS).
+_CONTROLLER = (None, -1)
+
+
 def _one_blas_thread():
     """A context in which every loaded BLAS runs one thread; None without threadpoolctl."""
+    global _CONTROLLER
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    return threadpool_limits(limits=1, user_api="blas")
+    controller, modules = _CONTROLLER
+    if modules != len(sys.modules):
+        controller = ThreadpoolController()
+        _CONTROLLER = (controller, len(sys.modules))
+    return controller.limit(limits=1, user_api="blas")
 
 
 @contextlib.contextmanager

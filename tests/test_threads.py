@@ -188,3 +188,21 @@ def test_blas_is_held_from_the_fit_setup_on_with_one_limit_per_fit(monkeypatch):
     counts, held = during_setup[0]
     assert counts and set(counts) == {1} and held
     assert len(scans) == 1 and after == {2} and not threads.blas_single_threaded()
+
+
+def test_the_loaded_libraries_are_found_once_until_a_module_is_imported(monkeypatch):
+    """threadpoolctl's scan of the loaded libraries (a millisecond or more) is kept between fits, and made
+    again after an import, which may bring a BLAS of its own; each fit still holds every BLAS at one thread."""
+    monkeypatch.setattr(threads, "_CONTROLLER", (None, -1))
+    model, data = _gmm(200, dim=2)
+    model.fit(data, max_iter=1, seed=0)         # the first fit's own imports
+    controllers, seen = [], []
+    for imported in (False, False, True, False):
+        if imported:
+            monkeypatch.setitem(__import__("sys").modules, "declarem_test_new_module", object())
+        model.fit(data, max_iter=1, seed=0)
+        with threads.blas_held():
+            controllers.append(threads._CONTROLLER[0])
+            seen.append({info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"})
+    assert controllers[0] is controllers[1] is not controllers[2] is controllers[3]
+    assert all(counts == {1} for counts in seen)
