@@ -184,6 +184,8 @@ def real_array(result, values, shape=None):
     principal branch) are returned as their real part. ``shape``: the arguments' broadcast
     shape, when the caller has it.
     """
+    if type(result) is np.ndarray and result.dtype == np.float64 and shape is not None and result.shape == shape:
+        return result.copy(order="K")   # the usual case, without the general route's few microseconds of tests
     if np.iscomplexobj(result):
         result = result.real
     if values:

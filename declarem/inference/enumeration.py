@@ -9,6 +9,7 @@ chunks, so each chunk's posterior is normalised and consumed while in cache,
 and nothing of size (n_rows, configurations) outlives its chunk.
 """
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -19,6 +20,9 @@ from .bilinear import bilinear_mixture, bilinear_statistics
 
 CHUNK_ROWS = 8192
 UNDERFLOW = 1e-280
+#: Vectors of ones up to this length are made once and shared (read-only): small fits make them
+#: at every E-step, where making one costs as much as the product it serves.
+SHARED_ONES = CHUNK_ROWS
 
 
 CATEGORICAL_LAYOUTS = ("index", "latent")
@@ -199,6 +203,7 @@ class _Plan(NamedTuple):
     missing: bool           # some factor integrates partly missing values out jointly (``_prepare_missing``)
     row_weights: bool       # some factor keeps each row's weight (the "rows" layout)
     fixed: bool             # some factor has no latent node in scope (``_fixed_statistics``)
+    summed_axes: dict       # per factor, the axes of a (rows, *latent sizes) posterior outside its scope
 
 
 def _plan(compiled, rows):
@@ -211,8 +216,17 @@ def _plan(compiled, rows):
             any(rows.factors[name].missing is not None and factor.missing_rule == "conditional"
                 for name, factor in compiled.factors.items()),
             any(factor.layout == "rows" for factor in compiled.factors.values()),
-            any(name not in varying for name in compiled.factors))
+            any(name not in varying for name in compiled.factors),
+            {name: _summed_axes(compiled, rows.factors[name], name) for name in compiled.factors})
     return plan
+
+
+def _summed_axes(compiled, view, name):
+    """The axes of a (rows, *latent sizes) posterior that a factor's marginal sums out: those of the latent
+    nodes outside its scope (its latent parents and, if latent, itself)."""
+    own = (compiled.latent.index(name),) if name in compiled.latent else ()
+    scope = set(view.latent_axes + own)
+    return tuple(axis + 1 for axis in range(len(compiled.latent)) if axis not in scope)
 
 
 def _prepare_missing(compiled, rows, tables):
@@ -374,7 +388,7 @@ def _posterior_from_probabilities(compiled, rows, tables, varying, chunk):
     and the caller then works in log space.
     """
     joint = joint_probabilities(compiled, rows, tables, chunk, varying)
-    total = joint @ np.ones(compiled.n_configurations)
+    total = joint @ ones(compiled.n_configurations)
     if not np.all(total > UNDERFLOW):
         return None, None
     joint /= total[:, None]
@@ -652,10 +666,10 @@ def _normalise(joint, start):
     posterior : ndarray of shape (n, n_configurations)
     row_loglik : ndarray of shape (n,)
     """
-    ones = np.ones(joint.shape[1])
+    unit = ones(joint.shape[1])
     with np.errstate(over="ignore", under="ignore"):
         posterior = np.exp(joint)
-    total = posterior @ ones
+    total = posterior @ unit
     # Every total finite and above underflow (a NaN fails the first test: min propagates it).
     if np.minimum.reduce(total, initial=np.inf) > UNDERFLOW and np.maximum.reduce(total, initial=0.0) < np.inf:
         posterior *= (1.0 / total)[:, None]
@@ -664,7 +678,7 @@ def _normalise(joint, start):
     _check_rows(peak[:, 0], start)
     np.subtract(joint, peak, out=joint)
     np.exp(joint, out=joint)
-    total = joint @ ones
+    total = joint @ unit
     joint /= total[:, None]
     return joint, np.log(total) + peak[:, 0]
 
@@ -686,13 +700,11 @@ def _accumulate(compiled, rows, weighted, chunk, stats, names, tables=None):
     """
     n = chunk.stop - chunk.start
     shaped = weighted.reshape((n,) + compiled.latent_sizes)
-    axis_of = {name: i for i, name in enumerate(compiled.latent)}
+    summed_axes = _plan(compiled, rows).summed_axes
     for name in names:
         factor = compiled.factors[name]
         view = rows.factors[name]
-        own_axis = axis_of.get(name)
-        scope = sorted(view.latent_axes + ((own_axis,) if own_axis is not None else ()))
-        others = tuple(a + 1 for a in range(len(compiled.latent)) if a not in scope)
+        others = summed_axes[name]
         marginal = shaped.sum(axis=others) if others else shaped
         sums = stats.sums[name]
         set_weights = stats.set_weights[name]
@@ -835,7 +847,19 @@ def _add_conditional_sums(factor, view, marginal, sets, positions, chunk, stats,
 
 def _column_sums(array):
     """Column sums of a tall (n, m) array as one matrix-vector product (numpy's axis-0 sum is several times slower)."""
-    return np.ones(len(array)) @ array
+    return ones(len(array)) @ array
+
+
+def ones(n):
+    """A vector of n ones, for sums as products; shared and read-only up to ``SHARED_ONES``."""
+    return _shared_ones(n) if n <= SHARED_ONES else np.ones(n)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_ones(n):
+    vector = np.ones(n)
+    vector.flags.writeable = False
+    return vector
 
 
 # A product of a tall array with a narrow one (few statistics times few parameter sets) is
