@@ -232,20 +232,18 @@ class Program:
         self.constants = tuple(self._nodes[i][1] for i in constants)
         self.steps = [(self._nodes[i][0], tuple(place[j] for j in self._nodes[i][1])) for i in steps]
         self.outputs = [place[i] for i in outputs]
-        self._n_arguments = len(argument_names)
         self._plan = None
         del self._nodes, self._known
 
     def run(self, values):
         """Each tree's value at the arguments ``values`` (a sequence, in order)."""
         if self._plan is None:
-            self._plan, self._planned_outputs = _planned(self.steps, self.outputs,
-                                                         self._n_arguments + len(self.constants))
+            self._plan = [_planned_step(function, operands) for function, operands in self.steps]
         held = list(values)
         held.extend(self.constants)
         for function, operand, operands in self._plan:
             held.append(function(held[operand]) if operands is None else function(*operands(held)))
-        return [held[i] for i in self._planned_outputs]
+        return [held[i] for i in self.outputs]
 
     def _node(self, key, node):
         """The node identified by ``key``, added as ``node`` when it is new."""
@@ -299,35 +297,6 @@ class Program:
 
     def _parts(self, trees, depth):
         return tuple(self._compile(tree, depth + 1) for tree in trees)
-
-
-def _planned(steps, outputs, n_held):
-    """The steps as ``run`` applies them, and where the outputs then are.
-
-    A sum or product of several operands becomes a chain of numpy's two-operand ``add`` or
-    ``multiply`` (a negated product ends in ``negative``): the same operations in the same
-    order as ``_sum``, ``_product`` and ``_negated_product`` apply, without a Python call
-    around them. So a step may take several places among the held values; ``n_held`` is the
-    count of arguments and constants, which keep theirs.
-    """
-    plan, place = [], list(range(n_held))
-
-    def emit(function, operands):
-        plan.append(_planned_step(function, operands))
-        return n_held + len(plan) - 1
-
-    for function, operands in steps:
-        operands = tuple(place[i] for i in operands)
-        chained = CHAINED.get(function)
-        operation, negated = chained if chained is not None else (None, False)
-        if chained is None or len(operands) < (1 if negated else 3):
-            place.append(emit(function, operands))
-            continue
-        total = operands[0]
-        for operand in operands[1:]:
-            total = emit(operation, (total, operand))
-        place.append(emit(np.negative, (total,)) if negated else total)
-    return plan, [place[i] for i in outputs]
 
 
 def _planned_step(function, operands):
@@ -389,8 +358,6 @@ OPERATIONS = {"Add": _sum, "Mul": _product, "Pow": _power, "Piecewise": _select,
               "ExprCondPair": _expression_condition_pair}
 #: Sums and products of two operands as the numpy operations ``a + b`` and ``a * b`` apply.
 BINARY = {_sum: np.add, _product: np.multiply}
-#: Sums and products of more operands as chains of those: (operation, negated at the end).
-CHAINED = {_sum: (np.add, False), _product: (np.multiply, False), _negated_product: (np.multiply, True)}
 #: polygamma(n, x) with a literal order up to this is scipy's own formula for that n, without its per-call dispatch.
 MAX_POLYGAMMA_ORDER = 20
 
