@@ -14,7 +14,10 @@ see nearly uninformative emissions; both add 1e-6 to each variance, ``reg_covar`
 ``implementation="scaling"``, its faster one, plain maximum likelihood.
 
 - per iteration: a fit of ``--iterations`` iterations with convergence off, whole (validation and
-  setup included), divided by the iterations it ran; the libraries take turns; median of ``--repeats``.
+  setup included), divided by the iterations it ran; the libraries take turns (each first in every
+  other repeat); median of ``--repeats``. "ratio" divides the two medians; "pairs' ratio" is the
+  median of each repeat's own ratio, whose two fits run seconds apart (steadier on a host whose
+  speed moves from minute to minute).
   hmmlearn stops before ``n_iter`` even at ``tol=0`` once its log-likelihood stops rising (it tests
   ``change < tol``): in the Gaussian cases it runs 13 of 20, so dividing by 20 would flatter it.
   declarem runs one E-step more than it has iterations (the objective at the final parameters).
@@ -176,9 +179,9 @@ def main():
         print(f"{process_peak(*args.process_peak):.1f}")
         return
     print(f"machine: {ncpu()} CPUs ({cpu_model()}); load average before: {loadavg()}")
-    print("| case | declarem ms/iter | hmmlearn ms/iter | ratio | iterations run | to convergence: declarem | hmmlearn | "
-          "fit's traced peak MB: declarem | hmmlearn | process peak RSS MB: declarem | hmmlearn |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| case | declarem ms/iter | hmmlearn ms/iter | ratio | pairs' ratio | iterations run | to convergence: "
+          "declarem | hmmlearn | fit's traced peak MB: declarem | hmmlearn | process peak RSS MB: declarem | hmmlearn |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for emission in EMISSIONS:
         for layout in LAYOUTS:
             name = f"{emission} {layout}"
@@ -188,11 +191,16 @@ def main():
             case.ours(1)
             case.theirs(1)
             samples = []
-            for _ in range(args.repeats):
-                took, timed = seconds(lambda: case.ours(args.iterations))
-                peer_took, peer_timed = seconds(lambda: case.theirs(args.iterations))
+            for repeat in range(args.repeats):
+                # The order alternates, so that neither library always runs first after the other.
+                for library in ("ours", "theirs") if repeat % 2 == 0 else ("theirs", "ours"):
+                    if library == "ours":
+                        took, timed = seconds(lambda: case.ours(args.iterations))
+                    else:
+                        peer_took, peer_timed = seconds(lambda: case.theirs(args.iterations))
                 samples.append((took / timed.n_iter, peer_took / peer_timed.monitor_.iter))
             ours, theirs = np.median(samples, axis=0)
+            paired = float(np.median([a / b for a, b in samples]))
             converge = "", ""
             if not args.no_converge:
                 took, fit = seconds(lambda: case.ours(CONVERGE_ITERATIONS, tol=1e-8))
@@ -200,7 +208,7 @@ def main():
                 converge = (f"{took:.2f} s, {fit.n_iter} it", f"{peer_took:.2f} s, {peer.monitor_.iter} it")
             memory = peak_bytes(lambda: case.ours(2)) / 2**20, peak_bytes(lambda: case.theirs(2)) / 2**20
             resident = fresh_process_peak("declarem", name), fresh_process_peak("hmmlearn", name)
-            print(f"| {name} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | **{ours / theirs:.2f}** | "
+            print(f"| {name} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | **{ours / theirs:.2f}** | {paired:.2f} | "
                   f"{timed.n_iter} / {peer_timed.monitor_.iter} | {converge[0]} | "
                   f"{converge[1]} | {memory[0]:.0f} | {memory[1]:.0f} | {resident[0]:.0f} | {resident[1]:.0f} |",
                   flush=True)
