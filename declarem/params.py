@@ -157,17 +157,8 @@ def _check_implied(compiled, implied, free, where):
 
 
 def params_vector(params):
-    """Internal parameters as one float vector, in ``flatten_params``' order, without its rebuilder.
-
-    Parameters
-    ----------
-    params : dict
-        ``{node: {param: array}}`` with free parameters as top-level scalars.
-
-    Returns
-    -------
-    ndarray of shape (n_values,)
-    """
+    """``flatten_params(params)[0]``, the parameters as one vector of shape (n_values,), without building the
+    rebuilder (the convergence monitor takes one at every iteration)."""
     pieces = []
     for value in params.values():
         if isinstance(value, dict):
