@@ -1,5 +1,6 @@
 """The E-step's pool of threads: the same fit on any number of threads, BLAS on one thread within a fit."""
 
+import sys
 import threading
 
 import networkx as nx
@@ -195,11 +196,12 @@ def test_the_loaded_libraries_are_found_once_until_a_module_is_imported(monkeypa
     again after an import, which may bring a BLAS of its own; each fit still holds every BLAS at one thread."""
     monkeypatch.setattr(threads, "_CONTROLLER", (None, -1))
     model, data = _gmm(200, dim=2)
-    model.fit(data, max_iter=1, seed=0)         # the first fit's own imports
+    model.fit(data, max_iter=1, seed=0)         # the first fit's and threadpool_info's own imports
+    threadpoolctl.threadpool_info()
     controllers, seen = [], []
     for imported in (False, False, True, False):
         if imported:
-            monkeypatch.setitem(__import__("sys").modules, "declarem_test_new_module", object())
+            monkeypatch.setitem(sys.modules, "declarem_test_new_module", object())
         model.fit(data, max_iter=1, seed=0)
         with threads.blas_held():
             controllers.append(threads._CONTROLLER[0])
