@@ -1,6 +1,6 @@
 """The whole fit of every bundled catalog model, from ``fit()`` call to result, after import with a warm cache.
 
-    python benchmarks/bench_catalog.py [--repeats 3] [--models NAME ...]
+    python benchmarks/bench_catalog.py [--repeats 3] [--models NAME ...] [--reference-each]
 
 Each spec in models/ with a [data] path (or those named, e.g. ``negbin_mixture``) is loaded and compiled (the
 derivation cache warm), fitted once to warm up, then fitted ``--repeats`` times as ``declarem fit SPEC --seed 0``
@@ -29,6 +29,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="*", help="spec names without .toml (default: every one with data)")
+    parser.add_argument("--reference-each", action="store_true",
+                        help="time one round of the reference workload before each timed fit, and give its least and "
+                             "median beside the model's: the host's speed while that model ran")
     args = parser.parse_args(argv)
     print(f"machine: {ncpu()} CPUs ({cpu_model()}); load average before: {loadavg()}; "
           f"reference workload {reference_ms():.0f} ms")
@@ -41,21 +44,25 @@ def main(argv=None):
             continue
         data = os.path.join(MODELS, model.data_info["path"])
         model.compiled
-        times, cpu = [], []
+        times, cpu, reference = [], [], []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for repeat in range(args.repeats + 1):
+                if args.reference_each and repeat:
+                    reference.append(reference_ms(1))
                 began, began_cpu = time.perf_counter(), time.process_time()
                 fit = model.fit(data, seed=0)
                 if repeat:
                     times.append(time.perf_counter() - began)
                     cpu.append(time.process_time() - began_cpu)
-        rows.append((statistics.median(times), min(times), statistics.median(cpu), name, fit.n_iter, fit.converged))
-    print("| model | whole fit (median) | least | CPU (median) | iterations | converged |")
-    print("|---|---|---|---|---|---|")
-    for seconds, least, cpu_seconds, name, n_iter, converged in sorted(rows, reverse=True):
+        rows.append((statistics.median(times), min(times), statistics.median(cpu), name, fit.n_iter, fit.converged,
+                     f" {min(reference):.0f} / {statistics.median(reference):.0f} ms |" if reference else ""))
+    extra = (" reference least / median |", "---|") if args.reference_each else ("", "")
+    print(f"| model | whole fit (median) | least | CPU (median) | iterations | converged |{extra[0]}")
+    print(f"|---|---|---|---|---|---|{extra[1]}")
+    for seconds, least, cpu_seconds, name, n_iter, converged, reference_cell in sorted(rows, reverse=True):
         print(f"| {name} | {seconds:.3f} s | {least:.3f} s | {cpu_seconds:.3f} s | {n_iter} | "
-              f"{'yes' if converged else 'no'} |")
+              f"{'yes' if converged else 'no'} |{reference_cell}")
     print(f"load average after: {loadavg()}; reference workload {reference_ms():.0f} ms")
     return 0
 
