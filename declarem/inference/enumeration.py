@@ -155,7 +155,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None, sta
         constant = _constant_loglik(compiled, rows, tables, varying, chunk)
         joint = None
         if probability_space:
-            joint, row_loglik = _posterior_from_probabilities(compiled, rows, tables, varying, chunk)
+            joint, row_loglik = _posterior_from_probabilities(compiled, rows, tables, varying, chunk, statistics)
         if joint is None:
             joint = _joint(compiled, rows, tables, chunk, varying)
             if hard:
@@ -164,7 +164,7 @@ def expected_statistics(compiled, rows, params, hard=False, chunk_rows=None, sta
                 joint.fill(0.0)
                 joint[np.arange(len(joint)), best] = 1.0
             else:
-                joint, row_loglik = _normalise(joint, start)
+                joint, row_loglik = _normalise(joint, start, posterior_wanted=statistics)
         row_loglik = row_loglik + constant
         _check_rows(row_loglik, start)
         if statistics:
@@ -380,18 +380,19 @@ def _conditional_missing(compiled, rows, name):
     return compiled.factors[name].missing_rule == "conditional" and rows.factors[name].missing is not None
 
 
-def _posterior_from_probabilities(compiled, rows, tables, varying, chunk):
+def _posterior_from_probabilities(compiled, rows, tables, varying, chunk, posterior_wanted=True):
     """The posterior as a product of probability rows, when every varying factor is categorical.
 
     No exponentials or row maxima: the gathered probabilities are multiplied, summed
-    once per row, and divided. Returns (None, None) when a row's total underflows,
-    and the caller then works in log space.
+    once per row, and divided (not with ``posterior_wanted=False``: see ``_normalise``).
+    Returns (None, None) when a row's total underflows, and the caller then works in log space.
     """
     joint = joint_probabilities(compiled, rows, tables, chunk, varying)
     total = joint @ ones(compiled.n_configurations)
     if not np.all(total > UNDERFLOW):
         return None, None
-    joint /= total[:, None]
+    if posterior_wanted:
+        joint /= total[:, None]
     return joint, np.log(total)
 
 
@@ -653,13 +654,15 @@ def _missing_correction(factor, view, table, chunk, positions):
     return correction
 
 
-def _normalise(joint, start):
+def _normalise(joint, start, posterior_wanted=True):
     """Turn each row's joint log-probabilities into its posterior; return it and log p(row).
 
     The exponentials are taken unshifted first: when every row's total is finite and
     above underflow (nearly always), no row maximum is needed, and the row sums are a
     matrix-vector product (sums along short rows are slow). Otherwise each row is
-    shifted by its maximum.
+    shifted by its maximum. With ``posterior_wanted=False`` (an E-step for its objective
+    alone) the rows are not divided by their totals, and the first value returned holds
+    unnormalised probabilities.
 
     Returns
     -------
@@ -672,14 +675,16 @@ def _normalise(joint, start):
     total = posterior @ unit
     # Every total finite and above underflow (a NaN fails the first test: min propagates it).
     if np.minimum.reduce(total, initial=np.inf) > UNDERFLOW and np.maximum.reduce(total, initial=0.0) < np.inf:
-        posterior *= (1.0 / total)[:, None]
+        if posterior_wanted:
+            posterior *= (1.0 / total)[:, None]
         return posterior, np.log(total)
     peak = joint.max(axis=1, keepdims=True)
     _check_rows(peak[:, 0], start)
     np.subtract(joint, peak, out=joint)
     np.exp(joint, out=joint)
     total = joint @ unit
-    joint /= total[:, None]
+    if posterior_wanted:
+        joint /= total[:, None]
     return joint, np.log(total) + peak[:, 0]
 
 
