@@ -421,11 +421,11 @@ class ScalarFactor(Factor):
         # Only (set, column) pairs with weight have mean statistics; the others keep their values below
         # (their placeholder means need not be attainable, and a numeric solve would find no optimum).
         weighted = set_weights.reshape(-1) > 0
-        if weighted.all() and np.isfinite(flat.sum()):
-            # Every pair has weight and finite means (a finite total shows every entry finite): no
-            # pair is set aside, and the solve's results are the new values themselves.
+        # Every pair weighted, with finite means (a finite total shows every entry finite): none is set
+        # aside, and the solve's results are the new values themselves.
+        every_pair = bool(weighted.all() and np.isfinite(flat.sum()))
+        if every_pair:
             solved = self._solver.solve(flat, start, set_weights.reshape(-1))
-            weighted = None
         else:
             used = weighted & np.isfinite(flat).all(axis=1)
             solved = {n: np.array(start[n], dtype=float) for n in self.param_names}
@@ -440,7 +440,7 @@ class ScalarFactor(Factor):
             if name in self._pooled and (name in self.tie_columns or spec.tied_across_parents):
                 value = self._pool(name, means, set_weights, spec)
             new[name] = value.reshape((self.n_sets,) + spec.own_shape).copy()
-        if weighted is not None:
+        if not every_pair:
             new = self._keep_empty_columns(new, old, set_weights)
         return self._regularize(new, reg_covar)
 

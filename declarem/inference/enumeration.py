@@ -213,8 +213,7 @@ def _plan(compiled, rows):
         varying = varying_factors(compiled, rows)
         plan = rows._estep_plan = _Plan(
             varying, categorical_only(compiled, varying),
-            any(rows.factors[name].missing is not None and factor.missing_rule == "conditional"
-                for name, factor in compiled.factors.items()),
+            any(_conditional_missing(compiled, rows, name) for name in compiled.factors),
             any(factor.layout == "rows" for factor in compiled.factors.values()),
             any(name not in varying for name in compiled.factors),
             {name: _summed_axes(compiled, rows.factors[name], name) for name in compiled.factors})
@@ -245,7 +244,7 @@ def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None, 
     objective is (the same number), and the statistics returned are None.
     """
     tables = _natural_tables(compiled, params)
-    varying = varying_factors(compiled, rows)
+    varying = _plan(compiled, rows).varying
     if statistics:
         stats = ExpectedStatistics(compiled)
         mixture = bilinear_statistics(plan, tables, rows, stats)
