@@ -5,9 +5,11 @@ v = theta2 - 2 theta1 + theta0 the extrapolated point is
     theta' = theta0 - 2 a r + a^2 v,   a = -||r|| / ||v||  (a <= -1),
 and one more EM step from theta' stabilises it. Safeguard: the cycle keeps
 theta'' = EM(theta') only if theta' lies in every parameter's domain and
-theta''s objective is at least the plain EM point theta2's; otherwise a is
-halved towards -1, and finally theta2 is kept. So the objective reported never
-falls below what plain EM would give from the same start.
+theta''s objective is at least theta0's (Varadhan and Roland's monotonicity
+check); otherwise a is halved towards -1, and finally the plain EM point theta2
+is kept. So the objective reported never falls. (Checking against theta2's
+objective instead, a stronger floor, would cost an E-step in every cycle for a
+point that a successful jump leaves unused.)
 
 The coefficients of theta0, theta1, theta2 in theta' sum to one, so probability
 vectors keep summing to one; positivity and positive definiteness are checked.
@@ -38,10 +40,11 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
     """Accelerated EM from ``params``; see ``em.run_em`` for what it returns.
 
     ``estep(params)`` gives the expected statistics and the objective, ``statistics(params)``
-    the statistics alone: the first EM step's and the extrapolated point's objectives are not
-    used. ``objective_at(params)`` gives the objective alone: the plain EM point's statistics
-    are needed only when it is kept, which a successful jump makes rare. ``n_iter`` counts EM
-    steps (M-steps); ``history`` holds the objective at the start and after each accepted cycle.
+    the statistics alone: the first EM step's, the plain EM point's and the extrapolated point's
+    objectives are not used (the plain point's only when it is kept, which a successful jump
+    makes rare). ``objective_at(params)`` gives the objective alone, for a run that ends on an
+    EM step at ``max_iter``. ``n_iter`` counts EM steps (M-steps); ``history`` holds the
+    objective at the start and after each accepted cycle.
     """
     stats, objective = estep(params)
     monitor.record(objective, params)
@@ -56,9 +59,8 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
             break
         first_stats = statistics(first)
         second = mstep(first_stats, first)
-        second_objective = objective_at(second)
         n_iter += 1
-        accepted = (second, None, second_objective)
+        accepted = None
         start, rebuild = flatten_params(params)
         one, _ = flatten_params(first)
         two, _ = flatten_params(second)
@@ -81,13 +83,14 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
                     stabilised = mstep(jump_stats, extrapolated)
                     n_iter += 1
                     stabilised_stats, stabilised_objective = estep(stabilised)
-                    if stabilised_objective >= second_objective:
+                    if stabilised_objective >= objective:
                         accepted = (stabilised, stabilised_stats, stabilised_objective)
                         break
             step = (step - 1.0) / 2.0
+        if accepted is None:
+            # The plain EM point kept: its statistics and objective start the next cycle.
+            accepted = (second,) + tuple(estep(second))
         params, stats, objective = accepted
-        if stats is None:
-            stats = statistics(params)          # the plain EM point kept: its statistics start the next cycle
         # The distance left is estimated from the cycle's two plain EM steps: the jumps between
         # accepted points vary in length from cycle to cycle, and their ratio says nothing of it.
         if monitor.iteration(n_iter, objective, progress, params, em_steps=(start, one, two)):

@@ -139,7 +139,7 @@ class EnumerationEngine:
 
     def objective(self, params, hard=False):
         """The objective at ``params`` alone, the number ``expected_statistics`` gives with the
-        statistics (SQUAREM's plain EM point, whose statistics are needed only if it is kept)."""
+        statistics (an EM run's last point, which no M-step follows)."""
         return enumeration.expected_statistics(self.compiled, self.rows, params, hard=hard, statistics=False)[1]
 
     def statistics_from_posterior(self, posterior):
