@@ -159,6 +159,20 @@ class CompiledTrees:
         shape = _broadcast_shape(values)
         return [real_array(result, values, shape) for result in self._program.run(values)]
 
+    def stacked(self, *values, axis=-1):
+        """The trees' values stacked on ``axis`` into one new float array, as ``np.stack`` of ``self(*values)``.
+
+        Stacking copies every value once: the per-tree copies ``__call__`` makes (its
+        arrays must not share memory with the arguments) are left out.
+        """
+        shape = _broadcast_shape(values)
+        results = [result if np.shape(result) == shape else np.broadcast_to(result, shape)
+                   for result in self._program.run(values)]
+        stacked = np.stack(results, axis=axis)
+        if np.iscomplexobj(stacked):
+            stacked = stacked.real
+        return stacked.astype(float, copy=False)
+
     def __reduce__(self):
         return CompiledTrees, (self.argument_names, self.trees)
 

@@ -60,7 +60,7 @@ class NewtonDerivatives:
 
     def __call__(self, *values, axis=-1):
         """The objective and its derivatives stacked on ``axis`` (by default last: (..., 1 + n + n * n))."""
-        return np.stack(self._trees(*values), axis=axis)
+        return self._trees.stacked(*values, axis=axis)
 
     def split(self, stacked):
         """The objective (...), gradient (..., n) and Hessian (..., n, n) of a stacked (..., 1 + n + n * n)."""

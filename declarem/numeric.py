@@ -62,13 +62,32 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
     current_derivatives = np.ones(n_rows, dtype=bool)      # gradient and hessian are at u
     converged = np.zeros(n_rows, dtype=bool)
     rows = np.flatnonzero(np.isfinite(value))               # the rows still moving
-    first = None
-    if len(rows) == n_rows:
-        # Warm-started (every M-step after the first), often every row's first step settles it.
+    first = pending = None
+    iterations = 0
+    while len(rows) == n_rows and iterations < max_iter:
+        # Every row still moving (a warm start, as at every M-step after the first): whole-array Newton
+        # steps while each row takes its full step, without the per-row bookkeeping below. The same
+        # arithmetic as the loop below, so the same result to the bit.
         first = _newton_step(u, gradient, hessian, tol)
-        if first[1].all():
-            return u + first[0], first[1]
-    for _ in range(max_iter):
+        step, settled = first
+        if settled.all():
+            return u + step, settled
+        if settled.any():
+            break
+        trial = u + step
+        pending = derivatives(trial, rows)
+        trial_value = pending[0]
+        if not (np.isfinite(trial_value) & (trial_value >= value - 1e-13 * np.abs(value))).all():
+            break               # a step to halve: the loop below takes it from the evaluation done here
+        iterations += 1
+        u = trial
+        value, gradient, hessian = (np.array(a, dtype=float) for a in pending)
+        first = pending = None
+        done = np.abs(step).max(axis=1) <= tol * (1.0 + np.abs(u).max(axis=1))
+        if done.any():
+            converged[done] = True
+            rows = rows[~done]
+    for _ in range(iterations, max_iter):
         if not len(rows):
             break
         g = gradient[rows]
@@ -90,7 +109,8 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
         for halving in range(60):
             trial = u[rows] + scale[:, None] * step
             if halving == 0:
-                trial_value, trial_gradient, trial_hessian = derivatives(trial, rows)
+                trial_value, trial_gradient, trial_hessian = derivatives(trial, rows) if pending is None else pending
+                pending = None
             else:
                 trial_value = objective(trial, rows)
             ok = np.isfinite(trial_value) & (trial_value >= current - 1e-13 * np.abs(current)) & ~accepted

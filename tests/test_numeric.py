@@ -141,3 +141,47 @@ def test_a_newton_step_below_the_root_of_the_tolerance_ends_the_row_unevaluated(
     assert calls["derivatives"] > 2 and converged.all()
     # The last step was up to sqrt(tol) (1 + |u|) = 2.6e-6 long: the error is of order its square.
     np.testing.assert_allclose(found[:, 0], np.log(target), rtol=0, atol=1e-11)
+
+
+def test_whole_array_steps_land_where_the_per_row_steps_do_to_the_bit():
+    """While every row takes its full Newton step, ``maximize_rows`` steps whole arrays; a start with one row
+    out of play (non-finite) takes the per-row route throughout. Both routes visit the same points and end
+    on the same bits, with rows that need their steps halved and rows that finish at different iterations."""
+    target = np.array([2.0, 5.0, 0.0, 0.0, 1.0])
+    centre = np.array([0.0, 0.0, 0.3, -2.0, 0.0])
+    curved = np.array([True, True, False, False, True])     # target u - e^u; else -sqrt(1 + (u - centre)^2)
+    visits = []
+
+    def parts(u, s):
+        visits.extend(zip(s.tolist(), u[:, 0].tolist()))
+        e, d = np.exp(u[:, 0]), u[:, 0] - centre[s]
+        root = np.sqrt(1 + d ** 2)
+        value = np.where(curved[s], target[s] * u[:, 0] - e, -root)
+        gradient = np.where(curved[s], target[s] - e, -d / root)
+        hessian = np.where(curved[s], -e, -1 / root ** 3)
+        return value, gradient[:, None], hessian[:, None, None]
+
+    def objective(u, s):
+        return parts(u, s)[0]
+
+    def derivatives(u, s):
+        with np.errstate(invalid="ignore"):
+            return parts(u, s)
+
+    def visited(row):
+        return [u for r, u in visits if r == row]
+
+    # Newton overshoots -sqrt(1 + d^2) from |d| > 1: those rows' steps are halved.
+    start = np.array([[0.0], [3.0], [1.8], [-0.5]])
+    whole, whole_converged = maximize_rows(objective, derivatives, start)
+    whole_visits = [visited(row) for row in range(4)]
+    visits.clear()
+    per_row, per_row_converged = maximize_rows(objective, derivatives, np.vstack([start, [[np.nan]]]))
+    assert [visited(row) for row in range(4)] == whole_visits
+    assert whole.tobytes() == per_row[:4].tobytes()
+    assert np.array_equal(whole_converged, per_row_converged[:4]) and whole_converged.all()
+    assert not per_row_converged[4]
+    # Row 2's first step was halved: a point visited between its start and its full step's trial point.
+    assert whole_visits[2][:2] == [1.8, 1.8 - MAX_STEP] and whole_visits[2][2] == 1.8 - MAX_STEP / 2
+    assert len({len(v) for v in whole_visits}) > 1
+    np.testing.assert_allclose(whole[:, 0], [np.log(2.0), np.log(5.0), 0.3, -2.0], atol=1e-10)
