@@ -866,34 +866,32 @@ class GeneralFactor(RowsFactor):
         """New parameters from each row's posterior weight on each set (``RowWeights``)."""
         kernels = self.kernels
         used = np.flatnonzero(set_weights > 0)
-        start = self._defaults() if old is None else {n: np.array(v, dtype=float) for n, v in old.items()}
+        start = self._defaults() if old is None else old
         new = {name: np.array(start[name], dtype=float).reshape(self.n_sets) for name in self.param_names}
         if sums.weights is None or not len(used):
             return self._keep_empty_sets(new, old, set_weights)
         values, inverse, functions = self._distinct_values(sums.data)
         weights = sums.weights[used] if inverse is None else \
             np.stack([np.bincount(inverse, weights=sums.weights[s], minlength=len(values)) for s in used])
-        totals = weights.sum(axis=1)
-        with np.errstate(all="ignore"):
-            means = list(functions @ weights.T / totals)
 
         def arguments(u, sets):
             return [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[sets, None] for m in means]
 
-        if kernels.numeric:
-            derivatives = kernels.derivatives
-            problem = NewtonProblem(
-                [kernels.domains[name] for name in kernels.numeric],
-                lambda u, sets: weighted_sum(weights[sets], kernels.profile(*arguments(u, sets))),
-                # The values on the last axis: each sum runs over contiguous memory, in numpy's pairwise order.
-                lambda u, sets: derivatives.split(weighted_sum(weights[sets][:, None, :],
-                                                               derivatives(*arguments(u, sets), axis=1), axis=-1)))
-            solved = problem.solve(np.column_stack([new[name][used] for name in kernels.numeric]))
-            for i, name in enumerate(kernels.numeric):
-                new[name][used] = solved[:, i]
-        numeric_values = [new[name][used] for name in kernels.numeric]
-        for name, closed in kernels.closed.items():
-            with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):
+            means = list(functions @ weights.T / weights.sum(axis=1))
+            if kernels.numeric:
+                derivatives = kernels.derivatives
+                problem = NewtonProblem(
+                    [kernels.domains[name] for name in kernels.numeric],
+                    lambda u, sets: weighted_sum(weights[sets], kernels.profile(*arguments(u, sets))),
+                    # The values on the last axis: each sum runs over contiguous memory, in numpy's pairwise order.
+                    lambda u, sets: derivatives.split(weighted_sum(weights[sets][:, None, :],
+                                                                   derivatives(*arguments(u, sets), axis=1), axis=-1)))
+                solved = problem.solve(np.column_stack([new[name][used] for name in kernels.numeric]))
+                for i, name in enumerate(kernels.numeric):
+                    new[name][used] = solved[:, i]
+            numeric_values = [new[name][used] for name in kernels.numeric]
+            for name, closed in kernels.closed.items():
                 new[name][used] = closed(*means, *numeric_values)
         if len(used) < self.n_sets:
             new = self._keep_empty_sets(new, old, set_weights)

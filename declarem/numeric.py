@@ -237,17 +237,11 @@ class NewtonProblem:
 
     def solve(self, start):
         """The maximising parameters (n_sets, n_vars), from ``start`` (parameters in their domains)."""
-        u, _ = maximize_rows(self._quiet(self.objective), self._quiet(self.derivatives), self.unconstrained(start))
+        # Trial points far from the optimum overflow; maximize_rows refuses their non-finite values.
+        with np.errstate(all="ignore"):
+            u, _ = maximize_rows(self.objective, self.derivatives, self.unconstrained(start))
         return np.column_stack([TO_DOMAIN[d](u[:, i]) for i, d in enumerate(self.domains)]) \
             if self.domains else u
-
-    @staticmethod
-    def _quiet(function):
-        # Trial points far from the optimum overflow; maximize_rows refuses their non-finite values.
-        def call(u, sets):
-            with np.errstate(all="ignore"):
-                return function(u, sets)
-        return call
 
 
 def weighted_sum(weights, terms, axis=1):
