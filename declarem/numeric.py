@@ -153,13 +153,17 @@ def _newton_step(u, gradient, hessian, tol):
     settled : ndarray of bool, shape (m,)
     """
     step, newton = _ascent_direction(gradient, hessian)
-    longest = np.maximum.reduce(np.abs(step), axis=1, initial=0.0)
+    if step.shape[1] == 1:
+        # One variable (a scalar family's numeric parameter): the same values without the reductions.
+        longest, scale = np.abs(step[:, 0]), 1.0 + np.abs(u[:, 0])
+    else:
+        longest = np.maximum.reduce(np.abs(step), axis=1, initial=0.0)
+        scale = 1.0 + np.maximum.reduce(np.abs(u), axis=1, initial=0.0)
     limited = longest > MAX_STEP
     if limited.any():
         step[limited] *= (MAX_STEP / longest[limited])[:, None]
-    scale = 1.0 + np.maximum.reduce(np.abs(u), axis=1, initial=0.0)
-    settled = ~limited & (longest <= np.where(newton, math.sqrt(tol), tol) * scale)
-    return step, settled
+    threshold = math.sqrt(tol) if newton is True else np.where(newton, math.sqrt(tol), tol)
+    return step, ~limited & (longest <= threshold * scale)
 
 
 def _ascent_direction(gradient, hessian):
@@ -168,14 +172,16 @@ def _ascent_direction(gradient, hessian):
     Returns
     -------
     direction : ndarray of shape (m, n_vars)
-    newton : ndarray of bool, shape (m,)
-        Whether each row's direction is Newton's.
+    newton : ndarray of bool, shape (m,), or True
+        Whether each row's direction is Newton's; True when every row's is.
     """
     n_rows = gradient.shape[0]
     if gradient.shape[1] == 1:
         # One variable: -H is positive definite where H < 0, and the Newton step is -g / H.
         curvature = hessian[:, 0, :]
         newton = curvature[:, 0] < 0
+        if newton.all():
+            return gradient / -curvature, True
         direction = gradient.copy()
         np.divide(gradient, -curvature, out=direction, where=newton[:, None])
         return direction, newton
@@ -186,7 +192,7 @@ def _ascent_direction(gradient, hessian):
         chol = None
     if chol is not None:
         try:
-            return np.linalg.solve(-hessian, gradient[..., None])[..., 0], np.ones(n_rows, dtype=bool)
+            return np.linalg.solve(-hessian, gradient[..., None])[..., 0], True
         except np.linalg.LinAlgError:
             pass        # positive definite to Cholesky, singular to LU: go row by row
     newton = np.zeros(n_rows, dtype=bool)
