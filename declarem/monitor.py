@@ -63,9 +63,9 @@ class ConvergenceMonitor:
         self.history.append(float(objective))
         if em_steps is not None:
             self._cycles.append(tuple(relative_step(before, after) for before, after in zip(em_steps, em_steps[1:])))
-        if params is not None:
+        if params is not None and em_steps is None:
             vector = params_vector(params)
-            if em_steps is None and self._previous is not None and self._previous.shape == vector.shape:
+            if self._previous is not None and self._previous.shape == vector.shape:
                 self._steps.append(relative_step(self._previous, vector))
             self._previous = vector
         if previous is None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import DeclaremError
 from .monitor import EMRun
-from .params import flatten_params
+from .params import flatten_params, params_vector
 
 BACKTRACKS = 4
 
@@ -62,8 +62,7 @@ def run_squarem(compiled, shifts, params, max_iter, tol, hard, reg_covar, progre
         n_iter += 1
         accepted = None
         start, rebuild = flatten_params(params)
-        one, _ = flatten_params(first)
-        two, _ = flatten_params(second)
+        one, two = params_vector(first), params_vector(second)
         r = one - start
         v = two - 2.0 * one + start
         norm_v = np.linalg.norm(v)
