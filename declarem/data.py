@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import stat
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -311,7 +312,9 @@ def read_csv(path):
         if len(set(header)) != len(header):
             twice = next(name for name in header if header.count(name) > 1)
             raise DataError(f"{path}: the header names column '{twice}' twice")
-        table = _all_numbers(reader, header)
+        table = _numbers_only(text, len(header))
+        if table is None:
+            table = _all_numbers(reader, header)
         if table is None:
             # Something is missing or wrong: parse again line by line, to read the missing cells and
             # name the line of the first bad one.
@@ -325,6 +328,26 @@ def read_csv(path):
     if not len(table):
         raise DataError(f"{path}: the header has no data rows below it; add at least one row")
     return {name: table[:, j] for j, name in enumerate(header)}
+
+
+def _numbers_only(text, width):
+    """The data rows below the header as a (n_rows, width) float table, parsed by numpy, when the file has no
+    quotes and every cell is a number numpy reads; else None (and the csv module's parse decides).
+
+    numpy's reader parses the decimal numbers ``float`` does to the same values, about three times as
+    fast; what it refuses (empty or NA cells, digit separators, ragged or quoted rows) goes the slow way.
+    """
+    end = text.find("\n")
+    body = text[end + 1:]
+    if end < 0 or '"' in text or not body.strip():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")      # numpy warns of lines it cannot read: the slow way names them
+            table = np.loadtxt(io.StringIO(body, newline=""), delimiter=",", comments=None, ndmin=2, dtype=float)
+    except (ValueError, UserWarning):
+        return None
+    return table if table.shape[1] == width else None
 
 
 def _all_numbers(reader, header):

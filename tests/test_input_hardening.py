@@ -105,6 +105,22 @@ def test_a_file_of_numbers_reads_as_the_line_by_line_parse_reads_it(tmp_path, ho
     assert data_module._all_numbers(iter([["1", "2", "3"]]), ["a", "b"]) is None
 
 
+def test_numpy_reads_a_plain_file_of_numbers_to_the_values_float_reads():
+    """A file with no quotes and only numbers is parsed by numpy (``_numbers_only``), about three times as fast
+    as the csv module and float(): the same values to the bit, random doubles, subnormals, signed zeros and
+    infinities among them; anything numpy refuses (underscores, NA, empty cells, ragged rows, quotes) is
+    left to the slow parse (None)."""
+    rng = np.random.default_rng(0)
+    cells = [repr(float(v)) for v in rng.standard_normal(200) * 10.0 ** rng.integers(-300, 300, 200)]
+    cells += ["5e-324", "-0", "0.1", " 3 ", "1e400", "-inf", "nan", "+.5", "1.7976931348623157e308"]
+    text = "a,b\n" + "\n".join(f"{x},{y}" for x, y in zip(cells, reversed(cells))) + "\n"
+    fast = data_module._numbers_only(text, 2)
+    expected = np.array([[float(x), float(y)] for x, y in zip(cells, reversed(cells))])
+    assert fast.shape == expected.shape and fast.tobytes() == expected.tobytes()
+    for body in ["1_000,2", "1,NA", "1,", "1,2,3", '"1",2', "1,2\n3", "1,#2", "\n"]:
+        assert data_module._numbers_only("a,b\n" + body + "\n", 2) is None, body
+
+
 def test_csv_field_over_the_size_limit_is_a_data_error(tmp_path):
     path = write(tmp_path / "long.csv", "count\n\"" + "1" * 200_000 + "\"\n")
     with pytest.raises(DataError, match="not readable as CSV"):
