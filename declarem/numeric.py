@@ -237,8 +237,7 @@ class NewtonProblem:
         """Parameters (n_sets, n_vars) in their domains as unconstrained variables; non-finite ones at 0."""
         values = np.asarray(values, dtype=float).reshape(-1, len(self.domains))
         with np.errstate(all="ignore"):
-            u = np.column_stack([FROM_DOMAIN[d](values[:, i]) for i, d in enumerate(self.domains)]) \
-                if self.domains else np.zeros((len(values), 0))
+            u = _columns([FROM_DOMAIN[d](values[:, i]) for i, d in enumerate(self.domains)], len(values))
         return np.where(np.isfinite(u), u, 0.0)
 
     def solve(self, start):
@@ -246,8 +245,14 @@ class NewtonProblem:
         # Trial points far from the optimum overflow; maximize_rows refuses their non-finite values.
         with np.errstate(all="ignore"):
             u, _ = maximize_rows(self.objective, self.derivatives, self.unconstrained(start))
-        return np.column_stack([TO_DOMAIN[d](u[:, i]) for i, d in enumerate(self.domains)]) \
-            if self.domains else u
+        return _columns([TO_DOMAIN[d](u[:, i]) for i, d in enumerate(self.domains)], len(u)) if self.domains else u
+
+
+def _columns(arrays, n_rows):
+    """Columns (n_rows,) side by side, (n_rows, len(arrays)) (one column without column_stack's overhead)."""
+    if len(arrays) == 1:
+        return np.asarray(arrays[0], dtype=float).reshape(n_rows, 1)
+    return np.column_stack(arrays) if arrays else np.zeros((n_rows, 0))
 
 
 def weighted_sum(weights, terms, axis=1):
