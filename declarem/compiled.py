@@ -58,16 +58,19 @@ def _domain_problem(spec, array, closed):
     str or None
         The problem, worded to follow the parameter's name.
     """
-    # (SQUAREM checks each extrapolated point here: the array methods skip np.all's and np.any's wrappers.)
-    if not np.isfinite(array).all():
+    # SQUAREM checks each extrapolated point here: each test reads the least and greatest value (a nan
+    # carries through both) instead of building a mask of the array.
+    if not array.size:
+        return None
+    low, high = array.min(), array.max()
+    if not (np.isfinite(low) and np.isfinite(high)):
         return "has non-finite values"
-    if spec.domain == "positive" and not spec.symmetric and (array < 0 if closed else array <= 0).any():
+    if spec.domain == "positive" and not spec.symmetric and (low < 0 if closed else low <= 0):
         return f"must be {'>= 0' if closed else 'positive'}"
-    if spec.domain == "unit" and not spec.simplex and \
-            ((array < 0) | (array > 1) if closed else (array <= 0) | (array >= 1)).any():
+    if spec.domain == "unit" and not spec.simplex and (low < 0 or high > 1 if closed else low <= 0 or high >= 1):
         return f"must lie {'between 0 and 1' if closed else 'strictly between 0 and 1'}"
     # The tolerances are np.allclose's (rtol 1e-5, atol 1e-8), written out: allclose is slow on small arrays.
-    if spec.simplex and ((array < 0).any() or (np.abs(array.sum(axis=-1) - 1.0) > 1e-8 + 1e-5).any()):
+    if spec.simplex and (low < 0 or (np.abs(array.sum(axis=-1) - 1.0) > 1e-8 + 1e-5).any()):
         return "rows must be probabilities summing to 1"
     if spec.symmetric:
         transposed = np.swapaxes(array, -1, -2)
