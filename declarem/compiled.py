@@ -877,8 +877,14 @@ class GeneralFactor(RowsFactor):
         weights = sums.weights[used] if inverse is None else \
             np.stack([np.bincount(inverse, weights=sums.weights[s], minlength=len(values)) for s in used])
 
+        everywhere = bool((weights > 0).all())      # no row without weight: the sums need no guard
+
+        def of_sets(array, sets):
+            # Every set, in order, when there are as many (maximize_rows' rows increase): no copy.
+            return array if len(sets) == len(array) else array[sets]
+
         def arguments(u, sets):
-            return [values] + [u[:, i, None] for i in range(u.shape[1])] + [m[sets, None] for m in means]
+            return [values] + [u[:, i, None] for i in range(u.shape[1])] + [of_sets(m, sets)[:, None] for m in means]
 
         with np.errstate(all="ignore"):
             means = list(functions @ weights.T / weights.sum(axis=1))
@@ -886,10 +892,12 @@ class GeneralFactor(RowsFactor):
                 derivatives = kernels.derivatives
                 problem = NewtonProblem(
                     [kernels.domains[name] for name in kernels.numeric],
-                    lambda u, sets: weighted_sum(weights[sets], kernels.profile(*arguments(u, sets))),
+                    lambda u, sets: weighted_sum(of_sets(weights, sets), kernels.profile(*arguments(u, sets)),
+                                                 all_positive=everywhere),
                     # The values on the last axis: each sum runs over contiguous memory, in numpy's pairwise order.
-                    lambda u, sets: derivatives.split(weighted_sum(weights[sets][:, None, :],
-                                                                   derivatives(*arguments(u, sets), axis=1), axis=-1)))
+                    lambda u, sets: derivatives.split(weighted_sum(of_sets(weights, sets)[:, None, :],
+                                                                   derivatives(*arguments(u, sets), axis=1), axis=-1,
+                                                                   all_positive=everywhere)))
                 solved = problem.solve(np.column_stack([new[name][used] for name in kernels.numeric]))
                 for i, name in enumerate(kernels.numeric):
                     new[name][used] = solved[:, i]

@@ -169,9 +169,17 @@ class CompiledTrees:
         arrays must not share memory with the arguments) are left out.
         """
         shape = _broadcast_shape(values)
-        results = [result if np.shape(result) == shape else np.broadcast_to(result, shape)
-                   for result in self._program.run(values)]
-        stacked = np.stack(results, axis=axis)
+        results = self._program.run(values)
+        if all(type(result) is np.ndarray and result.dtype == np.float64 and result.shape == shape
+               for result in results):
+            # The usual case: each value written into its place (np.stack's checks cost more than the copies).
+            where = axis % (len(shape) + 1)
+            stacked = np.empty(shape[:where] + (len(results),) + shape[where:])
+            for i, result in enumerate(results):
+                stacked[(slice(None),) * where + (i,)] = result
+            return stacked
+        stacked = np.stack([result if np.shape(result) == shape else np.broadcast_to(result, shape)
+                            for result in results], axis=axis)
         if np.iscomplexobj(stacked):
             stacked = stacked.real
         return stacked.astype(float, copy=False)

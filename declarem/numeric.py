@@ -42,7 +42,8 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
     ----------
     objective : callable
         ``objective(u, rows)`` with ``u`` of shape (m, n_vars), the values of
-        the rows whose indices are ``rows`` (shape (m,)), returns (m,).
+        the rows whose indices are ``rows`` (shape (m,), increasing: all m
+        rows in order when m is n_rows), returns (m,).
     derivatives : callable
         ``derivatives(u, rows)`` returns the objective (m,), its gradient
         (m, n_vars) and Hessian (m, n_vars, n_vars).
@@ -58,8 +59,8 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
     """
     u = np.array(start, dtype=float, copy=True)
     n_rows = u.shape[0]
-    value, gradient, hessian = (np.array(a, dtype=float) for a in derivatives(u, np.arange(n_rows)))
-    current_derivatives = np.ones(n_rows, dtype=bool)      # gradient and hessian are at u
+    # The whole-array steps below only read the derivatives; the per-row loop writes into its own copies.
+    value, gradient, hessian = (np.asarray(a, dtype=float) for a in derivatives(u, np.arange(n_rows)))
     converged = np.zeros(n_rows, dtype=bool)
     rows = np.flatnonzero(np.isfinite(value))               # the rows still moving
     first = pending = None
@@ -81,12 +82,14 @@ def maximize_rows(objective, derivatives, start, max_iter=100, tol=1e-12):
             break               # a step to halve: the loop below takes it from the evaluation done here
         iterations += 1
         u = trial
-        value, gradient, hessian = (np.array(a, dtype=float) for a in pending)
+        value, gradient, hessian = (np.asarray(a, dtype=float) for a in pending)
         first = pending = None
         done = np.abs(step).max(axis=1) <= tol * (1.0 + np.abs(u).max(axis=1))
         if done.any():
             converged[done] = True
             rows = rows[~done]
+    value, gradient, hessian = (np.array(a, dtype=float) for a in (value, gradient, hessian))
+    current_derivatives = np.ones(n_rows, dtype=bool)      # gradient and hessian are at u
     for _ in range(iterations, max_iter):
         if not len(rows):
             break
@@ -160,9 +163,10 @@ def _newton_step(u, gradient, hessian, tol):
         longest = np.maximum.reduce(np.abs(step), axis=1, initial=0.0)
         scale = 1.0 + np.maximum.reduce(np.abs(u), axis=1, initial=0.0)
     limited = longest > MAX_STEP
-    if limited.any():
-        step[limited] *= (MAX_STEP / longest[limited])[:, None]
     threshold = math.sqrt(tol) if newton is True else np.where(newton, math.sqrt(tol), tol)
+    if not limited.any():
+        return step, longest <= threshold * scale
+    step[limited] *= (MAX_STEP / longest[limited])[:, None]
     return step, ~limited & (longest <= threshold * scale)
 
 
@@ -255,7 +259,7 @@ def _columns(arrays, n_rows):
     return np.column_stack(arrays) if arrays else np.zeros((n_rows, 0))
 
 
-def weighted_sum(weights, terms, axis=1):
+def weighted_sum(weights, terms, axis=1, all_positive=False):
     """sum_r w_r t_r over the rows, where rows without weight add nothing (not 0 * inf).
 
     Parameters
@@ -266,6 +270,8 @@ def weighted_sum(weights, terms, axis=1):
     axis : int
         The rows' axis of ``terms``; with the default 1, ``weights`` (m, n_rows) is
         extended over the trailing axes.
+    all_positive : bool
+        The caller knows every weight is positive: no row needs the guard (the same sums).
 
     Returns
     -------
@@ -273,5 +279,7 @@ def weighted_sum(weights, terms, axis=1):
     """
     terms = np.asarray(terms)
     shaped = weights.reshape(weights.shape + (1,) * (terms.ndim - 2)) if axis == 1 else weights
+    if all_positive:
+        return (shaped * terms).sum(axis=axis)
     with np.errstate(invalid="ignore"):
         return np.where(shaped > 0, shaped * terms, 0.0).sum(axis=axis)

@@ -263,3 +263,16 @@ def test_a_program_runs_as_one_function_of_its_own_names_equal_to_its_steps_walk
     assert short._function == short._interpret
     for a, b in zip(walked, found):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_stacked_values_equal_the_stack_of_each(axis):
+    """``stacked`` writes each tree's value into one array (or stacks them, when a value is a constant or an
+    argument of another shape): the same array as np.stack of the values one by one."""
+    x, y = sympy.symbols("x y", positive=True)
+    values = [np.linspace(1.0, 2.0, 5), np.array([[1.0], [2.5]])]
+    for expressions in ((x * y, sympy.log(x) + y), (x * y, sympy.Integer(0), x)):
+        trees = compile_trees(["x", "y"], [to_tree(e) for e in expressions])
+        expected = np.stack(trees(*values), axis=axis)
+        found = trees.stacked(*values, axis=axis)
+        assert found.dtype == np.float64 and found.tobytes() == expected.tobytes() and found.shape == expected.shape
