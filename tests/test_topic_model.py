@@ -376,19 +376,26 @@ def test_corpus_is_what_the_script_builds(tmp_path, matrix):
 
 def test_squarem_skips_the_objectives_it_does_not_use(model, data, matrix, monkeypatch):
     """SQUAREM needs no objective at a cycle's first EM step nor at its extrapolated point: the topic model's
-    E-step skips its per-cell logarithms there, and the fit is the same to the bit as with every objective."""
+    E-step skips its per-cell logarithms there, and the logarithms of its probability tables, and the fit is
+    the same to the bit as with every objective."""
     from declarem.inference import engine, enumeration
     init = _init(matrix, seed=10)
-    asked = []
-    original = enumeration.bilinear_expected_statistics
+    asked, logs = [], []
+    original, tables = enumeration.bilinear_expected_statistics, enumeration._natural_tables
 
     def recorded(*args, objective=True, **kwargs):
         asked.append(objective)
         return original(*args, objective=objective, **kwargs)
 
+    def recorded_tables(compiled, params, **kwargs):
+        logs.append(kwargs.get("logs", True))
+        return tables(compiled, params, **kwargs)
+
     monkeypatch.setattr(enumeration, "bilinear_expected_statistics", recorded)
+    monkeypatch.setattr(enumeration, "_natural_tables", recorded_tables)
     skipping = model.fit(data, weights="count", init=init, max_iter=12, tol=0, accelerate="squarem")
     assert asked.count(False) >= 6 and asked.count(True) >= 4
+    assert logs.count(False) == asked.count(False)
     monkeypatch.setattr(engine.BilinearEngine, "statistics",
                         lambda self, params, hard=False: self.expected_statistics(params, hard=hard)[0])
     every = model.fit(data, weights="count", init=init, max_iter=12, tol=0, accelerate="squarem")

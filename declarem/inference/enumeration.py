@@ -243,8 +243,9 @@ def bilinear_expected_statistics(compiled, rows, params, plan, chunk_rows=None, 
     logarithms are a good part of this E-step's time. With ``statistics=False`` only the
     objective is (the same number), and the statistics returned are None.
     """
-    tables = _natural_tables(compiled, params)
     varying = _plan(compiled, rows).varying
+    # The statistics alone read only the categorical factors' probabilities: no logarithms then.
+    tables = _natural_tables(compiled, params, logs=objective or not statistics)
     if statistics:
         stats = ExpectedStatistics(compiled)
         mixture = bilinear_statistics(plan, tables, rows, stats)
@@ -498,9 +499,16 @@ class _Table(NamedTuple):
     scratch: dict = None                         # per E-step values a factor computes on first need
 
 
-def _natural_tables(compiled, params):
+def _natural_tables(compiled, params, logs=True):
+    """Each factor's ``_Table`` at ``params``. With ``logs=False`` a categorical factor's table holds its
+    probabilities alone (eta and transposed None): all that the bilinear E-step's statistics read."""
     tables = {}
     for name, factor in compiled.factors.items():
+        if not logs and factor.layout in CATEGORICAL_LAYOUTS:
+            probabilities = np.asarray(factor.probabilities(params[name]), dtype=float)
+            transposed_probabilities = np.ascontiguousarray(probabilities.T) if factor.layout == "index" else None
+            tables[name] = _Table(None, None, None, None, params[name], probabilities, transposed_probabilities, {})
+            continue
         eta, log_partition = factor.natural(params[name])
         boundary = transposed = None
         if factor.layout == "index":
