@@ -493,7 +493,6 @@ def _integer(text):
     return int(text)
 
 
-
 def with_safe_logs(tree):
     """The tree with each product c * log(b) written xlogy(c, b), so that 0 * log(0) is 0.
 
