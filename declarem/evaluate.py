@@ -4,9 +4,7 @@ A derivation's numeric kernels are kept as expression trees in the form the
 derivation cache writes (``derive.serial``): ``["Add", a, b]``,
 ``["Symbol", name, assumptions]``, ``["Integer", "3"]``, ... This module turns
 such trees into a numpy callable by walking them once into a program: a list of
-numpy calls in which each distinct subexpression is one call (``Program``), run as
-one Python function built from a syntax tree of numbered locals and the functions
-and constants passed in (no text is ever turned into code). It
+numpy calls in which each distinct subexpression is one call (``Program``). It
 imports neither sympy nor the tree's source, so a process whose derivations are
 all cached never imports sympy, and the cold and warm routes evaluate the same
 trees the same way, to the last bit.
@@ -15,7 +13,6 @@ Only the heads in ``FUNCTIONS`` and the leaves below are accepted; anything else
 raises ``TreeError``, and the caller treats the tree as absent.
 """
 
-import ast
 from fractions import Fraction
 from functools import reduce
 from operator import itemgetter
@@ -240,7 +237,6 @@ class Program:
     """
 
     def __init__(self, argument_names, trees):
-        self._n_arguments = len(argument_names)
         self._positions = {name: i for i, name in enumerate(argument_names)}
         # Nodes in order of creation (operands before their uses): ("constant", value) or (function, operands).
         self._nodes = [None] * len(argument_names)
@@ -258,18 +254,13 @@ class Program:
         self.constants = tuple(self._nodes[i][1] for i in constants)
         self.steps = [(self._nodes[i][0], tuple(place[j] for j in self._nodes[i][1])) for i in steps]
         self.outputs = [place[i] for i in outputs]
-        self._plan = self._function = None
+        self._plan = None
         del self._nodes, self._known
 
     def run(self, values):
         """Each tree's value at the arguments ``values`` (a sequence, in order)."""
-        if self._function is None:
+        if self._plan is None:
             self._plan = [_planned_step(function, operands) for function, operands in self.steps]
-            self._function = _straight_line(self) or self._interpret
-        return self._function(*values)
-
-    def _interpret(self, *values):
-        """The steps applied one by one (a program too long to write as one function)."""
         held = list(values)
         held.extend(self.constants)
         for function, operand, operands in self._plan:
@@ -411,62 +402,6 @@ def _polygamma_of_order(order):
 
 #: One function per order, so that equal subexpressions of different trees share one step.
 POLYGAMMA_ORDERS = {}
-
-
-#: Steps longer than this are not written as one function (a Python function of a few thousand
-#: statements compiles in milliseconds; far longer ones are rare and run step by step).
-LONGEST_STRAIGHT_LINE = 4096
-#: Sums and products of more operands than this are called, not written out as a chain of operators
-#: (Python's compiler recurses once per link of the chain).
-LONGEST_CHAIN = 32
-#: Steps written as Python operators, exactly as these functions apply them.
-OPERATORS = {_sum: ast.Add, _product: ast.Mult, _negated_product: ast.Mult}
-
-
-def _straight_line(program):
-    """The program's steps as one Python function of its arguments, or None when it is too long.
-
-    The function is built as a syntax tree, never from text: its statements assign each step's
-    result to a numbered local, by a call of the step's numpy or scipy function or by the Python
-    operators that ``_sum``, ``_product`` and the others apply (the same operations on the same
-    operands in the same order: the same results to the bit). The functions and the constants are passed in as objects;
-    nothing of a tree, a spec or a cache entry becomes code. It saves the per-step bookkeeping of
-    walking the steps, a good part of a small program's time.
-    """
-    if len(program.steps) > LONGEST_STRAIGHT_LINE:
-        return None
-    n = program._n_arguments
-    namespace = {f"v{n + i}": value for i, value in enumerate(program.constants)}
-
-    def value(index):
-        return ast.Name(id=f"v{index}", ctx=ast.Load())
-
-    statements = []
-    first = n + len(program.constants)
-    for index, ((function, operands), (planned, _, _)) in enumerate(zip(program.steps, program._plan), first):
-        if function in OPERATORS and 2 < len(operands) <= LONGEST_CHAIN:
-            operator = OPERATORS[function]
-            expression = reduce(lambda left, right: ast.BinOp(left, operator(), right), map(value, operands))
-            if function is _negated_product:
-                expression = ast.UnaryOp(ast.USub(), expression)
-        elif function is _power:
-            expression = ast.BinOp(value(operands[0]), ast.Pow(), value(operands[1]))
-        elif function is _reciprocal:
-            expression = ast.BinOp(ast.Constant(1), ast.Div(), value(operands[0]))
-        else:
-            namespace[f"f{index}"] = planned
-            expression = ast.Call(ast.Name(id=f"f{index}", ctx=ast.Load()), list(map(value, operands)), [])
-        statements.append(ast.Assign([ast.Name(id=f"v{index}", ctx=ast.Store())], expression))
-    statements.append(ast.Return(ast.List(list(map(value, program.outputs)), ast.Load())))
-    arguments = ast.arguments(posonlyargs=[], args=[ast.arg(f"v{i}") for i in range(n)], kwonlyargs=[],
-                              kw_defaults=[], defaults=[])
-    extra = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}     # Python 3.12 on
-    module = ast.Module([ast.FunctionDef("program", arguments, statements, [], **extra)], type_ignores=[])
-    try:
-        exec(compile(ast.fix_missing_locations(module), "<declarem program>", "exec"), namespace)
-    except (RecursionError, MemoryError, SyntaxError, TypeError, ValueError):
-        return None     # the steps are walked one by one instead
-    return namespace["program"]
 
 
 def _number(head, rest):

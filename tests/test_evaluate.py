@@ -230,41 +230,6 @@ def test_trees_compiled_together_pickle_as_their_trees():
     np.testing.assert_array_equal(restored(np.array([2.0]))[1], [4.0])
 
 
-def test_a_program_runs_as_one_function_of_its_own_names_equal_to_its_steps_walked():
-    """A program runs as one Python function built from a syntax tree (no text): its names are only numbered
-    locals and functions passed in, and it returns what walking the steps one by one returns, bit for bit,
-    with sums and products of many operands, powers, reciprocals, polygamma and Piecewise among them. A
-    program too long for one function is walked."""
-    import re
-
-    from declarem import evaluate
-    x, y = sympy.symbols("x y", positive=True)
-    long_sum = sum(sympy.log(x + k) * y ** k for k in range(1, 40))
-    trees = [to_tree(e) for e in (long_sum, x * y * sympy.exp(-x) / (1 + y) ** 3, sympy.polygamma(1, x + y),
-                                  sympy.Piecewise((x, x < 2), (y, True)), 1 / sympy.sqrt(x) - x ** sympy.Rational(3, 2))]
-    values = [np.linspace(0.1, 4.0, 7), np.array([[0.5], [1.5]])]
-    compiled = compile_trees(["x", "y"], trees)
-    program = compiled._program
-    found = program.run(values)
-    assert program._function is not program._interpret
-    code = program._function.__code__
-    assert all(re.fullmatch(r"[vf]\d+", name) for name in code.co_names + code.co_varnames), code.co_names
-    for straight, walked in zip(found, program._interpret(*values)):
-        assert np.asarray(straight).tobytes() == np.asarray(walked).tobytes()
-    assert max(len(operands) for _, operands in program.steps) > evaluate.LONGEST_CHAIN
-
-    short = compile_trees(["x", "y"], trees)._program
-    saved = evaluate.LONGEST_STRAIGHT_LINE
-    evaluate.LONGEST_STRAIGHT_LINE = 3
-    try:
-        walked = short.run(values)
-    finally:
-        evaluate.LONGEST_STRAIGHT_LINE = saved
-    assert short._function == short._interpret
-    for a, b in zip(walked, found):
-        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
-
-
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_stacked_values_equal_the_stack_of_each(axis):
     """``stacked`` writes each tree's value into one array (or stacks them, when a value is a constant or an
