@@ -94,6 +94,11 @@ def test_rows_without_weight_add_nothing():
     assert weighted_sum(weights, terms).tolist() == [7.0]
     stacked = np.stack([terms, 2 * terms], axis=-1)
     assert weighted_sum(weights, stacked).tolist() == [[7.0, 14.0]]
+    # Every weight positive: the caller may skip the guard, and gets the same sums to the bit.
+    rng = np.random.default_rng(3)
+    positive, many = rng.random((2, 50)) + 0.1, rng.normal(size=(2, 50, 3))
+    guarded, unguarded = weighted_sum(positive, many), weighted_sum(positive, many, all_positive=True)
+    assert guarded.tobytes() == unguarded.tobytes()
 
 
 def test_one_evaluation_per_newton_step_and_none_for_a_step_below_the_tolerance():
